@@ -1,0 +1,13 @@
+"""Model configs, towers and the factory shared by every model family."""
+from .clip import CLIP
+from .config import CLIPConfig, ConfigError, TextConfig, VisionConfig
+from .factory import build_model, create_model, register_builder
+from .modified_resnet import ModifiedResNet
+from .registry import (config_from_dict, get_model_config, list_models, register_config_class, register_model,
+                       register_model_file)
+from .text import TextTransformer
+from .vit import VisionTransformer
+
+__all__ = ["CLIP", "CLIPConfig", "ConfigError", "TextConfig", "VisionConfig", "build_model", "create_model",
+           "register_builder", "ModifiedResNet", "config_from_dict", "get_model_config", "list_models",
+           "register_config_class", "register_model", "register_model_file", "TextTransformer", "VisionTransformer"]

@@ -1,0 +1,97 @@
+"""CLIP: an image tower and a text tower projected into one embedding space, with a learnable temperature."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import CLIPConfig
+from .modified_resnet import ModifiedResNet
+from .text import TextTransformer
+from .vit import VisionTransformer
+
+
+def build_image_tower(cfg: CLIPConfig) -> nn.Module:
+    if cfg.vision.kind == "modified_resnet":
+        return ModifiedResNet(cfg.vision, cfg.embed_dim)
+    return VisionTransformer(cfg.vision, cfg.embed_dim, cfg.quick_gelu)
+
+
+class CLIP(nn.Module):
+    """``visual`` and ``text`` towers; ``forward`` returns both embeddings and the (clamped) logit scale.
+
+    The loss lives in ``mmfm.train.losses`` rather than here: distributed training needs to gather
+    features across processes and contrastive gradient accumulation needs to re-use cached features,
+    and both are easier when the model only produces embeddings.
+    """
+
+    def __init__(self, cfg: CLIPConfig):
+        super().__init__()
+        self.config = cfg
+        self.visual = build_image_tower(cfg)
+        self.text = TextTransformer(cfg.text, cfg.embed_dim, cfg.quick_gelu)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+        self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias))) if cfg.init_logit_bias is not None else None
+
+    # Inference -----------------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.visual(images)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.text(ids)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pre-projection image features (the default input of a linear probe)."""
+        return self.visual.forward_features(images)
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped at 100 as in CLIP so the temperature cannot collapse."""
+        return self.logit_scale.exp().clamp(max=100.0)
+
+    def forward(self, image: torch.Tensor | None = None, text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {"logit_scale": self.scale()}
+        if image is not None:
+            out["image_features"] = self.encode_image(image, normalize=True)
+        if text is not None:
+            out["text_features"] = self.encode_text(text, normalize=True)
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        return out
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits_per_image, logits_per_text) as open_clip / HF compute them."""
+        out = self(images, ids)
+        li = out["logit_scale"] * out["image_features"] @ out["text_features"].T
+        return li, li.T
+
+    # Locking ---------------------------------------------------------------------------------
+    def lock_image_tower(self, unlocked_groups: int = 0) -> None:
+        """Freeze the image tower, except its last ``unlocked_groups`` groups of layers."""
+        self.visual.lock(unlocked_groups)
+
+    def lock_text_tower(self, unlocked_groups: int = 0) -> None:
+        self.text.lock(unlocked_groups)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for tower in (self.visual, self.text):
+            if hasattr(tower, "transformer"):
+                tower.transformer.grad_checkpointing = enable
+
+    @property
+    def image_size(self) -> int:
+        return self.config.vision.image_size
+
+    @property
+    def context_length(self) -> int:
+        return self.config.text.context_length
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay: gains, biases, embeddings, temperature."""
+        names = set()
+        for n, p in self.named_parameters():
+            if p.ndim < 2 or "embedding" in n or n in ("logit_scale", "logit_bias"):
+                names.add(n)
+        return names

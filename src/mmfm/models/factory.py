@@ -1,0 +1,62 @@
+"""``create_model``: the one door through which every model is built, from a name, a config or a checkpoint."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .clip import CLIP
+from .config import CLIPConfig
+from .registry import get_model_config
+
+# config class -> model builder; other families (hybrid, frozen) register here.
+MODEL_BUILDERS: dict[type, Callable[[Any], nn.Module]] = {CLIPConfig: CLIP}
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+              "amp": torch.float32, "amp_bf16": torch.float32}
+
+
+def register_builder(config_cls: type, builder: Callable[[Any], nn.Module]) -> None:
+    MODEL_BUILDERS[config_cls] = builder
+
+
+def build_model(cfg: Any) -> nn.Module:
+    try:
+        builder = MODEL_BUILDERS[type(cfg)]
+    except KeyError:
+        raise TypeError(f"no model builder registered for config type {type(cfg).__name__}") from None
+    return builder(cfg)
+
+
+def create_model(name: str | Any | None = None, pretrained: str | None = None, device: str | torch.device | None = None,
+                 precision: str = "fp32", cache_dir: str | None = None, strict: bool = True) -> nn.Module:
+    """Build a model.
+
+    name: a registered config name (``mmfm.list_models()``), a config object, or None to infer the
+        architecture from ``pretrained``.
+    pretrained: a local checkpoint (our directory, an open_clip/OpenAI ``.pt``/``.bin``/``.safetensors``,
+        an OpenAI TorchScript archive, an HF ``CLIPModel`` directory) or an identifier such as
+        ``openai``, ``laion2b_s34b_b79k`` (with a name) or ``hf-hub:openai/clip-vit-base-patch32``,
+        downloaded when online. Offline, identifiers fail at once; never silently random weights.
+    precision: ``fp32`` | ``fp16`` | ``bf16`` (weights cast) | ``amp`` | ``amp_bf16`` (weights fp32).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISIONS)}")
+    cfg = get_model_config(name) if isinstance(name, str) else name
+    if pretrained is not None:
+        from ..checkpoints import load_pretrained
+        cfg, state_dict = load_pretrained(pretrained, model_name=name if isinstance(name, str) else None,
+                                          config=cfg, cache_dir=cache_dir)
+        model = build_model(cfg)
+        from ..checkpoints.validate import load_state_dict_strict
+        load_state_dict_strict(model, state_dict, source=str(pretrained), strict=strict)
+    else:
+        if cfg is None:
+            raise ValueError("create_model needs a model name/config, a pretrained checkpoint, or both")
+        model = build_model(cfg)
+    if precision in ("fp16", "bf16"):
+        model = model.to(PRECISIONS[precision])
+    if device is not None:
+        model = model.to(device)
+    return model

@@ -1,0 +1,150 @@
+"""OpenAI's ModifiedResNet image tower.
+
+Differences from a torchvision ResNet, all from the CLIP paper: a 3-conv stem with an average pool
+instead of a max pool; anti-aliased strided convolutions (an avg-pool precedes every stride-2 conv,
+in the main path and the shortcut); and QKV attention pooling over the final feature map instead of
+global average pooling.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .config import VisionConfig
+from .layers import Attention
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.act2 = nn.ReLU(inplace=True)
+        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.act3 = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride > 1 or inplanes != planes * self.expansion:
+            # Named "-1", "0", "1" so that OpenAI/open_clip state dicts map key-for-key.
+            self.downsample = nn.Sequential(OrderedDict([
+                ("-1", nn.AvgPool2d(stride)),
+                ("0", nn.Conv2d(inplanes, planes * self.expansion, 1, stride=1, bias=False)),
+                ("1", nn.BatchNorm2d(planes * self.expansion)),
+            ]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(self.avgpool(out)))
+        return self.act3(out + identity)
+
+
+class AttentionPool2d(nn.Module):
+    """Attention pooling: the mean token (plus positions) queries the whole feature map."""
+
+    def __init__(self, spatial: int, dim: int, heads: int, out_dim: int):
+        super().__init__()
+        self.positional_embedding = nn.Parameter(torch.randn(spatial ** 2 + 1, dim) / dim ** 0.5)
+        self.attn = Attention(dim, heads, out_dim=out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(2).transpose(1, 2)                                   # [B, HW, C]
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + self.positional_embedding.to(x.dtype)
+        # Only the pooled token's output is used, so only it needs to be a query.
+        return self.attn(x[:, :1], kv=x)[:, 0]
+
+
+class ModifiedResNet(nn.Module):
+    def __init__(self, cfg: VisionConfig, embed_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.conv1 = nn.Conv2d(3, w // 2, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w // 2)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(w // 2, w // 2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(w // 2)
+        self.act2 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(w // 2, w, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(w)
+        self.act3 = nn.ReLU(inplace=True)
+        self.avgpool = nn.AvgPool2d(2)
+        self._inplanes = w
+        self.layer1 = self._make_layer(w, cfg.layers[0])
+        self.layer2 = self._make_layer(w * 2, cfg.layers[1], stride=2)
+        self.layer3 = self._make_layer(w * 4, cfg.layers[2], stride=2)
+        self.layer4 = self._make_layer(w * 8, cfg.layers[3], stride=2)
+        if cfg.image_size % 32:
+            raise ValueError(f"ModifiedResNet needs image_size divisible by 32, got {cfg.image_size}")
+        self.attnpool = AttentionPool2d(cfg.image_size // 32, w * 32, cfg.heads, embed_dim)
+        self.init_weights()
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        layers = [Bottleneck(self._inplanes, planes, stride)]
+        self._inplanes = planes * Bottleneck.expansion
+        layers += [Bottleneck(self._inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def init_weights(self) -> None:
+        attn = self.attnpool.attn
+        std = attn.out_proj.in_features ** -0.5
+        for lin in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
+            nn.init.normal_(lin.weight, std=std)
+        # Zero-init the last BN of each residual branch so every block starts as the identity.
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                nn.init.zeros_(block.bn3.weight)
+
+    @property
+    def output_dim(self) -> int:
+        return self.attnpool.attn.out_proj.out_features
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.act2(self.bn2(self.conv2(x)))
+        x = self.act3(self.bn3(self.conv3(x)))
+        return self.avgpool(x)
+
+    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x.to(self.conv1.weight.dtype))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally averaged final feature map, [B, width*32]: the pre-projection feature for probes.
+
+        The attention pool is itself the projection (its output projection maps to ``embed_dim``), so
+        the natural "before projection" feature of a ResNet tower is the pooled map it attends over.
+        """
+        return self.forward_feature_map(x).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attnpool(self.forward_feature_map(x))
+
+    def train(self, mode: bool = True):
+        # BatchNorm layers whose affine parameters are frozen keep their running statistics frozen
+        # too; otherwise a "locked" tower would still drift while training the other one.
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d) and not any(p.requires_grad for p in m.parameters()):
+                    m.eval()
+        return self
+
+    def lock(self, unlocked_groups: int = 0) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        groups = [self.attnpool, self.layer4, self.layer3, self.layer2, self.layer1,
+                  nn.ModuleList([self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3])]
+        for g in groups[:max(unlocked_groups, 0)]:
+            for p in g.parameters():
+                p.requires_grad_(True)
+        self.train(self.training)

@@ -1,0 +1,59 @@
+"""Vision Transformer image tower (as in CLIP): patchify, class token, pre-LN blocks, ln_post, projection."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import VisionConfig
+from .layers import LayerNorm, Transformer
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, cfg: VisionConfig, embed_dim: int, quick_gelu: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.grid = cfg.image_size // cfg.patch_size
+        scale = w ** -0.5
+        self.conv1 = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(w))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(self.grid ** 2 + 1, w))
+        self.ln_pre = LayerNorm(w)
+        self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.mlp_ratio, quick_gelu)
+        self.ln_post = LayerNorm(w)
+        self.proj = nn.Parameter(scale * torch.randn(w, embed_dim))
+
+    @property
+    def output_dim(self) -> int:
+        return self.proj.shape[1]
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens after the last block, [B, 1 + grid^2, width] (class token first, before ln_post)."""
+        x = self.conv1(x).flatten(2).transpose(1, 2)                       # [B, grid^2, w]
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        return self.transformer(self.ln_pre(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features before the projection (what linear probes use)."""
+        return self.ln_post(self.forward_tokens(x)[:, 0])
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return features @ self.proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def lock(self, unlocked_groups: int = 0) -> None:
+        """Freeze the tower, leaving the last ``unlocked_groups`` blocks (and ln_post/proj with them) trainable."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        if unlocked_groups <= 0:
+            return
+        # Groups from the output end: [ln_post + proj], block[-1], block[-2], ..., [embeddings + ln_pre]
+        groups = [[self.ln_post, self.proj]] + [[b] for b in reversed(self.transformer.blocks)] + \
+                 [[self.conv1, self.class_embedding, self.positional_embedding, self.ln_pre]]
+        for group in groups[:unlocked_groups]:
+            for item in group:
+                for p in ([item] if isinstance(item, nn.Parameter) else item.parameters()):
+                    p.requires_grad_(True)
