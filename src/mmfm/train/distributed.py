@@ -1,0 +1,69 @@
+"""torch.distributed helpers: initialise from torchrun's environment, rank/world size, gathering."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Join the process group torchrun describes (RANK/WORLD_SIZE/MASTER_ADDR...), if any.
+
+    gloo on CPU, NCCL on CUDA; multi-node works through torchrun's usual --nnodes/--rdzv flags.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+        if use_cuda:
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return info
+
+
+def dist_info() -> DistInfo:
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size())
+    return DistInfo()
+
+
+def all_gather_no_grad(x: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's tensor (same shape on all ranks), as constants."""
+    info = dist_info()
+    if not info.enabled:
+        return [x.detach()]
+    out = [torch.empty_like(x) for _ in range(info.world_size)]
+    dist.all_gather(out, x.detach().contiguous())
+    return out
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    info = dist_info()
+    if not info.enabled:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / info.world_size
+
+
+def barrier() -> None:
+    if dist_info().enabled:
+        dist.barrier()

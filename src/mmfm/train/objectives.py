@@ -1,0 +1,200 @@
+"""Objectives turn (model, batch) into a loss and its gradients. The trainer knows nothing else.
+
+``ContrastiveObjective`` is where contrastive-correct gradient accumulation and distributed training
+live. Both have the same shape: the loss is a function of the features of a *global* batch (all
+ranks x all micro-batches) but only one slice of it can carry gradient at a time (the micro-batch
+being re-run, or this rank's part). Because the loss is a sum of per-slice paths through the model,
+
+    dL/dtheta = sum_slices (dL/dF_slice) (dF_slice/dtheta),
+
+computing the full loss once per slice with only that slice live, and back-propagating each, adds up
+to exactly the gradient of one big batch. The temperature is shared by every slice, so its gradient
+is let through only once (micro-batch 0) and divided by the world size to undo DDP's averaging.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, ContextManager
+
+import torch
+from torch import nn
+
+from .distributed import all_gather_no_grad, dist_info
+from .losses import clip_loss, siglip_loss
+
+Backward = Callable[[torch.Tensor], None]
+SyncContext = Callable[[bool], ContextManager]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def batch_size(batch: dict) -> int:
+    for key in ("image", "input_ids", "text"):
+        if key in batch and torch.is_tensor(batch[key]):
+            return batch[key].shape[0]
+    raise ValueError(f"cannot tell the batch size of a batch with keys {sorted(batch)}")
+
+
+def split_batch(batch: dict, k: int) -> list[dict]:
+    """Split a batch dict into k micro-batches along dim 0 (non-tensor entries are shared)."""
+    n = batch_size(batch)
+    if k <= 1:
+        return [batch]
+    if n % k:
+        raise ValueError(f"batch of {n} cannot be split into {k} equal micro-batches")
+    m = n // k
+    return [{key: (v[i * m:(i + 1) * m] if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == n else v)
+             for key, v in batch.items()} for i in range(k)]
+
+
+class Objective:
+    """Default objective: the model's own loss, ``model(**inputs)["loss"]``, averaged over micro-batches.
+
+    Right for every loss that is a mean over samples (captioning, classification), where plain
+    gradient accumulation is already exact.
+    """
+
+    input_keys: tuple[str, ...] | None = None   # which batch entries to pass to the model (None: all tensors)
+
+    def model_inputs(self, batch: dict) -> dict:
+        keys = self.input_keys or [k for k, v in batch.items() if torch.is_tensor(v)]
+        return {k: batch[k] for k in keys if k in batch}
+
+    def loss(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        out = model(**self.model_inputs(batch))
+        if not isinstance(out, dict) or "loss" not in out:
+            raise TypeError(f"{type(unwrap(model)).__name__}.forward must return a dict with a 'loss'")
+        return out
+
+    def forward_backward(self, model: nn.Module, micro_batches: list[dict], backward: Backward,
+                         autocast: Callable[[], ContextManager], sync: SyncContext) -> dict[str, float]:
+        k = len(micro_batches)
+        total = 0.0
+        for i, mb in enumerate(micro_batches):
+            with sync(i == k - 1):
+                with autocast():
+                    out = self.loss(model, mb)
+                backward(out["loss"] / k)
+            total += out["loss"].detach().float().item()
+        return {"loss": total / k}
+
+    @torch.no_grad()
+    def eval_loss(self, model: nn.Module, batch: dict) -> float:
+        return self.loss(model, batch)["loss"].float().item()
+
+    def inference(self, model: nn.Module, batch: dict) -> Callable[[], object]:
+        """A zero-argument callable that runs inference on ``batch`` (timed for latency reports)."""
+        inputs = self.model_inputs(batch)
+        return lambda: model(**inputs)
+
+
+def _snapshot_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(b, b.detach().clone()) for b in model.buffers()]
+
+
+def _restore_buffers(snapshot) -> None:
+    with torch.no_grad():
+        for b, saved in snapshot:
+            b.copy_(saved)
+
+
+class ContrastiveObjective(Objective):
+    """CLIP / SigLIP training on (image, text) pairs with global-batch negatives."""
+
+    input_keys = ("image", "text")
+
+    def __init__(self, loss: str = "clip", local_loss: bool = False):
+        if loss not in ("clip", "siglip"):
+            raise ValueError(f"loss {loss!r} is not one of ['clip', 'siglip']")
+        self.loss_name, self.local_loss = loss, local_loss
+
+    def _loss(self, img, txt, scale, bias, rows):
+        if self.loss_name == "siglip":
+            if bias is None:
+                raise ValueError("the SigLIP loss needs a model with a logit_bias (set init_logit_bias in its config)")
+            return siglip_loss(img, txt, scale, bias, rows)
+        return clip_loss(img, txt, scale, rows)
+
+    def loss(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        out = model(image=batch["image"], text=batch["text"])
+        loss = self._loss(out["image_features"].float(), out["text_features"].float(), out["logit_scale"],
+                          out.get("logit_bias"), None)
+        return {"loss": loss, **out}
+
+    def forward_backward(self, model, micro_batches, backward, autocast, sync) -> dict[str, float]:
+        info = dist_info()
+        world, k = info.world_size, len(micro_batches)
+        core = unwrap(model)
+        sizes = [batch_size(mb) for mb in micro_batches]
+        live_out = None
+        if k == 1:
+            with sync(True), autocast():
+                live_out = model(image=micro_batches[0]["image"], text=micro_batches[0]["text"])
+            local_img, local_txt = live_out["image_features"].detach(), live_out["text_features"].detach()
+            rng = [None]
+        else:
+            # Pass 1, no grad: features of every micro-batch. Buffers (BatchNorm statistics) are restored
+            # afterwards and RNG states recorded, so pass 2 recomputes exactly the same features.
+            snapshot = _snapshot_buffers(core)
+            rng, feats = [], []
+            with torch.no_grad(), autocast():
+                for mb in micro_batches:
+                    rng.append(torch.get_rng_state())
+                    o = core(image=mb["image"], text=mb["text"])
+                    feats.append((o["image_features"], o["text_features"]))
+            _restore_buffers(snapshot)
+            local_img = torch.cat([f[0] for f in feats])
+            local_txt = torch.cat([f[1] for f in feats])
+        all_img = torch.cat(all_gather_no_grad(local_img.float()))
+        all_txt = torch.cat(all_gather_no_grad(local_txt.float()))
+        local_n = local_img.shape[0]
+        value = None
+        offset = info.rank * local_n
+        for i, mb in enumerate(micro_batches):
+            if live_out is None or i > 0:
+                torch.set_rng_state(rng[i])
+                with sync(i == k - 1):
+                    with autocast():
+                        out = model(image=mb["image"], text=mb["text"])
+                    value = self._slice_backward(out, all_img, all_txt, offset, sizes[i], i, k, world, backward)
+            else:
+                value = self._slice_backward(live_out, all_img, all_txt, offset, sizes[i], i, k, world, backward)
+            offset += sizes[i]
+        scale = core.logit_scale.exp().clamp(max=100).item() if hasattr(core, "logit_scale") else None
+        return {"loss": value, "logit_scale": scale}
+
+    def _slice_backward(self, out, all_img, all_txt, offset, n, i, k, world, backward) -> float:
+        rows = slice(offset, offset + n)
+        img = torch.cat([all_img[:offset], out["image_features"].float(), all_img[offset + n:]])
+        txt = torch.cat([all_txt[:offset], out["text_features"].float(), all_txt[offset + n:]])
+        s, b = out["logit_scale"], out.get("logit_bias")
+        if self.local_loss:
+            # Local loss: only this slice's rows; each micro-batch is its own term, averaged over k.
+            loss = self._loss(img, txt, s, b, rows)
+            backward(loss / k)
+            return loss.detach().item()
+        # Temperature/bias: value unchanged, gradient kept once (micro-batch 0) and divided by world.
+        g = (1.0 if i == 0 else 0.0) / world
+        s_eff = s.detach() + (s - s.detach()) * g
+        b_eff = None if b is None else b.detach() + (b - b.detach()) * g
+        loss = self._loss(img, txt, s_eff, b_eff, None)
+        backward(loss * world)   # DDP averages gradients over ranks; the full loss wants their sum
+        return loss.detach().item()
+
+    @torch.no_grad()
+    def eval_loss(self, model, batch) -> float:
+        return self.loss(model, batch)["loss"].item()
+
+    def inference(self, model, batch):
+        images = batch["image"]
+        core = unwrap(model)
+        return lambda: core.encode_image(images)

@@ -1,0 +1,371 @@
+"""One trainer for every model family: anything an ``Objective`` can turn into a loss.
+
+What it adds around the objective: AdamW + warmup/cosine, clipping, freezing by config, bf16/fp16
+autocast, gradient checkpointing, torch.compile, DDP, atomic checkpoints with exact resume, NaN
+guard, progress bar + JSONL + TensorBoard + PNG curves, and the measurement report.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from ..measure import count_parameters, measure_latency, track_memory
+from .checkpointing import (atomic_torch_save, latest_valid_checkpoint, prune_checkpoints, rng_state, set_rng_state)
+from .config import TrainConfig
+from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from .objectives import ContrastiveObjective, Objective, batch_size, split_batch, unwrap
+from .sampler import ResumableBatchSampler, SeededItems
+from .schedule import build_optimizer, build_scheduler
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: str
+    steps: int
+    epochs: float
+    samples_seen: int
+    wall_time_s: float
+    samples_per_s: float
+    final_loss: float | None
+    skipped_samples: int
+    params: dict
+    memory: dict
+    latency: dict = field(default_factory=dict)
+    val: dict = field(default_factory=dict)
+    checkpoint: str | None = None
+    resumed_from_step: int | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def apply_freezing(model: nn.Module, cfg: TrainConfig) -> None:
+    """Freeze by parameter-name prefix and lock towers as the config asks."""
+    if cfg.lock_image is not None:
+        unwrap(model).lock_image_tower(cfg.lock_image)
+    if cfg.lock_text is not None:
+        unwrap(model).lock_text_tower(cfg.lock_text)
+    if cfg.freeze:
+        names = [n for n, _ in model.named_parameters()]
+        for prefix in cfg.freeze:
+            hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+            if not hits:
+                raise ValueError(f"train.freeze: {prefix!r} matches no parameter; top-level modules are "
+                                 f"{sorted({n.split('.')[0] for n in names})}")
+        for n, p in model.named_parameters():
+            if any(n == pre or n.startswith(pre + ".") for pre in cfg.freeze):
+                p.requires_grad_(False)
+
+
+def default_collate(batch: list) -> dict:
+    from ..data.pipeline import collate_skip_none
+    return collate_skip_none(batch)
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, train_data, cfg: TrainConfig, out_dir: str | Path,
+                 objective: Objective | None = None, val_data=None,
+                 eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+                 collate_fn: Callable | None = None, best_metric: str = "val_loss", best_mode: str = "min"):
+        self.model, self.cfg, self.out_dir = model, cfg, Path(out_dir)
+        self.train_data, self.val_data = train_data, val_data
+        self.objective = objective or ContrastiveObjective(cfg.loss, cfg.local_loss)
+        self.eval_fn, self.collate_fn = eval_fn, collate_fn or default_collate
+        self.best_metric, self.best_mode = best_metric, best_mode
+        self.ckpt_dir = self.out_dir / "checkpoints"
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _device(self, info: DistInfo) -> torch.device:
+        if self.cfg.device:
+            return torch.device(self.cfg.device)
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{info.local_rank}")
+        return torch.device("cpu")
+
+    def _autocast(self, device: torch.device):
+        p = self.cfg.precision
+        if p == "fp32":
+            return nullcontext
+        if p == "fp16" and device.type != "cuda":
+            raise ValueError("precision fp16 needs a CUDA device (it uses a GradScaler); use bf16 on CPU")
+        dtype = torch.bfloat16 if p == "bf16" else torch.float16
+        return lambda: torch.autocast(device.type, dtype=dtype)
+
+    def _loader(self, info: DistInfo):
+        data = self.train_data
+        per_rank = self.cfg.batch_size * self.cfg.accum_steps
+        workers = self.cfg.num_workers
+        if isinstance(data, IterableDataset):
+            loader = DataLoader(data, batch_size=per_rank, num_workers=workers, collate_fn=self.collate_fn,
+                                drop_last=True)
+            return loader, None, None
+        items = SeededItems(data, self.cfg.seed)
+        sampler = ResumableBatchSampler(len(items), per_rank, self.cfg.seed, info.rank, info.world_size)
+        loader = DataLoader(items, batch_sampler=sampler, num_workers=workers, collate_fn=self.collate_fn,
+                            pin_memory=torch.cuda.is_available(), persistent_workers=False)
+        return loader, sampler, items
+
+    def _to_device(self, batch: dict, device) -> dict:
+        return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        info = init_distributed(cfg.device)
+        device = self._device(info)
+        seed_everything(cfg.seed)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        model = self.model
+        apply_freezing(model, cfg)
+        if cfg.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
+            model.set_grad_checkpointing(True)
+        model.to(device)
+        autocast = self._autocast(device)
+        optimizer = build_optimizer(model, cfg)
+        loader, sampler, items = self._loader(info)
+        steps_per_epoch = sampler.steps_per_epoch if sampler is not None else None
+        if cfg.max_steps:
+            total_steps = cfg.max_steps
+        elif steps_per_epoch:
+            total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        else:
+            raise ValueError("an iterable (streaming) dataset has no length: set train.max_steps")
+        scheduler = build_scheduler(optimizer, cfg, total_steps)
+        scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+
+        state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "samples_seen": 0, "train_time_s": 0.0,
+                 "history": [], "val_history": [], "best": None, "skipped": 0}
+        resumed_from = None
+        if cfg.resume and (found := latest_valid_checkpoint(self.ckpt_dir)):
+            path, ckpt = found
+            unwrap(model).load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            set_rng_state(ckpt["rng"])
+            state.update(ckpt["state"])
+            resumed_from = state["step"]
+            if info.is_main:
+                print(f"resumed from {path} (step {state['step']})")
+
+        train_model = model
+        if info.enabled:
+            train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            train_model = torch.compile(train_model)
+
+        def sync(last: bool):
+            return nullcontext() if (last or not info.enabled) else train_model.no_sync()
+
+        def backward(loss: torch.Tensor):
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+
+        writer = self._tensorboard() if info.is_main else None
+        metrics_file = open(self.out_dir / "metrics.jsonl", "a") if info.is_main else None
+        progress = None
+        if info.is_main and cfg.progress:
+            from tqdm.auto import tqdm
+            progress = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        last_loss = None
+        prior_time, t_start = state["train_time_s"], time.perf_counter()
+        t_window, n_window = time.perf_counter(), 0
+        try:
+            with track_memory() as mem:
+                while state["step"] < total_steps:
+                    if sampler is not None:
+                        sampler.set_epoch(state["epoch"], state["step_in_epoch"])
+                        items.set_epoch(state["epoch"])
+                    model.train()
+                    for batch in loader:
+                        state["skipped"] += int(batch.pop("n_skipped", 0))
+                        if batch_size(batch) < cfg.batch_size * cfg.accum_steps:
+                            # corrupt images were dropped: micro-batches must stay equal, so trim
+                            n = (batch_size(batch) // cfg.accum_steps) * cfg.accum_steps
+                            if n == 0:
+                                state["step_in_epoch"] += 1
+                                continue
+                            batch = {k: (v[:n] if torch.is_tensor(v) and v.ndim else v) for k, v in batch.items()}
+                        batch = self._to_device(batch, device)
+                        micro = split_batch(batch, cfg.accum_steps)
+                        optimizer.zero_grad(set_to_none=True)
+                        out = self.objective.forward_backward(train_model, micro, backward, autocast, sync)
+                        loss = out["loss"]
+                        if not math.isfinite(loss):
+                            raise TrainingDiverged(
+                                f"loss is {loss} at step {state['step'] + 1}: training stopped; the last good "
+                                f"checkpoint is kept in {self.ckpt_dir} (lower the learning rate, use bf16/fp32, "
+                                f"or enable grad_clip)")
+                        if scaler is not None:
+                            scaler.unscale_(optimizer)
+                        grad_norm = None
+                        if cfg.grad_clip:
+                            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
+                        if scaler is not None:
+                            scaler.step(optimizer)
+                            scaler.update()
+                        else:
+                            optimizer.step()
+                        scheduler.step()
+                        n = batch_size(batch) * info.world_size
+                        state["step"] += 1
+                        state["step_in_epoch"] += 1
+                        state["samples_seen"] += n
+                        n_window += n
+                        last_loss = loss
+                        if progress is not None:
+                            progress.update(1)
+                            progress.set_postfix(loss=f"{loss:.4f}", epoch=state["epoch"])
+                        step = state["step"]
+                        if step % cfg.log_every == 0 or step == total_steps:
+                            now = time.perf_counter()
+                            rec = {"step": step, "epoch": state["epoch"] + state["step_in_epoch"] / (steps_per_epoch or 1),
+                                   "loss": float(all_reduce_mean(torch.tensor(loss))), "lr": scheduler.get_last_lr()[0],
+                                   "samples_per_s": n_window / max(now - t_window, 1e-9), "grad_norm": grad_norm}
+                            if out.get("logit_scale") is not None:
+                                rec["logit_scale"] = out["logit_scale"]
+                            t_window, n_window = now, 0
+                            state["history"].append(rec)
+                            self._log(rec, writer, metrics_file, "train")
+                        last_step = step == total_steps
+                        if self._due(cfg.eval_every, step) or last_step:
+                            self._validate(model, state, device, autocast, writer, metrics_file, info)
+                        if (self._due(cfg.ckpt_every, step) or last_step) and info.is_main:
+                            state["train_time_s"] = prior_time + time.perf_counter() - t_start
+                            self._save(model, optimizer, scheduler, scaler, state)
+                        if last_step:
+                            break
+                    else:  # the epoch ran out
+                        state["epoch"] += 1
+                        state["step_in_epoch"] = 0
+                        continue
+                    break
+        finally:
+            if progress is not None:
+                progress.close()
+            if metrics_file is not None:
+                metrics_file.close()
+            if writer is not None:
+                writer.close()
+        barrier()
+        wall = prior_time + time.perf_counter() - t_start
+        result = TrainResult(
+            out_dir=str(self.out_dir), steps=state["step"],
+            epochs=state["epoch"] + state["step_in_epoch"] / (steps_per_epoch or 1),
+            samples_seen=state["samples_seen"], wall_time_s=wall,
+            samples_per_s=state["samples_seen"] / max(wall, 1e-9), final_loss=last_loss,
+            skipped_samples=state["skipped"], params=count_parameters(model).to_dict(), memory=mem.to_dict(),
+            val=state["val_history"][-1] if state["val_history"] else {},
+            checkpoint=str(self.ckpt_dir), resumed_from_step=resumed_from)
+        if info.is_main:
+            result.latency = self._latency(model, device, autocast)
+            from ..report.plots import plot_training_curves
+            plot_training_curves(state["history"], state["val_history"], self.out_dir / "curves.png")
+        return result
+
+    # -- pieces ---------------------------------------------------------------------------------
+    @staticmethod
+    def _due(every: int | None, step: int) -> bool:
+        return bool(every) and step % every == 0
+
+    def _tensorboard(self):
+        if not self.cfg.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    @staticmethod
+    def _log(rec: dict, writer, metrics_file, split: str) -> None:
+        if metrics_file is not None:
+            metrics_file.write(json.dumps({"split": split, **rec}) + "\n")
+            metrics_file.flush()
+        if writer is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    writer.add_scalar(f"{split}/{k}", v, rec["step"])
+
+    @torch.no_grad()
+    def _validate(self, model, state, device, autocast, writer, metrics_file, info) -> None:
+        rec: dict[str, Any] = {"step": state["step"]}
+        model.eval()
+        if self.val_data is not None:
+            loader = DataLoader(self.val_data, batch_size=self.cfg.batch_size * self.cfg.accum_steps,
+                                collate_fn=self.collate_fn, num_workers=self.cfg.num_workers)
+            total, count = 0.0, 0
+            for batch in loader:
+                batch.pop("n_skipped", None)
+                batch = self._to_device(batch, device)
+                with autocast():
+                    n = batch_size(batch)
+                    total += self.objective.eval_loss(unwrap(model), batch) * n
+                    count += n
+            rec["val_loss"] = total / max(count, 1)
+        if self.eval_fn is not None and info.is_main:
+            rec.update(self.eval_fn(unwrap(model)))
+        model.train()
+        if len(rec) == 1:
+            return
+        state["val_history"].append(rec)
+        if info.is_main:
+            self._log(rec, writer, metrics_file, "val")
+        metric = rec.get(self.best_metric)
+        if metric is not None:
+            best = state["best"]
+            better = best is None or (metric < best["value"] if self.best_mode == "min" else metric > best["value"])
+            if better:
+                state["best"] = {"metric": self.best_metric, "value": metric, "step": state["step"]}
+                if info.is_main:
+                    atomic_torch_save({"model": unwrap(model).state_dict(), "best": state["best"]},
+                                      self.ckpt_dir / "best.pt")
+
+    def _save(self, model, optimizer, scheduler, scaler, state) -> None:
+        ckpt = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": rng_state(), "state": {k: v for k, v in state.items()}, "config": self.cfg.model_dump()}
+        atomic_torch_save(ckpt, self.ckpt_dir / f"ckpt-{state['step']:08d}.pt")
+        prune_checkpoints(self.ckpt_dir, self.cfg.keep_last)
+
+    def _latency(self, model, device, autocast) -> dict:
+        """Per-sample inference latency at batch 1 and at the training micro-batch size."""
+        data = self.val_data if self.val_data is not None else None
+        if data is None or isinstance(data, IterableDataset):
+            return {}
+        model.eval()
+        out = {}
+        try:
+            for bs in sorted({1, min(self.cfg.batch_size, len(data))}):
+                batch = self._to_device(self.collate_fn([data[i] for i in range(bs)]), device)
+                batch.pop("n_skipped", None)
+                fn = self.objective.inference(model, batch)
+                with autocast():
+                    out[f"batch_{bs}"] = measure_latency(fn, bs, repeats=10 if bs > 1 else 20, warmup=2).to_dict()
+        finally:
+            model.train()
+        return out
