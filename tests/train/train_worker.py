@@ -1,0 +1,47 @@
+"""Run as a subprocess by test_resume.py: a small deterministic training run that checkpoints often."""
+import sys
+import time
+
+import torch
+
+from mmfm.models import create_model
+from mmfm.train import TrainConfig, Trainer
+
+
+class Synthetic(torch.utils.data.Dataset):
+    """Random but fixed image/text pairs; an item draws augmentation noise from the torch RNG."""
+
+    def __init__(self, n=64, delay=0.0):
+        g = torch.Generator().manual_seed(123)
+        self.images = torch.randn(n, 3, 32, 32, generator=g)
+        self.texts = torch.randint(1, 1000, (n, 16), generator=g)
+        self.delay = delay
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        if self.delay:
+            time.sleep(self.delay)
+        # "augmentation" from the global RNG: exact resume needs it seeded per (epoch, index)
+        return {"image": self.images[i] + 0.1 * torch.randn(3, 32, 32), "text": self.texts[i]}
+
+
+def main(out_dir: str, delay: float, steps: int, nan_at: int = 0) -> None:
+    torch.manual_seed(0)
+    model = create_model("ViT-tiny-test")
+    if nan_at:
+        calls = {"n": 0}
+
+        def poison(module, inputs, output):   # the forward of step `nan_at` produces NaN
+            calls["n"] += 1
+            return output * float("nan") if calls["n"] >= nan_at else output
+        model.visual.register_forward_hook(poison)
+    cfg = TrainConfig(max_steps=steps, batch_size=8, accum_steps=2, lr=1e-3, warmup_steps=2, ckpt_every=2,
+                      keep_last=3, log_every=1, progress=False, tensorboard=False, seed=7)
+    result = Trainer(model, Synthetic(delay=delay), cfg, out_dir).fit()
+    print("final_loss", result.final_loss)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 0)
