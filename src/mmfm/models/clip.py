@@ -65,6 +65,8 @@ class CLIP(nn.Module):
         """(logits_per_image, logits_per_text) as open_clip / HF compute them."""
         out = self(images, ids)
         li = out["logit_scale"] * out["image_features"] @ out["text_features"].T
+        if "logit_bias" in out:
+            li = li + out["logit_bias"]
         return li, li.T
 
     # Locking ---------------------------------------------------------------------------------
