@@ -1,0 +1,114 @@
+"""Evaluation suite: zero-shot classification, linear probe, few-shot, image-text retrieval.
+
+Python API (each returns a result object with ``to_dict()`` / ``to_markdown()``)::
+
+    from mmfm.eval import zero_shot, linear_probe, few_shot, retrieval, write_report
+    r1 = zero_shot(model, get_dataset("shapes", split="test"), task="color")
+    r2 = linear_probe(model, train_ds, test_ds)
+    r3 = few_shot(model, train_ds, test_ds, shots=(1, 2, 4, 8, 16), seeds=(0, 1, 2))
+    r4 = retrieval(model, get_dataset("flickr30k", root="~/data/flickr30k", split="test"))
+    write_report([r1, r2, r3, r4], "out/")      # results.json + results.md, models side by side
+
+Note: the functions ``zero_shot``, ``linear_probe``, ``few_shot`` and ``retrieval`` share their names
+with the modules that define them, and the package attribute is the *function*. Import helpers
+from the modules with ``from mmfm.eval.zero_shot import build_zero_shot_classifier`` (which works);
+``import mmfm.eval.zero_shot as m`` gives the function, not the module.
+
+``run_eval`` is what the ``mmfm eval`` command calls.
+
+This package never imports :mod:`mmfm.data` at module level: :mod:`mmfm.data.benchmarks` imports
+:mod:`mmfm.eval.templates` while :mod:`mmfm.data` is being initialised.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .features import (FeatureCache, FeatureSet, PerfMeter, encode_texts, extract_image_features,
+                       model_fingerprint)
+from .few_shot import FEW_SHOT_METHODS, FewShotEpisode, few_shot, register_few_shot_method, sample_k_shot
+from .linear_probe import fit_linear_probe, linear_probe, sweep_c
+from .results import (ClassificationMetrics, EvalResult, FewShotResult, LinearProbeResult, PerfStats,
+                      RetrievalResult, ZeroShotResult, comparison_table, load_results, write_report)
+from .retrieval import retrieval, retrieval_metrics, retrieval_ranks
+from .zero_shot import build_zero_shot_classifier, zero_shot
+
+__all__ = [
+    "ClassificationMetrics", "EvalResult", "FEW_SHOT_METHODS", "FeatureCache", "FeatureSet", "FewShotEpisode",
+    "FewShotResult", "LinearProbeResult", "PerfMeter", "PerfStats", "RetrievalResult", "ZeroShotResult",
+    "build_zero_shot_classifier", "comparison_table", "encode_texts", "extract_image_features", "few_shot",
+    "fit_linear_probe", "linear_probe", "load_results", "model_fingerprint", "register_few_shot_method",
+    "retrieval", "retrieval_metrics", "retrieval_ranks", "run_eval", "sample_k_shot", "sweep_c", "write_report",
+    "zero_shot", "EVAL_KINDS",
+]
+
+#: CLI spellings -> evaluation kind.
+EVAL_KINDS = {"zeroshot": "zeroshot", "zero-shot": "zeroshot", "zero_shot": "zeroshot",
+              "linear-probe": "linear_probe", "linear_probe": "linear_probe", "linearprobe": "linear_probe",
+              "fewshot": "fewshot", "few-shot": "fewshot", "few_shot": "fewshot",
+              "retrieval": "retrieval"}
+
+#: Datasets whose official validation split the linear probe uses for its C sweep (as the CLIP paper).
+OFFICIAL_VAL_SPLITS = {"flowers102", "dtd"}
+
+
+def _load_dataset(name: str, data_root: str | Path | None, split: str, dataset_kwargs: dict[str, Any]):
+    from ..data import get_dataset
+    from ..data.benchmarks import register_benchmark_datasets
+    register_benchmark_datasets()   # idempotent; makes cifar10, flickr30k... available by name
+    kw = dict(dataset_kwargs)
+    if data_root is not None:
+        kw["root"] = data_root
+    return get_dataset(name, split=split, **kw)
+
+
+def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset: str,
+             data_root: str | Path | None = None, out_dir: str | Path | None = None, *,
+             device: str | None = None, precision: str = "fp32", task: str | None = None,
+             train_split: str = "train", test_split: str = "test", val_split: str | None = "auto",
+             dataset_kwargs: dict[str, Any] | None = None, batch_size: int = 64, num_workers: int = 0,
+             cache_dir: str | Path | None = None, progress: bool = True, **kw) -> EvalResult:
+    """Build the model and dataset(s) by name, run one evaluation, write its report.
+
+    kind: ``zeroshot`` | ``linear-probe`` | ``fewshot`` | ``retrieval`` (``EVAL_KINDS`` lists spellings).
+    model_name / pretrained: as ``mmfm.models.create_model`` (a config name and/or a checkpoint).
+    dataset / data_root: a registered dataset name (``mmfm.data.available_datasets()``) and the folder
+        its files are in (omitted for the embedded ``shapes`` / ``digits``).
+    val_split: linear probe only; ``"auto"`` uses the official validation split of Flowers-102 and DTD
+        and carves one out of train otherwise; a split name forces it; None always carves.
+    out_dir: if given, ``results.json`` / ``results.md`` and the PNG plots are written there.
+    Other keyword arguments go to the evaluation function (e.g. ``shots``, ``seeds``, ``method`` for
+    few-shot; ``c_values``, ``features`` for the linear probe; ``templates`` for zero-shot).
+    """
+    import torch
+    from ..models import create_model
+    try:
+        kind_ = EVAL_KINDS[kind.lower()]
+    except KeyError:
+        raise ValueError(f"unknown evaluation {kind!r}; choose one of {sorted(set(EVAL_KINDS))}") from None
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = create_model(model_name, pretrained=pretrained, device=device, precision=precision)
+    label = kw.pop("model_label", None) or (model_name or Path(str(pretrained)).name) + \
+        (f" ({pretrained})" if pretrained and model_name else "")
+    dkw = dict(dataset_kwargs or {})
+    common = dict(model_name=label, batch_size=batch_size, num_workers=num_workers, device=device, cache=cache_dir,
+                  progress=progress)
+    plots = {"out_dir": out_dir} if out_dir is not None else {}
+
+    if kind_ == "zeroshot":
+        result = zero_shot(model, _load_dataset(dataset, data_root, test_split, dkw), task=task, **common, **plots, **kw)
+    elif kind_ == "retrieval":
+        result = retrieval(model, _load_dataset(dataset, data_root, test_split, dkw), **common, **kw)
+    else:
+        train = _load_dataset(dataset, data_root, train_split, dkw)
+        test = _load_dataset(dataset, data_root, test_split, dkw)
+        if kind_ == "linear_probe":
+            use_val = val_split if val_split != "auto" else ("val" if dataset.lower() in OFFICIAL_VAL_SPLITS else None)
+            val = _load_dataset(dataset, data_root, use_val, dkw) if use_val else None
+            result = linear_probe(model, train, test, val_dataset=val, task=task, **common, **plots, **kw)
+        else:
+            result = few_shot(model, train, test, task=task, **common, **plots, **kw)
+    if out_dir is not None:
+        write_report([result], out_dir)
+    return result

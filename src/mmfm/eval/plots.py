@@ -1,0 +1,95 @@
+"""PNG figures of evaluation results: confusion matrix, linear-probe C sweep, few-shot curve.
+
+matplotlib's non-interactive Agg backend is used through an explicit ``Figure`` (no pyplot state), so
+plotting works headless, in threads and in DataLoader workers without touching a global backend.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def _figure(figsize):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight")
+    return path
+
+
+def plot_confusion_matrix(confusion: np.ndarray, classnames: Sequence[str], path: str | Path,
+                          normalize: bool = True, title: str = "Confusion matrix") -> Path:
+    """Rows = true class, columns = predicted class; ``normalize`` divides each row by its support.
+
+    Class names label the axes up to 40 classes; beyond that the ticks would be unreadable and are
+    left as indices.
+    """
+    cm = np.asarray(confusion, dtype=np.float64)
+    if normalize:
+        support = cm.sum(axis=1, keepdims=True)
+        cm = np.divide(cm, support, out=np.zeros_like(cm), where=support > 0)
+    n = cm.shape[0]
+    side = min(4 + 0.3 * n, 30)
+    fig = _figure((side, side))
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if n <= 40:
+        ax.set_xticks(range(n), [str(c) for c in classnames], rotation=90, fontsize=8)
+        ax.set_yticks(range(n), [str(c) for c in classnames], fontsize=8)
+        if n <= 15:  # annotate cells while they are large enough to read
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, f"{cm[i, j]:.2f}" if normalize else f"{int(cm[i, j])}", ha="center", va="center",
+                            fontsize=7, color="white" if cm[i, j] > 0.5 * (cm.max() or 1) else "black")
+    return _save(fig, path)
+
+
+def plot_c_sweep(sweep: Sequence[Mapping[str, float]], path: str | Path, best_c: float | None = None,
+                 title: str = "Linear probe: validation accuracy vs C") -> Path:
+    """Validation accuracy against the inverse regularisation strength C (log axis)."""
+    pts = sorted((float(s["C"]), float(s["val_accuracy"])) for s in sweep)
+    fig = _figure((6, 4))
+    ax = fig.add_subplot(1, 1, 1)
+    if pts:
+        c, acc = zip(*pts)
+        ax.plot(c, [100 * a for a in acc], marker="o")
+    if best_c is not None:
+        ax.axvline(best_c, color="tab:red", linestyle="--", label=f"best C = {best_c:.3g}")
+        ax.legend()
+    ax.set_xscale("log")
+    ax.set_xlabel("C (inverse L2 strength)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_few_shot(per_shot: Mapping[int, Mapping[str, float]], path: str | Path,
+                  title: str = "Few-shot accuracy") -> Path:
+    """Mean accuracy against shots per class, with ± one standard deviation over seeds."""
+    ks = sorted(int(k) for k in per_shot)
+    mean = np.array([per_shot[k]["mean"] for k in ks]) * 100
+    std = np.array([per_shot[k]["std"] for k in ks]) * 100
+    fig = _figure((6, 4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("examples per class")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,149 @@
+"""Image<->text retrieval: Recall@K, median and mean rank, several captions per image.
+
+Definitions (the usual ones, e.g. Flickr30k/COCO in the CLIP paper):
+
+* image->text: the query is an image, the candidates are all captions; the rank of an image is the
+  rank of its *best-ranked* own caption, so a hit at K means "any of its captions is in the top K".
+* text->image: the query is a caption, the candidates are all images; exactly one image is correct.
+
+Ranks are 1-based. **Tie rule**: a candidate is ranked above the correct one only if its score is
+*strictly* higher, i.e. ``rank = 1 + #{wrong candidates with a strictly higher score}``
+(``ties="optimistic"``, the default and the usual choice). ``ties="pessimistic"`` counts wrong
+candidates with an equal score as ranked above too. The two differ only when scores tie exactly,
+which real embeddings essentially never do, but collapsed ones (every input mapped to the same
+vector) do: they score a perfect recall under the optimistic rule. To make that visible, results
+report how many queries had such a tie (``tied_queries``). Other correct captions of the same image
+never count against an image->text query.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .features import (FeatureCache, PerfMeter, cache_key, encode_texts, extract_image_features, get_cache,
+                       get_text_tokenizer, model_device, model_fingerprint)
+from .results import RetrievalResult
+
+TieRule = Literal["optimistic", "pessimistic"]
+
+
+def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, text_image: Sequence[int] | torch.Tensor, *,
+                    ties: TieRule = "optimistic", chunk_size: int = 1024,
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Ranks from (already normalised, or otherwise comparable) embeddings.
+
+    text_image: ``text_image[t]`` = index of the image caption ``t`` describes.
+    Returns ``(image_ranks [N_images], text_ranks [N_texts], tied_queries)``; an image without any
+    caption gets rank NaN (and is left out of the image->text metrics).
+    Scores are dot products, computed ``chunk_size`` queries at a time (memory O(chunk x candidates)).
+    """
+    if ties not in ("optimistic", "pessimistic"):
+        raise ValueError(f"ties must be 'optimistic' or 'pessimistic', got {ties!r}")
+    img = torch.as_tensor(image_emb).float()
+    txt = torch.as_tensor(text_emb).float()
+    owner = torch.as_tensor(text_image, dtype=torch.long)
+    n_img, n_txt = img.shape[0], txt.shape[0]
+    if owner.shape[0] != n_txt:
+        raise ValueError(f"{n_txt} text embeddings but {owner.shape[0]} text->image indices")
+    if n_txt and (owner.min() < 0 or owner.max() >= n_img):
+        raise ValueError("text_image indices must lie in [0, number of images)")
+    above = torch.gt if ties == "optimistic" else torch.ge
+
+    image_ranks = np.full(n_img, np.nan)
+    tied_i2t = 0
+    for s in range(0, n_img, chunk_size):
+        scores = img[s:s + chunk_size] @ txt.T                                    # [b, T]
+        rows = torch.arange(s, min(s + chunk_size, n_img))
+        positive = owner[None, :] == rows[:, None]                                # [b, T]
+        best = torch.where(positive, scores, torch.full_like(scores, -torch.inf)).max(dim=1).values
+        has_caption = positive.any(dim=1)
+        wrong = ~positive
+        n_above = (above(scores, best[:, None]) & wrong).sum(dim=1)
+        tied_i2t += int(((scores == best[:, None]) & wrong).any(dim=1)[has_caption].sum())
+        r = (1 + n_above).double()
+        r[~has_caption] = float("nan")
+        image_ranks[s:s + len(rows)] = r.numpy()
+
+    text_ranks = np.zeros(n_txt, dtype=np.int64)
+    tied_t2i = 0
+    for s in range(0, n_txt, chunk_size):
+        scores = txt[s:s + chunk_size] @ img.T                                    # [b, N]
+        target = owner[s:s + chunk_size]
+        correct = scores.gather(1, target[:, None])
+        wrong = torch.ones_like(scores, dtype=torch.bool)
+        wrong.scatter_(1, target[:, None], False)
+        text_ranks[s:s + len(target)] = (1 + (above(scores, correct) & wrong).sum(dim=1)).numpy()
+        tied_t2i += int(((scores == correct) & wrong).any(dim=1).sum())
+    return image_ranks, text_ranks, {"image_to_text": tied_i2t, "text_to_image": tied_t2i}
+
+
+def retrieval_metrics(image_ranks: np.ndarray, text_ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """R@K (fraction of queries whose correct item ranks <= K), median and mean rank, per direction,
+    and ``mean_recall`` (the average of all R@K values)."""
+    out: dict[str, float] = {}
+    recalls = []
+    for prefix, ranks in (("i2t", np.asarray(image_ranks, dtype=np.float64)), ("t2i", np.asarray(text_ranks, dtype=np.float64))):
+        ranks = ranks[~np.isnan(ranks)]
+        for k in ks:
+            r = float((ranks <= k).mean()) if ranks.size else float("nan")
+            out[f"{prefix}_R@{k}"] = r
+            recalls.append(r)
+        out[f"{prefix}_median_rank"] = float(np.median(ranks)) if ranks.size else float("nan")
+        out[f"{prefix}_mean_rank"] = float(ranks.mean()) if ranks.size else float("nan")
+    out["mean_recall"] = float(np.mean(recalls))
+    return out
+
+
+def text_embeddings(model: nn.Module, texts: Sequence[str], *, tokenizer: Callable | None = None,
+                    batch_size: int = 256, device: str | torch.device | None = None,
+                    cache: FeatureCache | str | Path | None = None, progress: bool = False,
+                    meter: PerfMeter | None = None) -> torch.Tensor:
+    """Normalised text embeddings, cached per (model weights, texts, tokenizer)."""
+    tok = get_text_tokenizer(model, tokenizer)
+    key = cache_key("texts", model_fingerprint(model), list(texts), getattr(tok, "context_length", None),
+                    type(tok).__name__)
+    store = get_cache(cache)
+    hit = store.get(key)
+    if hit is not None:
+        return hit.tensors["embeddings"]
+    emb = encode_texts(model, texts, tokenizer=tok, batch_size=batch_size, device=device, normalize=True,
+                       progress=progress, meter=meter)
+    store.put(key, {"embeddings": emb})
+    return emb
+
+
+def retrieval(model: nn.Module, dataset, *, ks: Sequence[int] = (1, 5, 10), ties: TieRule = "optimistic",
+              model_name: str | None = None, batch_size: int = 64, text_batch_size: int = 256,
+              num_workers: int = 0, device: str | torch.device | None = None, transform: Callable | None = None,
+              tokenizer: Callable | None = None, cache: FeatureCache | str | Path | None = None,
+              keep_ranks: bool = True, progress: bool = True) -> RetrievalResult:
+    """Image->text and text->image retrieval on every image and every caption of ``dataset``.
+
+    Captions come from ``dataset.get_captions`` (via :func:`mmfm.data.pipeline.all_captions`), so a
+    Flickr30k test split gives 1,000 images x 5 captions. ``keep_ranks`` stores every rank in the
+    result (for per-query analysis); turn it off for very large sets.
+    """
+    from ..data.pipeline import all_captions
+    from .zero_shot import model_label
+    device = torch.device(device) if device is not None else model_device(model)
+    captions, owner = all_captions(dataset)
+    feats = extract_image_features(model, dataset, kind="embedding", batch_size=batch_size,
+                                   num_workers=num_workers, device=device, transform=transform, cache=cache,
+                                   progress=progress, desc=f"retrieval {getattr(dataset, 'name', '')} images")
+    img = feats.features / feats.features.norm(dim=1, keepdim=True)
+    text_meter = PerfMeter(device)
+    with text_meter:
+        txt = text_embeddings(model, captions, tokenizer=tokenizer, batch_size=text_batch_size, device=device,
+                              cache=cache, progress=progress, meter=text_meter)
+    image_ranks, text_ranks, tied = retrieval_ranks(img, txt, owner, ties=ties)
+    metrics = retrieval_metrics(image_ranks, text_ranks, ks)
+    return RetrievalResult(
+        model=model_label(model, model_name), dataset=getattr(dataset, "name", type(dataset).__name__),
+        perf=feats.perf, metrics=metrics, image_ranks=image_ranks if keep_ranks else None,
+        text_ranks=text_ranks if keep_ranks else None, num_images=int(img.shape[0]), num_texts=len(captions),
+        ties=ties, tied_queries=tied,
+        config={"ks": list(ks), "text_perf": text_meter.stats().to_dict() if text_meter.num_items else None})
