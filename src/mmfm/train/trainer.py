@@ -11,6 +11,7 @@ import math
 import os
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,12 @@ class Trainer:
         resumed_from = None
         if cfg.resume and (found := latest_valid_checkpoint(self.ckpt_dir)):
             path, ckpt = found
+            changed = {k for k, v in self.cfg.model_dump().items()
+                       if k not in ("resume", "progress", "max_steps", "epochs", "eval_every", "ckpt_every", "log_every",
+                                    "num_workers", "device", "tensorboard") and ckpt.get("config", {}).get(k, v) != v}
+            if changed and info.is_main:
+                warnings.warn(f"resuming from {path}, whose training config differs in {sorted(changed)}; "
+                              f"use a new output folder or resume=false to start over")
             unwrap(model).load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
@@ -225,6 +232,10 @@ class Trainer:
                         grad_norm = None
                         if cfg.grad_clip:
                             grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
+                            if scaler is None and not math.isfinite(grad_norm):
+                                raise TrainingDiverged(
+                                    f"gradient norm is {grad_norm} at step {state['step'] + 1}: training stopped; "
+                                    f"the last good checkpoint is kept in {self.ckpt_dir}")
                         if scaler is not None:
                             scaler.step(optimizer)
                             scaler.update()
