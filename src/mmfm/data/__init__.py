@@ -1,0 +1,98 @@
+"""mmfm's data layer.
+
+* :mod:`.base` - the common interface: :class:`Sample`,
+  :class:`MultimodalDataset`, :class:`ZeroShotTask`.
+* :mod:`.pipeline` - the model-ready view: :class:`ImageTextView`,
+  :func:`collate_skip_none`, :func:`all_captions`.
+* Embedded datasets (no download): :class:`Shapes` (synthetic, captioned),
+  :class:`Digits` (scikit-learn handwritten digits).
+* Your own data: :class:`CustomDataset` (folder + CSV/JSONL) and WebDataset
+  shards (:func:`write_shards`, :class:`ShardDataset`).
+
+Datasets are also available by name through :func:`get_dataset`; other
+modules add theirs with :func:`register_dataset`::
+
+    from mmfm.data import get_dataset, register_dataset
+    ds = get_dataset("shapes", split="val", size=500)
+    register_dataset("cifar10", Cifar10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .base import DEFAULT_TEMPLATES, ImageLoadError, MultimodalDataset, Sample, ZeroShotTask, load_image
+from .custom import CustomDataset
+from .digits import Digits
+from .pipeline import ImageTextView, SampleEncoder, all_captions, caption_rng, collate_skip_none
+from .shapes import Shapes, questions
+from .shards import ShardDataset, ShardImageTextView, WrittenShards, shards_from_folder, write_shards
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "CustomDataset",
+    "Digits",
+    "ImageLoadError",
+    "ImageTextView",
+    "MultimodalDataset",
+    "Sample",
+    "SampleEncoder",
+    "ShardDataset",
+    "ShardImageTextView",
+    "Shapes",
+    "WrittenShards",
+    "ZeroShotTask",
+    "all_captions",
+    "available_datasets",
+    "caption_rng",
+    "collate_skip_none",
+    "get_dataset",
+    "load_image",
+    "questions",
+    "register_dataset",
+    "shards_from_folder",
+    "write_shards",
+]
+
+DatasetFactory = Callable[..., MultimodalDataset]
+
+_REGISTRY: dict[str, DatasetFactory] = {
+    "shapes": Shapes,
+    "digits": Digits,
+    "custom": CustomDataset,
+}
+
+
+def register_dataset(name: str, factory: DatasetFactory, *, overwrite: bool = False) -> None:
+    """Make ``get_dataset(name, **kwargs)`` call ``factory(**kwargs)``.
+
+    Names are case-insensitive.  Re-registering a name is an error unless
+    ``overwrite=True`` (protects against two modules silently fighting over a
+    name).
+    """
+    key = name.lower()
+    if key in _REGISTRY and not overwrite and _REGISTRY[key] is not factory:
+        raise ValueError(f"dataset {name!r} is already registered; pass overwrite=True to replace it")
+    _REGISTRY[key] = factory
+
+
+def available_datasets() -> list[str]:
+    """Registered dataset names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_dataset(name: str, **kwargs: Any) -> MultimodalDataset:
+    """Build a registered dataset: ``get_dataset("shapes", split="val")``."""
+    try:
+        factory = _REGISTRY[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; available: {available_datasets()}") from None
+    return factory(**kwargs)
+
+
+# The benchmark datasets (CIFAR, Food-101, Flowers-102, DTD, EuroSAT, Flickr30k, CC TSV) register
+# themselves here so `get_dataset("cifar10", root=...)` works without importing mmfm.eval first.
+from .benchmarks import register_benchmark_datasets as _register_benchmarks  # noqa: E402
+
+_register_benchmarks()
