@@ -113,12 +113,7 @@ def _apply_override(d: dict, assignment: str) -> None:
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     path = Path(path)
     if not path.is_file():
-        from importlib import resources
-        bundled = resources.files("mmfm") / "configs" / path.name
-        if bundled.is_file():
-            path = Path(str(bundled))
-        else:
-            raise FileNotFoundError(f"experiment config {path} does not exist")
+        raise FileNotFoundError(f"experiment config {path} does not exist (bundled configs are in the repository's configs/)")
     raw = yaml.safe_load(path.read_text()) or {}
     for o in overrides or []:
         _apply_override(raw, o)
@@ -197,7 +192,7 @@ def run_experiment(config: str | Path | ExperimentConfig, out_dir: str | Path | 
     from .measure import count_parameters, timer
     from .models import create_model
     from .report.run_report import model_row, write_experiment_report
-    from .train import Trainer
+    from .train import Trainer, dist_info
 
     cfg = config if isinstance(config, ExperimentConfig) else load_experiment(config, overrides)
     out = Path(out_dir or Path("runs") / cfg.name)
@@ -230,6 +225,8 @@ def run_experiment(config: str | Path | ExperimentConfig, out_dir: str | Path | 
                             metrics[f"{e.kind}{'_' + e.task if e.task else ''}_{k}"] = v
                     return metrics
             train_result = Trainer(model, train_view, tcfg, mdir, val_data=val_view, eval_fn=eval_fn).fit()
+            if not dist_info().is_main:
+                continue   # under torchrun, rank 0 alone evaluates and writes the reports
             from .checkpoints import save_pretrained
             save_pretrained(model, mdir / "model")
         model.eval().to(device)
@@ -240,6 +237,8 @@ def run_experiment(config: str | Path | ExperimentConfig, out_dir: str | Path | 
                 tags.append(e.kind + (f"[{e.task}]" if e.task else "") + (f"@{e.dataset}" if e.dataset != "test" else ""))
         all_results += results
         rows.append(model_row(spec.label, spec.model, count_parameters(model), train_result, results, eval_time(), tags))
+    if not dist_info().is_main:
+        return {}
     write_report(all_results, out)
     summary = write_experiment_report(cfg.name, rows, out)
     print("\n" + summary["markdown"])
