@@ -30,9 +30,9 @@ def _cmd_run(args) -> int:
 
 def _cmd_eval(args) -> int:
     from .eval import run_eval
-    result = run_eval(args.kind.replace("-", "_"), model_name=args.model, pretrained=args.pretrained,
-                      dataset=args.dataset, data_root=args.data_root, out_dir=args.out, batch_size=args.batch_size,
-                      device=args.device, download=args.download)
+    result = run_eval(args.kind, model_name=args.model, pretrained=args.pretrained, dataset=args.dataset,
+                      data_root=args.data_root, out_dir=args.out, batch_size=args.batch_size, device=args.device,
+                      task=args.task, dataset_kwargs={"download": True} if args.download else None)
     print(result.to_markdown() if hasattr(result, "to_markdown") else json.dumps(result.to_dict(), indent=2, default=str))
     return 0
 
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", required=True)
     s.add_argument("--data-root", default=None)
     s.add_argument("--out", default=None)
+    s.add_argument("--task", default=None, help="zero-shot task of the dataset (e.g. color for shapes)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", default=None)
     s.add_argument("--download", action="store_true", help="download the dataset through torchvision if missing")
