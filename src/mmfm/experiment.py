@@ -174,6 +174,8 @@ def run_eval_spec(spec: EvalSpec, model, datasets: dict, label: str, out_dir: Pa
     common = {k: v for k, v in dict(device=device, model_name=label, out_dir=out_dir, num_workers=num_workers,
                                      progress=progress, task=spec.task).items() if k in accepted}
     common.update(spec.args)
+    if common.get("method") == "lora":
+        import mmfm.adapt  # noqa: F401  registers the LoRA few-shot method
     if spec.kind in ("zeroshot", "retrieval"):
         return fn(model, ds, **common)
     return fn(model, datasets[spec.train_dataset], ds, **common)
@@ -227,8 +229,13 @@ def run_experiment(config: str | Path | ExperimentConfig, out_dir: str | Path | 
             train_result = Trainer(model, train_view, tcfg, mdir, val_data=val_view, eval_fn=eval_fn).fit()
             if not dist_info().is_main:
                 continue   # under torchrun, rank 0 alone evaluates and writes the reports
+            from .adapt import export_merged, is_lora_model, save_lora
             from .checkpoints import save_pretrained
-            save_pretrained(model, mdir / "model")
+            if is_lora_model(model):   # the adapter alone (PEFT format) and the merged model
+                save_lora(model, mdir / "adapter")
+                export_merged(model, mdir / "model")
+            else:
+                save_pretrained(model, mdir / "model")
         model.eval().to(device)
         results, tags = [], []
         with timer() as eval_time:

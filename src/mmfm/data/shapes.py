@@ -621,7 +621,10 @@ class Shapes(MultimodalDataset):
     def __repr__(self) -> str:
         return (
             f"Shapes(split={self.split!r}, size={self.num_samples}, image_size={self.image_size}, "
-            f"seed={self.seed}, max_objects={self.max_objects})"
+            f"seed={self.seed}, max_objects={self.max_objects}, mixed_objects={self.mixed_objects}, "
+            f"textures={self.textures}, color_jitter={self.color_jitter}, "
+            f"captions_per_image={self.captions_per_image}, allowed={self._allowed}, "
+            f"holdout={self.holdout}, only_holdout={self.only_holdout})"
         )
 
 

@@ -88,6 +88,8 @@ def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset:
         raise ValueError(f"unknown evaluation {kind!r}; choose one of {sorted(set(EVAL_KINDS))}") from None
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if kw.get("method") == "lora":
+        import mmfm.adapt  # noqa: F401  registers the LoRA few-shot method
     model = create_model(model_name, pretrained=pretrained, device=device, precision=precision)
     label = kw.pop("model_label", None) or (model_name or Path(str(pretrained)).name) + \
         (f" ({pretrained})" if pretrained and model_name else "")

@@ -7,7 +7,10 @@ from .registry import (config_from_dict, get_model_config, list_models, register
                        register_model_file)
 from .text import TextTransformer
 from .vit import VisionTransformer
+from . import hybrid  # noqa: E402  registers the locked-tower hybrid family and its named configs
+from .hybrid import HybridCLIP, HybridConfig, hybrid_from_clip, lit  # noqa: E402
 
 __all__ = ["CLIP", "CLIPConfig", "ConfigError", "TextConfig", "VisionConfig", "build_model", "create_model",
            "register_builder", "ModifiedResNet", "config_from_dict", "get_model_config", "list_models",
-           "register_config_class", "register_model", "register_model_file", "TextTransformer", "VisionTransformer"]
+           "register_config_class", "register_model", "register_model_file", "TextTransformer", "VisionTransformer", "HybridCLIP", "HybridConfig",
+           "hybrid_from_clip", "lit"]

@@ -1,0 +1,499 @@
+"""CLIP + LoRA through the ``peft`` library: presets, injection, adapter files, merging, few-shot.
+
+Why ``peft.inject_adapter_in_model`` rather than ``get_peft_model``: injection replaces the targeted
+``nn.Linear`` projections *inside* our model and returns the model itself, so a LoRA'd CLIP is still
+an ``mmfm.models.CLIP``. Every name stays as it was apart from the wrapped projections
+(``visual.transformer.blocks.0.attn.q_proj.base_layer.weight`` / ``...q_proj.lora_A.default.weight``),
+so ``TrainConfig.freeze`` prefixes such as ``"visual"``, ``lock_image_tower``, ``count_parameters``'
+per-tower split, the trainer's checkpoints and the evaluation suite need nothing special.
+``get_peft_model`` works too (its ``forward(image=..., text=...)`` forwards keyword arguments and
+attribute access reaches the base model), but it prefixes every parameter with ``base_model.model.``,
+which breaks the name-based freezing above. Adapter files are nevertheless written in PEFT's own
+layout, so ``peft.PeftModel.from_pretrained(base, directory)`` reads them as well as :func:`load_lora`.
+
+``peft`` is imported lazily: it imports ``transformers``, which takes seconds.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ADAPTER_CONFIG = "adapter_config.json"      # PEFT's file names: PeftModel.from_pretrained reads these
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."            # how PeftModel names adapter weights in its files
+DEFAULT_ADAPTER = "default"
+
+#: Tower aliases: the image tower is the module ``visual``, the text tower ``text``.
+TOWERS = {"image": "visual", "visual": "visual", "vision": "visual", "text": "text"}
+
+#: Short names of the projections a preset targets -> module-name suffixes in our towers.
+MODULES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "out": "out_proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+
+
+@dataclass(frozen=True)
+class LoraPreset:
+    r: int
+    alpha: float
+    dropout: float
+    modules: tuple[str, ...]          # keys of MODULES (or module-name suffixes)
+    description: str = ""
+
+
+#: Named setups. Trainable counts (both towers): ``attn-mlp-r16`` on ViT-B-32 = 4,423,680 of 155.7M
+#: (2.84%); ``qkv-r64`` on ViT-B-16 = 5,898,240 (3.8%). ``mmfm info MODEL --lora PRESET`` prints them.
+LORA_PRESETS: dict[str, LoraPreset] = {
+    "qv-r16": LoraPreset(16, 32, 0.05, ("q", "v"), "query + value projections, r=16 (the LoRA paper's choice)"),
+    "qkv-r64": LoraPreset(64, 128, 0.05, ("q", "k", "v"), "query, key, value projections, r=64"),
+    "attn-mlp-r16": LoraPreset(16, 32, 0.1, ("q", "k", "v", "out", "fc1", "fc2"),
+                               "every attention projection and both MLP layers, r=16"),
+    "fewshot-r2": LoraPreset(2, 1, 0.25, ("q", "k", "v"), "tiny, heavily regularised adapter for k-shot data"),
+}
+DEFAULT_PRESET = "qv-r16"
+
+
+# ---------------------------------------------------------------------------------------------
+# Injection
+def target_regex(modules: Iterable[str], towers: Iterable[str]) -> str:
+    """The full-match regex PEFT uses to pick target modules: ``^(visual|text)\\.(.*\\.)?(q_proj|mlp\\.fc1)$``.
+
+    A module is targeted when it lies in one of ``towers`` and its name ends with one of ``modules``
+    (``"q"``/``"q_proj"``/``"attn.q_proj"`` and ``"fc1"``/``"mlp.fc1"`` all work).
+    """
+    mods = [MODULES.get(m, m) for m in modules]
+    tops = [TOWERS.get(t, t) for t in towers]
+    if not mods or not tops:
+        raise ValueError("LoRA needs at least one target module and one tower")
+    return rf"^(?:{_alternatives(tops)})\.(?:.*\.)?(?:{_alternatives(mods)})$"
+
+
+def _alternatives(names: Iterable[str]) -> str:
+    return "|".join(re.escape(n) for n in dict.fromkeys(names))   # dict: de-duplicate, keep order
+
+
+def resolve_lora_options(preset: str | None = None, *, r: int | None = None, alpha: float | None = None,
+                         dropout: float | None = None, target_modules: Sequence[str] | str | None = None,
+                         towers: Sequence[str] = ("image", "text"), bias: str = "none") -> dict[str, Any]:
+    """A preset with explicit arguments overriding it, as ``peft.LoraConfig`` keyword arguments."""
+    if preset is not None and preset not in LORA_PRESETS:
+        raise KeyError(f"unknown LoRA preset {preset!r}; presets: {sorted(LORA_PRESETS)}")
+    base = LORA_PRESETS[preset or DEFAULT_PRESET]
+    r = base.r if r is None else int(r)
+    if r < 1:
+        raise ValueError(f"LoRA rank r must be >= 1, got {r}")
+    if bias not in ("none", "all", "lora_only"):
+        raise ValueError(f"bias must be 'none', 'all' or 'lora_only', got {bias!r}")
+    if isinstance(towers, str):
+        towers = (towers,)
+    # A string is taken as a ready-made regex (full match over module names), a sequence as suffixes.
+    regex = target_modules if isinstance(target_modules, str) else target_regex(target_modules or base.modules, towers)
+    return {"r": r, "lora_alpha": float(base.alpha if alpha is None else alpha),
+            "lora_dropout": float(base.dropout if dropout is None else dropout), "target_modules": regex, "bias": bias}
+
+
+def _matching_modules(model: nn.Module, regex: str) -> list[str]:
+    pattern = re.compile(regex)
+    return [n for n, m in model.named_modules() if n and pattern.fullmatch(n) and isinstance(m, nn.Linear)]
+
+
+def _check_targets(model: nn.Module, regex: str, towers: Sequence[str]) -> None:
+    """Fail before PEFT does, with a message that names the tower and what it contains."""
+    children = dict(model.named_children())
+    for tower in ([towers] if isinstance(towers, str) else towers):
+        name = TOWERS.get(tower, tower)
+        if name not in children:
+            raise ValueError(f"{type(model).__name__} has no tower {tower!r} (module {name!r}); "
+                             f"its top-level modules are {sorted(children)}")
+        if not any(n.startswith(name + ".") for n in _matching_modules(model, regex)):
+            linears = sorted({n.rsplit(".", 1)[-1] for n, m in children[name].named_modules() if isinstance(m, nn.Linear)})
+            raise ValueError(f"the LoRA targets ({regex}) match no nn.Linear in the {tower!r} tower "
+                             f"({type(children[name]).__name__}); its linear layers are named {linears or 'nothing'}")
+
+
+def is_lora_model(model: nn.Module) -> bool:
+    """Whether LoRA layers have been injected into ``model`` (or the model a ``PeftModel`` wraps)."""
+    model = _unwrap_peft(model)
+    if not hasattr(model, "peft_config"):
+        return False
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    return any(isinstance(m, BaseTunerLayer) for m in model.modules())
+
+
+def _unwrap_peft(model: nn.Module) -> nn.Module:
+    get_base = getattr(type(model), "get_base_model", None)   # PeftModel: the model with the injected layers
+    return model.get_base_model() if callable(get_base) else model
+
+
+def apply_lora(model: nn.Module, preset: str | None = None, *, r: int | None = None, alpha: float | None = None,
+               dropout: float | None = None, target_modules: Sequence[str] | str | None = None,
+               towers: Sequence[str] = ("image", "text"), bias: str = "none", train_logit_scale: bool = False,
+               adapter_name: str = DEFAULT_ADAPTER) -> nn.Module:
+    """Inject LoRA adapters into ``model`` (in place) and return it; only the adapters stay trainable.
+
+    preset: a name from :data:`LORA_PRESETS` (default ``qv-r16``); ``r``, ``alpha``, ``dropout``,
+        ``target_modules`` override it. ``target_modules``: module-name suffixes (``["q_proj", "mlp.fc1"]``
+        or the short names ``q k v out fc1 fc2``), or one regex matched against full module names.
+    towers: which towers get adapters: ``"image"`` (``visual.``) and/or ``"text"`` (``text.``).
+    bias: PEFT's ``"none"`` | ``"all"`` | ``"lora_only"`` (which biases train and are saved with the adapter).
+    train_logit_scale: also train the temperature (saved with the adapter, restored by :func:`load_lora`).
+
+    Works on models built on the meta device (adapters are created there too), which is how
+    ``mmfm info MODEL --lora PRESET`` counts parameters without allocating any memory.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+    if is_lora_model(model):
+        raise ValueError("the model already has LoRA adapters; merge or unload them first (merge_lora / unload_lora)")
+    opts = resolve_lora_options(preset, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules,
+                                towers=towers, bias=bias)
+    if not isinstance(target_modules, str):
+        _check_targets(model, opts["target_modules"], towers)
+    # Which base parameters were frozen before: unload_lora restores exactly this state.
+    frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
+    config = LoraConfig(**opts)
+    inject_adapter_in_model(config, model, adapter_name=adapter_name)
+    if hasattr(model, "logit_scale") and isinstance(model.logit_scale, nn.Parameter):
+        model.logit_scale.requires_grad_(train_logit_scale)
+    model._mmfm_lora = {"preset": preset, "train_logit_scale": train_logit_scale, "frozen_before": frozen}
+    return model
+
+
+def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The adapter parameters (names containing ``lora_``)."""
+    return {n: p for n, p in model.named_parameters() if "lora_" in n}
+
+
+# ---------------------------------------------------------------------------------------------
+# Merging
+def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    return [(n, m) for n, m in _unwrap_peft(model).named_modules() if isinstance(m, BaseTunerLayer)]
+
+
+def merge_lora(model: nn.Module, safe: bool = True) -> nn.Module:
+    """Add each adapter's ``scale * B @ A`` into its base weight (in place; the adapters are kept, inactive).
+
+    Outputs are unchanged (up to float rounding) and the adapter matmuls are skipped; for the fused
+    QKV path as well, use :func:`unload_lora` / :func:`merged_copy` (plain ``nn.Linear`` again). ``safe`` checks the merged weights for NaN/inf first. Undo with :func:`unmerge_lora`.
+    """
+    layers = _lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA layers to merge")
+    for _, layer in layers:
+        if not layer.merged:
+            layer.merge(safe_merge=safe)
+    return model
+
+
+def unmerge_lora(model: nn.Module) -> nn.Module:
+    """Subtract merged adapters from the base weights again (in place), re-activating them."""
+    for _, layer in _lora_layers(model):
+        while layer.merged:
+            layer.unmerge()
+    return model
+
+
+def unload_lora(model: nn.Module, merge: bool = True) -> nn.Module:
+    """Turn a LoRA'd model back into a plain one, in place: each wrapped projection is replaced by its
+    base ``nn.Linear`` (with the adapter merged into it when ``merge``, discarded otherwise).
+
+    The trainable/frozen state of the base parameters is restored to what it was before
+    :func:`apply_lora`. The result saves and exports like any model of its family.
+    """
+    model = _unwrap_peft(model)
+    layers = _lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA layers to unload")
+    for name, layer in layers:
+        if merge and not layer.merged:
+            layer.merge(safe_merge=True)
+        elif not merge:
+            while layer.merged:
+                layer.unmerge()
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, layer.get_base_layer())
+    info = model.__dict__.pop("_mmfm_lora", {})
+    model.__dict__.pop("peft_config", None)
+    frozen = set(info.get("frozen_before", []))
+    for n, p in model.named_parameters():
+        p.requires_grad_(n not in frozen)
+    return model
+
+
+def merged_copy(model: nn.Module) -> nn.Module:
+    """A plain (un-LoRA'd) copy of ``model`` with the adapters merged; ``model`` is left untouched."""
+    return unload_lora(copy.deepcopy(_unwrap_peft(model)), merge=True)
+
+
+def export_merged(model: nn.Module, directory: str | Path, format: str = "mmfm") -> Path:
+    """Merge the adapters into a copy and save it: ``format="mmfm"`` (``mmfm.checkpoints.save_pretrained``,
+    reloadable with ``create_model(pretrained=directory)``) or ``"hf"`` (an HF ``CLIPModel`` directory)."""
+    from ..checkpoints import export_hf, save_pretrained
+    writers = {"mmfm": save_pretrained, "hf": export_hf}
+    if format not in writers:
+        raise ValueError(f"format must be one of {sorted(writers)}, got {format!r}")
+    plain = merged_copy(model) if is_lora_model(model) else model
+    return Path(writers[format](plain, directory))
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapter files
+def config_fingerprint(cfg: Any) -> str:
+    """A short hash of a model config (its ``to_dict()``): equal configs, equal fingerprints."""
+    d = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _config_dict(model: nn.Module) -> dict[str, Any] | None:
+    cfg = getattr(model, "config", None)
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else None
+
+
+def save_lora(model: nn.Module, directory: str | Path, adapter_name: str = DEFAULT_ADAPTER) -> Path:
+    """Save only the adapter, in PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+    The safetensors metadata also records the base model's config and its fingerprint (so
+    :func:`load_lora` can refuse a different base) and, if it was trained, the logit scale.
+    """
+    from peft import get_peft_model_state_dict
+    from ..checkpoints.io import atomic_save_safetensors
+    model = _unwrap_peft(model)
+    if not is_lora_model(model) or adapter_name not in model.peft_config:
+        raise ValueError(f"the model has no LoRA adapter named {adapter_name!r} to save")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    metadata = {"format": "pt"}
+    cfg = _config_dict(model)
+    if cfg is not None:
+        metadata.update(mmfm_base_config=json.dumps(cfg, sort_keys=True, default=str),
+                        mmfm_base_fingerprint=config_fingerprint(cfg),
+                        mmfm_base_family=str(cfg.get("family", "clip")))
+    info = getattr(model, "_mmfm_lora", {})
+    if info.get("preset"):
+        metadata["mmfm_lora_preset"] = str(info["preset"])
+    if info.get("train_logit_scale") and hasattr(model, "logit_scale"):
+        metadata["mmfm_logit_scale"] = repr(float(model.logit_scale.detach()))
+    # Weights first, config last: a directory with an adapter_config.json is complete.
+    atomic_save_safetensors(directory / ADAPTER_WEIGHTS, {PEFT_PREFIX + k: v for k, v in state.items()}, metadata)
+    model.peft_config[adapter_name].save_pretrained(str(directory))
+    return directory
+
+
+def _read_adapter(directory: Path) -> tuple[Any, dict[str, torch.Tensor], dict[str, str]]:
+    from peft import LoraConfig
+    from safetensors import safe_open
+    from ..checkpoints import CheckpointError
+    if not (directory / ADAPTER_CONFIG).is_file() or not (directory / ADAPTER_WEIGHTS).is_file():
+        raise CheckpointError(f"{directory} is not a LoRA adapter directory: expected {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}")
+    try:
+        config = LoraConfig.from_pretrained(str(directory))
+        with safe_open(str(directory / ADAPTER_WEIGHTS), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            state = {k.removeprefix(PEFT_PREFIX): f.get_tensor(k) for k in f.keys()}
+    except Exception as e:   # a corrupt or foreign file: say which one
+        raise CheckpointError(f"cannot read the LoRA adapter in {directory}: {type(e).__name__}: {e}") from e
+    return config, state, metadata
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        return {k2: v2 for k, v in d.items() for k2, v2 in _flat(v, f"{prefix}{k}.").items()}
+    return {prefix[:-1]: list(d) if isinstance(d, tuple) else d}
+
+
+def _check_base_config(model: nn.Module, metadata: Mapping[str, str], source: str, strict: bool) -> None:
+    from ..checkpoints import CheckpointError
+    ours = _config_dict(model)
+    if ours is None or "mmfm_base_fingerprint" not in metadata:
+        return   # a foreign adapter (no record) or a base without an mmfm config: shapes are still checked
+    if config_fingerprint(ours) == metadata["mmfm_base_fingerprint"]:
+        return
+    theirs = json.loads(metadata.get("mmfm_base_config", "{}"))
+    a, b = _flat(json.loads(json.dumps(ours, default=str))), _flat(theirs)
+    diffs = [f"{k}: {b.get(k)!r} (adapter's base) vs {a.get(k)!r} (given model)" for k in sorted(set(a) | set(b))
+             if a.get(k) != b.get(k)]
+    msg = (f"LoRA adapter {source} was trained on a different base model (config fingerprint "
+           f"{metadata['mmfm_base_fingerprint']} vs {config_fingerprint(ours)}): " + "; ".join(diffs[:8])
+           + (f"; ... and {len(diffs) - 8} more" if len(diffs) > 8 else ""))
+    if strict:
+        raise CheckpointError(msg + " (pass strict=False to load it anyway if the shapes fit)")
+    warnings.warn(msg, stacklevel=3)
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A structural copy of ``model`` whose tensors all live on the meta device (no memory is copied):
+    deepcopy is handed the meta replacements of every parameter and buffer through its memo."""
+    memo: dict[int, Any] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
+def _listing(kind: str, keys: list[str], show: int = 5) -> str:
+    more = f", ... and {len(keys) - show} more" if len(keys) > show else ""
+    return f"  {len(keys)} {kind}: {', '.join(keys[:show])}{more}"
+
+
+def _expected_adapter_shapes(model: nn.Module, config: Any, adapter_name: str) -> dict[str, torch.Size]:
+    """Shapes of the adapter tensors ``config`` would create in ``model``, keyed as PEFT saves them.
+
+    Computed by injecting into a meta-device copy of the model, so nothing is allocated and a failed
+    check leaves ``model`` untouched.
+    """
+    from peft import get_peft_model_state_dict, inject_adapter_in_model
+    probe = _meta_copy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inject_adapter_in_model(copy.deepcopy(config), probe, adapter_name=adapter_name)
+    return {k: v.shape for k, v in get_peft_model_state_dict(probe, adapter_name=adapter_name).items()}
+
+
+def load_lora(model: nn.Module, directory: str | Path, adapter_name: str = DEFAULT_ADAPTER, strict: bool = True,
+              trainable: bool = False) -> nn.Module:
+    """Load an adapter saved by :func:`save_lora` (or by ``PeftModel.save_pretrained``) onto a base model.
+
+    Everything is checked before the model is touched: the base model's config against the one the
+    adapter recorded (``strict=False`` turns a difference into a warning), then every adapter tensor's
+    presence and shape against the base model's modules (always an error, naming the keys).
+    trainable: leave the adapter trainable (to continue training) instead of frozen (inference).
+    """
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+    from ..checkpoints import CheckpointError
+    from ..checkpoints.validate import compare_shapes
+    directory = Path(directory)
+    model = _unwrap_peft(model)
+    if is_lora_model(model):
+        raise ValueError("the model already has LoRA adapters; load onto a plain base model")
+    config, state, metadata = _read_adapter(directory)
+    _check_base_config(model, metadata, str(directory), strict)
+    try:
+        expected = _expected_adapter_shapes(model, config, adapter_name)
+    except ValueError as e:   # PEFT: "Target modules ... not found in the base model"
+        raise CheckpointError(f"LoRA adapter {directory} does not fit the model: {e}") from None
+    missing, unexpected, mismatched = compare_shapes(expected, state)
+    if missing or unexpected or mismatched:
+        problems = [_listing(kind, keys) for kind, keys in (("shape mismatch(es)", mismatched),
+                    ("adapter tensor(s) the model expects but the file lacks", missing),
+                    ("adapter tensor(s) for modules the model does not have", unexpected)) if keys]
+        raise CheckpointError(f"LoRA adapter {directory} does not fit the model; nothing was loaded:\n" + "\n".join(problems))
+    frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
+    inject_adapter_in_model(config, model, adapter_name=adapter_name)
+    result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
+    missing_adapter = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing_adapter:   # cannot happen after the checks above, but never return half-loaded adapters silently
+        raise CheckpointError(f"LoRA adapter {directory}: {_listing('tensor(s) not loaded', missing_adapter)}")
+    for n, p in lora_parameters(model).items():
+        p.requires_grad_(trainable)
+    if "mmfm_logit_scale" in metadata and hasattr(model, "logit_scale"):
+        with torch.no_grad():
+            model.logit_scale.fill_(float(metadata["mmfm_logit_scale"]))
+    model._mmfm_lora = {"preset": metadata.get("mmfm_lora_preset"), "train_logit_scale": False, "frozen_before": frozen}
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Few-shot classification with LoRA (a method for mmfm.eval.few_shot)
+def _task_templates(dataset, attribute: str | None) -> list[str]:
+    tasks = dataset.zero_shot_tasks() if hasattr(dataset, "zero_shot_tasks") else {}
+    for task in tasks.values():
+        if task.attribute == attribute:
+            return list(task.templates)
+    return list(getattr(dataset, "templates", None) or ["a photo of a {}."])
+
+
+def _class_text_features(model: nn.Module, tokens: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Normalised prompt-ensemble class embeddings ``[C, D]``, differentiable through the text tower."""
+    emb = F.normalize(model.encode_text(tokens), dim=-1)
+    emb = emb.reshape(num_classes, -1, emb.shape[-1]).mean(dim=1)   # tokens are class-major: [C * T]
+    return F.normalize(emb, dim=-1)
+
+
+def lora_few_shot(episode) -> dict[str, Any]:
+    """Few-shot method for ``mmfm.eval.few_shot(..., method=lora_few_shot)`` (registered as ``"lora"``).
+
+    Fine-tunes a LoRA'd copy of ``episode.model`` on the k-shot images with the class prompts
+    ("a photo of a {class}"), then classifies the test set zero-shot with the adapted model.
+    ``episode.options`` (``few_shot(method_options=...)``): ``preset`` (``fewshot-r2``), any
+    :func:`apply_lora` option (``r``, ``alpha``, ...), ``objective`` (``"ce"``: cross-entropy over the
+    zero-shot classifier built from every class's prompts, the default; ``"contrastive"``: CLIP's loss
+    on (image, its class prompt) pairs), ``steps`` (50), ``lr`` (1e-3), ``weight_decay`` (0.0),
+    ``batch_size`` (32), ``templates`` (the task's), ``transform`` (the model's eval transform),
+    ``device`` (the model's), ``seed`` (the episode's).
+    """
+    from ..eval.features import default_transform, extract_image_features, model_device
+    from ..eval.zero_shot import build_zero_shot_classifier
+    from ..tokenizer import get_tokenizer
+    from ..train.losses import clip_loss
+    opts = dict(episode.options)
+    objective = opts.pop("objective", "ce")
+    if objective not in ("ce", "contrastive"):
+        raise ValueError(f"lora_few_shot: objective must be 'ce' or 'contrastive', got {objective!r}")
+    steps, lr = int(opts.pop("steps", 50)), float(opts.pop("lr", 1e-3))
+    weight_decay, batch_size = float(opts.pop("weight_decay", 0.0)), int(opts.pop("batch_size", 32))
+    templates = list(opts.pop("templates", None) or _task_templates(episode.train_dataset, episode.attribute))
+    device = torch.device(opts.pop("device", None) or model_device(episode.model))
+    seed = int(opts.pop("seed", episode.seed))
+    transform = opts.pop("transform", None) or default_transform(episode.model)
+    lora_kw = {k: opts.pop(k) for k in ("r", "alpha", "dropout", "target_modules", "towers", "bias") if k in opts}
+    preset = opts.pop("preset", "fewshot-r2")
+    if opts:
+        raise ValueError(f"lora_few_shot: unknown option(s) {sorted(opts)}")
+
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    # Each episode adapts a fresh copy: the caller's model (and the next episode) never see the adapter.
+    model = apply_lora(copy.deepcopy(episode.model), preset, **lora_kw).to(device)
+    images = torch.stack([transform(episode.train_dataset[int(i)].image) for i in episode.train_indices])
+    labels = torch.as_tensor(episode.train_labels, dtype=torch.long)
+    tok = get_tokenizer(model.context_length)
+    classnames = episode.classnames
+    class_tokens = tok([t.format(c) for c in classnames for t in templates]).to(device)
+    pair_tokens = tok([templates[0].format(classnames[int(y)]) for y in labels]).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        idx = torch.randperm(len(labels), generator=gen)[:batch_size]
+        img = F.normalize(model.encode_image(images[idx].to(device)), dim=-1)
+        scale = model.scale() if hasattr(model, "scale") else torch.tensor(100.0)
+        if objective == "ce":
+            classes = _class_text_features(model, class_tokens, len(classnames))
+            loss = F.cross_entropy(scale * img @ classes.T, labels[idx].to(device))
+        else:
+            txt = F.normalize(model.encode_text(pair_tokens[idx]), dim=-1)
+            loss = clip_loss(img, txt, scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    train_s = time.perf_counter() - t0
+
+    model.eval()
+    weights = build_zero_shot_classifier(model, classnames, templates, device=device, use_cache=False)
+    feats = extract_image_features(model, episode.test_dataset, kind="embedding", attribute=episode.attribute,
+                                   device=device, transform=transform, use_cache=False, progress=False)
+    scores = F.normalize(feats.features, dim=-1) @ weights
+    return {"predictions": scores.argmax(dim=1).numpy().astype(np.int64),
+            "extra": {"final_loss": float(loss.detach()), "train_s": train_s, "objective": objective, "preset": preset,
+                      "trainable_params": int(sum(p.numel() for p in params))}}
+
+
+def _register_few_shot() -> None:
+    from ..eval.few_shot import register_few_shot_method
+    register_few_shot_method("lora", lora_few_shot, overwrite=True)
+
+
+_register_few_shot()
