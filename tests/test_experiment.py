@@ -72,3 +72,13 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert lat["n"] > 0 and lat["p50_ms"] > 0
     report = (out / "report.md").read_text()
     assert "Measurements" in report and "tiny" in report
+
+
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parents[1].glob("configs/*.yaml")),
+                         ids=lambda p: p.name)
+def test_bundled_configs_validate(path):
+    cfg = load_experiment(path)
+    from mmfm.models import get_model_config
+    for m in cfg.models:
+        if m.model:
+            get_model_config(m.model)   # every referenced model config exists

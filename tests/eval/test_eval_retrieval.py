@@ -135,3 +135,25 @@ def test_end_to_end_on_captioned_data(tiny_clip, shapes_small):
     np.testing.assert_array_equal(ir, r.image_ranks)
     d = r.to_dict()
     assert d["ties"] == "optimistic" and len(d["text_ranks"]) == r.num_texts
+
+
+def test_retrieval_reports_mean_matched_cosine_and_example_png(tmp_path):
+    import torch
+    from mmfm.data import get_dataset
+    from mmfm.data.pipeline import all_captions
+    from mmfm.eval import retrieval
+    from mmfm.models import create_model
+    torch.manual_seed(0)
+    model = create_model("ViT-tiny-test").eval()
+    ds = get_dataset("shapes", split="test", size=12, image_size=32)
+    r = retrieval(model, ds, out_dir=tmp_path, num_examples=4, progress=False, device="cpu")
+    assert (tmp_path / "retrieval_shapes.png").is_file()
+    captions, owner = all_captions(ds)
+    from mmfm.data.transforms import image_transform
+    from mmfm.tokenizer import tokenize
+    tf = image_transform(32)
+    with torch.no_grad():
+        img = model.encode_image(torch.stack([tf(ds[i].image) for i in range(len(ds))]), normalize=True)
+        txt = model.encode_text(tokenize(captions, context_length=16), normalize=True)
+    expected = (img[torch.tensor(owner)] * txt).sum(1).mean().item()
+    assert abs(r.metrics["mean_matched_cosine"] - expected) < 1e-4

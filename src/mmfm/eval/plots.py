@@ -93,3 +93,23 @@ def plot_few_shot(per_shot: Mapping[int, Mapping[str, float]], path: str | Path,
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     return _save(fig, path)
+
+
+def plot_retrieval_examples(examples, path: str | Path, title: str = "") -> Path:
+    """Images next to their top retrieved captions with cosine similarities (green: a true caption)."""
+    n = len(examples)
+    cols = 4
+    rows = (n + cols - 1) // cols
+    fig = _figure((4.2 * cols, 4.0 * rows))
+    plt_axes = np.atleast_1d(fig.subplots(rows, cols)).reshape(-1)
+    for ax in plt_axes:
+        ax.axis("off")
+    for ax, (image, tops) in zip(plt_axes, examples):
+        ax.imshow(image)
+        text = "\n".join(f"{sim:.3f}  {cap[:52]}" for cap, sim, _ in tops)
+        color = "green" if tops and tops[0][2] else "darkred"
+        ax.set_title(text, fontsize=7.5, loc="left", color=color)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -120,14 +120,17 @@ def retrieval(model: nn.Module, dataset, *, ks: Sequence[int] = (1, 5, 10), ties
               model_name: str | None = None, batch_size: int = 64, text_batch_size: int = 256,
               num_workers: int = 0, device: str | torch.device | None = None, transform: Callable | None = None,
               tokenizer: Callable | None = None, cache: FeatureCache | str | Path | None = None,
-              keep_ranks: bool = True, progress: bool = True) -> RetrievalResult:
+              keep_ranks: bool = True, progress: bool = True, out_dir: str | Path | None = None,
+              num_examples: int = 8) -> RetrievalResult:
     """Image->text and text->image retrieval on every image and every caption of ``dataset``.
 
     Captions come from ``dataset.get_captions`` (via :func:`mmfm.data.pipeline.all_captions`), so a
     Flickr30k test split gives 1,000 images x 5 captions. ``keep_ranks`` stores every rank in the
-    result (for per-query analysis); turn it off for very large sets.
+    result (for per-query analysis); turn it off for very large sets. With ``out_dir``, a PNG shows
+    ``num_examples`` images with their top-3 retrieved captions and cosine similarities.
     """
     from ..data.pipeline import all_captions
+    from .results import _slug
     from .zero_shot import model_label
     device = torch.device(device) if device is not None else model_device(model)
     captions, owner = all_captions(dataset)
@@ -141,6 +144,20 @@ def retrieval(model: nn.Module, dataset, *, ks: Sequence[int] = (1, 5, 10), ties
                               cache=cache, progress=progress, meter=text_meter)
     image_ranks, text_ranks, tied = retrieval_ranks(img, txt, owner, ties=ties)
     metrics = retrieval_metrics(image_ranks, text_ranks, ks)
+    # Mean cosine similarity of matched (image, own caption) pairs: how well pairs align in absolute
+    # terms, which recall (a relative measure) does not show.
+    owner_t = torch.as_tensor(owner, dtype=torch.long)
+    metrics["mean_matched_cosine"] = float((img[owner_t] * txt).sum(dim=1).mean())
+    if out_dir is not None and num_examples > 0:
+        from .plots import plot_retrieval_examples
+        n = min(num_examples, int(img.shape[0]))
+        sims = img[:n] @ txt.T
+        top = sims.topk(min(3, sims.shape[1]), dim=1)
+        examples = [(dataset.get_sample(i).image,
+                     [(captions[j], float(v), owner[j] == i) for v, j in zip(top.values[i].tolist(), top.indices[i].tolist())])
+                    for i in range(n)]
+        plot_retrieval_examples(examples, Path(out_dir) / f"retrieval_{_slug(getattr(dataset, 'name', 'data'))}.png",
+                                title=f"{model_label(model, model_name)}: top captions per image")
     return RetrievalResult(
         model=model_label(model, model_name), dataset=getattr(dataset, "name", type(dataset).__name__),
         perf=feats.perf, metrics=metrics, image_ranks=image_ranks if keep_ranks else None,
