@@ -82,8 +82,12 @@ def test_dataset_key_sees_configuration_beyond_repr():
     from mmfm.eval.features import dataset_key
     plain = Shapes("test", size=20)
     assert dataset_key(plain) == dataset_key(Shapes("test", size=20))
-    # Same repr, different data: must not share cached features.
-    assert repr(plain) == repr(Shapes("test", size=20, textures=True))
+    # Different data: must not share cached features (also when a repr leaves settings out).
     assert dataset_key(plain) != dataset_key(Shapes("test", size=20, textures=True))
     held_out = Shapes("test", size=20, holdout={"color": "red", "shape": "circle"}, only_holdout=True)
     assert dataset_key(plain) != dataset_key(held_out)
+    quiet = Shapes("test", size=20, textures=True)
+    quiet.__class__ = type("QuietShapes", (Shapes,), {"__repr__": lambda self: "Shapes()"})
+    loud = Shapes("test", size=20)
+    loud.__class__ = quiet.__class__
+    assert repr(quiet) == repr(loud) and dataset_key(quiet) != dataset_key(loud)
