@@ -23,6 +23,21 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_run(args) -> int:
+    from pathlib import Path
+
+    import yaml
+    path = Path(args.config)
+    raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if isinstance(raw, dict) and "frozen_demo" in raw:
+        # The Frozen demonstration has its own pipeline (text-only LM first, then Frozen on top).
+        from .frozen.demo import load_demo_config, run_demo
+        overrides = {}
+        for item in args.set or []:
+            key, _, value = item.partition("=")
+            overrides[key.removeprefix("frozen_demo.")] = yaml.safe_load(value)
+        cfg = load_demo_config(path, overrides)
+        run_demo(args.out or Path("runs") / cfg.name, cfg, progress=True)
+        return 0
     from .experiment import run_experiment
     run_experiment(args.config, out_dir=args.out, overrides=args.set or [])
     return 0
@@ -76,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None)
     s.add_argument("--download", action="store_true", help="download the dataset through torchvision if missing")
     s.set_defaults(func=_cmd_eval)
+
+    from .frozen.cli import add_caption_parser, add_vqa_parser
+    add_caption_parser(sub)
+    add_vqa_parser(sub)
 
     s = sub.add_parser("shards", help="write WebDataset shards from an image folder + captions file")
     s.add_argument("--images", required=True)

@@ -8,6 +8,7 @@ from .registry import (config_from_dict, get_model_config, list_models, register
 from .text import TextTransformer
 from .vit import VisionTransformer
 from . import hybrid  # noqa: E402  registers the locked-tower hybrid family and its named configs
+from . import frozen  # noqa: E402  registers the Frozen family (transformers is imported lazily)
 from .hybrid import HybridCLIP, HybridConfig, hybrid_from_clip, lit  # noqa: E402
 
 __all__ = ["CLIP", "CLIPConfig", "ConfigError", "TextConfig", "VisionConfig", "build_model", "create_model",

@@ -1,0 +1,142 @@
+"""The text-only corpus the demonstration's small language model learns from.
+
+Frozen's point is that a language model trained on text alone already knows how to answer questions
+and to use a word it was just told; images only have to be translated into something it can read.
+Here no pretrained LM is available, so a small one is trained on text written about ``shapes`` scenes,
+in the same surface forms Frozen will later be prompted with, with each image replaced by a short
+textual description of it (its attributes, "top left large red circle"):
+
+* captions alone ........................... "a photo of a red circle"
+* a description, then a caption ............ "top left large red circle a red circle at the top left"
+* a description, a question, its answer .... "top left large red circle Q: What colour is it? A: red"
+* concept binding with nonsense words ...... "<desc> This is a dax. <desc> This is a blicket. <desc> Q: What is this? A: dax"
+
+The nonsense words are drawn per document from a pool and bound at random, so the only way to predict
+the answer is to copy the word that followed the description of the same shape: an in-context skill,
+learned from text, that the Frozen demo then tests with images in place of descriptions.
+No image is ever seen here.
+"""
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from ..data.shapes import Shapes, ShapeScene, questions
+
+VQA_TEMPLATE = "Q: {} A:"
+BINDING_STATEMENT = "This is a {}."
+BINDING_QUESTION = "Q: What is this? A:"
+# Made-up words for concept binding: the classic "dax", "blicket" and "wug" of word-learning studies, and
+# more in the same style (a fixed list, so no generated string is accidentally a real word).
+NONSENSE_WORDS = (
+    "dax blicket wug toma fep zorb kiki bouba gazzer tulver modi pilk yorp zib fendle glorp snerf vosk "
+    "traz quimble dorf pafe nork bliv jeb tarp lorp mib gorp snib wiffle drabe kest plonk vib zant frell "
+    "hoon plim yeg droat skib twerl gip nabe zosh blick quarn tibe flurk mave wob jolp sproke dribble tazer "
+    "brip cham flib kamp loob nerp ploof "
+).split()
+
+
+def nonsense_words(n: int, include: Sequence[str] = ("dax", "blicket")) -> list[str]:
+    """``n`` made-up words, those in ``include`` first."""
+    words = list(dict.fromkeys([*include, *NONSENSE_WORDS]))
+    if n > len(words):
+        raise ValueError(f"only {len(words)} nonsense words are available, {n} asked for")
+    return words[:n]
+
+
+def description(scene: ShapeScene) -> str:
+    """The text that stands in for an image: its main object's attributes, "top left large red circle".
+
+    Short, because a few visual prefix embeddings have to be able to play its part, and with the shape
+    always last, so that in "<description> This is a dax." the shape is a fixed number of tokens before the
+    new word: the kind of regularity a small LM picks up quickly, and that the visual prefix can then feed.
+    """
+    names = scene.objects[0].names()
+    return f"{names['position']} {names['size']} {names['color']} {names['shape']}"
+
+
+def available_shapes(dataset: Shapes, probe: int = 300) -> list[int]:
+    """The shapes a dataset draws (its include/exclude filters may leave out some)."""
+    found = sorted({dataset.scene(i).objects[0].shape for i in range(min(probe, len(dataset)))})
+    if len(found) < 2:
+        raise ValueError("concept binding needs a dataset with at least two shapes")
+    return found
+
+
+def scene_with_shape(dataset: Shapes, rng: random.Random, shape: int) -> tuple[int, ShapeScene]:
+    """A random scene of ``dataset`` whose main object has the given shape (rejection sampling, no rendering)."""
+    while True:
+        i = rng.randrange(len(dataset))
+        scene = dataset.scene(i)
+        if scene.objects[0].shape == shape:
+            return i, scene
+
+
+def binding_text(descriptions: Sequence[str], words: Sequence[str], queries: Sequence[str],
+                 answers: Sequence[str]) -> str:
+    """"<d1> This is a dax. <d2> This is a blicket. <q1> Q: What is this? A: dax <q2> Q: ... A: ..."."""
+    parts = [f"{d} {BINDING_STATEMENT.format(w)}" for d, w in zip(descriptions, words)]
+    return " ".join(parts + [f"{q} {BINDING_QUESTION} {a}".strip() for q, a in zip(queries, answers)])
+
+
+DEFAULT_MIX = {"caption": 0.15, "described_caption": 0.2, "qa": 0.25, "binding": 0.4}
+
+
+def text_corpus(dataset: Shapes, n_docs: int, words: Sequence[str], seed: int = 0,
+                mix: dict[str, float] | None = None, max_queries: int = 3, max_ways: int = 2,
+                exact_share: float = 0.0) -> list[str]:
+    """``n_docs`` text documents about ``dataset``'s scenes, in the proportions of ``mix``.
+
+    mix keys: ``caption``, ``described_caption``, ``qa``, ``binding`` (default ``DEFAULT_MIX``); binding
+    episodes name 2..``max_ways`` objects and ask 1..``max_queries`` questions, a share ``exact_share`` of
+    them about a repeated description.
+    """
+    mix = mix or DEFAULT_MIX
+    unknown = set(mix) - {"caption", "described_caption", "qa", "binding", "repeat"}
+    if unknown:
+        raise ValueError(f"unknown corpus kinds {sorted(unknown)}")
+    kinds, weights = zip(*mix.items())
+    rng = random.Random(f"corpus/{seed}")
+    shapes = available_shapes(dataset)
+    docs = []
+    for _ in range(n_docs):
+        kind = rng.choices(kinds, weights)[0]
+        scene = dataset.scene(rng.randrange(len(dataset)))
+        if kind == "caption":
+            docs.append(rng.choice(scene.captions))
+        elif kind == "repeat":
+            # A random word sequence, then the same again: the purest signal for learning to look up
+            # "what came after this last time" (induction), which binding needs in a fuzzier form.
+            seq = [rng.choice(words) for _ in range(rng.randint(4, 10))]
+            docs.append(" ".join(seq + seq))
+        elif kind == "described_caption":
+            docs.append(f"{description(scene)} {rng.choice(scene.captions)}")
+        elif kind == "qa":
+            q, a = rng.choice(questions(scene))
+            docs.append(f"{description(scene)} {VQA_TEMPLATE.format(q)} {a}")
+        else:
+            # 2..max_ways named objects of different shapes: with more than two, "always the last word" stops
+            # paying off and only matching the query to the right description does.
+            ways = rng.randint(2, max(2, min(max_ways, len(shapes))))
+            named_shapes = rng.sample(shapes, ways)
+            names = rng.sample(list(words), ways)
+            supports = [scene_with_shape(dataset, rng, s)[1] for s in named_shapes]
+            # Several queries per episode: more examples of the in-context skill per document. Some repeat a
+            # support's description word for word: the easy case of the skill (exact match).
+            targets = [rng.randrange(ways) for _ in range(rng.randint(1, max_queries))]
+            queries = [description(supports[t] if rng.random() < exact_share else
+                                   scene_with_shape(dataset, rng, named_shapes[t])[1]) for t in targets]
+            answers = [f"{dataset.classes[named_shapes[t]]} {names[t]}" for t in targets]
+            docs.append(binding_text([description(s) for s in supports], names, queries, answers))
+    return docs
+
+
+def vocabulary_texts(dataset: Shapes, words: Sequence[str]) -> list[str]:
+    """Texts that cover every word the demo can meet (for training the word-level tokenizer)."""
+    from ..data.shapes import COLORS, COUNTS, POSITIONS, SHAPE_PLURALS, SHAPES, SIZES
+    fixed = [VQA_TEMPLATE, BINDING_STATEMENT, BINDING_QUESTION, "yes no some objects shapes things object shape",
+             " ".join(SHAPES), " ".join(SHAPE_PLURALS.values()), " ".join(COLORS), " ".join(SIZES),
+             " ".join(POSITIONS), " ".join(COUNTS), " ".join(words)]
+    rng = random.Random("vocabulary")
+    scenes = [dataset.scene(rng.randrange(len(dataset))) for _ in range(2000)]
+    return fixed + [c for s in scenes for c in s.captions] + [f"{q} {a}" for s in scenes for q, a in questions(s)]

@@ -1,0 +1,335 @@
+"""The embedded Frozen demonstration: ``python -m mmfm.frozen.demo --out DIR [--config configs/frozen_shapes.yaml]``.
+
+No pretrained language model can be downloaded here, so the demonstration makes its own, then does
+what the paper does with GPT-2 Large, in miniature, in a few CPU minutes:
+
+1. text only: a word-level tokenizer and a small GPT-2 trained on text about ``shapes`` scenes
+   (captions, descriptions + questions/answers, concept binding with nonsense words; see ``corpus``),
+   saved to ``DIR/lm`` like any Hugging Face model, then frozen;
+2. Frozen: a small vision encoder + linear map trained through the frozen LM on image captioning
+   (mmfm's Trainer, ``FrozenObjective``), saved to ``DIR/model``; the LM is checked bit-identical after;
+3. held-out evaluation: BLEU/CIDEr-D of captions vs a blind constant caption, open-ended VQA on shape and
+   colour questions vs the majority answer, and few-shot binding of new words ("dax", "blicket") vs 50%;
+4. measurements (parameters, peak memory, latency per caption, training times), ``results.json``,
+   ``results.md`` and ``samples.png`` (held-out images with their generated captions and answers).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import Field
+
+from ..train.config import Strict
+
+
+class TextLMSpec(Strict):
+    reuse: str | None = Field(None, description="directory of a text LM from an earlier run (DIR/lm): skip step 1")
+    n_embd: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_positions: int = 128
+    documents: int = Field(30000, gt=0, description="text documents in the corpus")
+    steps: int = Field(1500, gt=0)
+    batch_size: int = 64
+    lr: float = 3e-3
+    mix: dict[str, float] = Field(default_factory=lambda: {"caption": 0.2, "described_caption": 0.25, "qa": 0.3,
+                                                            "binding": 0.25})
+    nonsense_words: int = Field(48, ge=2, description="size of the pool of made-up words used for binding")
+
+
+class FrozenSpec(Strict):
+    vision: dict[str, Any] | str = Field(default_factory=lambda: {"kind": "modified_resnet", "image_size": 64,
+                                                                  "width": 32, "layers": [1, 1, 1, 1], "head_width": 32})
+    vision_embed_dim: int | None = 256
+    prefix_length: int = 2
+    context_length: int = 20
+    steps: int = Field(800, gt=0)
+    batch_size: int = 48
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    vqa_fraction: float = Field(0.0, ge=0, le=1, description="share of training items with a VQA target (0: captions only, as in the paper)")
+
+
+class DemoConfig(Strict):
+    name: str = "frozen_shapes"
+    seed: int = 0
+    threads: int | None = Field(2, description="torch CPU threads (None: torch's default)")
+    image_size: int = 64
+    train_size: int = 20000
+    test_size: int = 300
+    lm: TextLMSpec = Field(default_factory=TextLMSpec)
+    frozen: FrozenSpec = Field(default_factory=FrozenSpec)
+    eval_captions: int = 200
+    eval_vqa_images: int = 150
+    eval_binding: int = 200
+    binding_words: tuple[str, str] = ("dax", "blicket")
+    samples_png: int = 8
+
+
+def load_demo_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> DemoConfig:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = raw.get("frozen_demo", raw)   # the demo's section of a larger file, or the whole file
+    for key, value in (overrides or {}).items():
+        node = raw
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return DemoConfig.model_validate(raw)
+
+
+def _lm_fingerprint(model) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.lm.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool = False) -> dict[str, Any]:
+    from ..data import ImageTextView, Shapes
+    from ..data.transforms import image_transform
+    from ..measure import count_parameters, measure_latency, track_memory
+    from ..models.frozen import FrozenConfig, FrozenModel
+    from ..train import TrainConfig, Trainer
+    from .corpus import nonsense_words, text_corpus, vocabulary_texts
+    from .generate import caption
+    from .io import save_frozen
+    from .lm import language_model_config, load_tokenizer, tiny_gpt2_config, train_text_lm, train_word_tokenizer
+    from .objective import FrozenObjective
+    from .tasks import CaptionVQAView, evaluate_binding, evaluate_captioning, evaluate_vqa, majority_answers
+    from .text import FrozenTokenizer
+
+    cfg = cfg or DemoConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    t_start = time.perf_counter()
+    train_ds = Shapes("train", size=cfg.train_size, image_size=cfg.image_size, seed=cfg.seed)
+    test_ds = Shapes("test", size=cfg.test_size, image_size=cfg.image_size, seed=cfg.seed)
+
+    # 1. Text only: tokenizer + small GPT-2, then frozen. ------------------------------------------------
+    if cfg.lm.reuse:
+        _log(f"[1/4] reusing the text-only language model in {cfg.lm.reuse}")
+        lm_dir = Path(cfg.lm.reuse)
+        hf_tok = load_tokenizer(str(lm_dir))
+        lm_cfg = language_model_config(str(lm_dir))
+        lm_summary: dict[str, Any] = {"reused": str(lm_dir), "train_time_s": 0.0, "steps": 0}
+        lm_peak_mb = None
+    else:
+        _log("[1/4] training the text-only language model")
+        words = nonsense_words(cfg.lm.nonsense_words, include=cfg.binding_words)
+        corpus = text_corpus(train_ds, cfg.lm.documents, words, seed=cfg.seed, mix=cfg.lm.mix)
+        hf_tok = train_word_tokenizer(vocabulary_texts(train_ds, words) + corpus)
+        lm_cfg = tiny_gpt2_config(len(hf_tok), hf_tok.eos_token_id, n_embd=cfg.lm.n_embd, n_layer=cfg.lm.n_layer,
+                                  n_head=cfg.lm.n_head, n_positions=cfg.lm.n_positions)
+        lm_dir = out / "lm"
+        with track_memory() as lm_mem:
+            _, lm_summary = train_text_lm(corpus, hf_tok, lm_cfg, lm_dir, steps=cfg.lm.steps,
+                                          batch_size=cfg.lm.batch_size, lr=cfg.lm.lr, seed=cfg.seed,
+                                          log_every=max(cfg.lm.steps // 5, 1), log=_log)
+        lm_summary.pop("history", None)
+        lm_peak_mb = lm_mem.to_dict()["peak_rss_mb"]
+    tok = FrozenTokenizer(hf_tok, cfg.frozen.context_length)
+
+    # 2. Frozen: train the vision side through the frozen LM. --------------------------------------------
+    _log("[2/4] training Frozen (vision encoder + linear map; the LM stays frozen)")
+    model_cfg = FrozenConfig(vision=cfg.frozen.vision, vision_embed_dim=cfg.frozen.vision_embed_dim,
+                             image_size=cfg.image_size, prefix_length=cfg.frozen.prefix_length, lm=lm_cfg,
+                             pretrained_lm=str(lm_dir.resolve()), context_length=cfg.frozen.context_length)
+    model = FrozenModel(model_cfg)
+    lm_before = _lm_fingerprint(model)
+    train_tf, eval_tf = image_transform(cfg.image_size, train=True, scale=(0.85, 1.0)), image_transform(cfg.image_size)
+    if cfg.frozen.vqa_fraction > 0:
+        train_view = CaptionVQAView(train_ds, train_tf, tok, cfg.frozen.vqa_fraction, seed=cfg.seed)
+    else:
+        train_view = ImageTextView(train_ds, train_tf, tok, caption_mode="random", seed=cfg.seed)
+    val_ds = Shapes("val", size=max(cfg.frozen.batch_size, 64), image_size=cfg.image_size, seed=cfg.seed)
+    val_view = ImageTextView(val_ds, eval_tf, tok, caption_mode="first")
+    tcfg = TrainConfig(max_steps=cfg.frozen.steps, batch_size=cfg.frozen.batch_size, lr=cfg.frozen.lr,
+                       weight_decay=cfg.frozen.weight_decay, warmup_steps=cfg.frozen.warmup_steps,
+                       log_every=max(cfg.frozen.steps // 10, 1), seed=cfg.seed, device="cpu", progress=progress,
+                       tensorboard=False, resume=False, keep_last=1)
+    objective = FrozenObjective.for_tokenizer(tok, max_new_tokens=cfg.frozen.context_length)
+    result = Trainer(model, train_view, tcfg, out / "train", objective=objective, val_data=val_view).fit()
+    lm_unchanged = _lm_fingerprint(model) == lm_before and all(p.grad is None for p in model.lm.parameters())
+    save_frozen(model, out / "model")
+    model.eval()
+
+    # 3. Held-out evaluation. -----------------------------------------------------------------------------
+    _log("[3/4] evaluating on held-out images")
+    t_eval = time.perf_counter()
+    cap = evaluate_captioning(model, tok, test_ds, cfg.eval_captions)
+    from ..eval.captioning import caption_metrics
+    blind_caption = _most_common_caption(train_ds)
+    blind = caption_metrics([blind_caption] * cap["n_images"], [test_ds.get_captions(i) for i in range(cap["n_images"])])
+    vqa = evaluate_vqa(model, tok, test_ds, train_ds, cfg.eval_vqa_images)
+    binding = evaluate_binding(model, tok, test_ds, cfg.eval_binding, words=cfg.binding_words, seed=cfg.seed)
+    eval_time = time.perf_counter() - t_eval
+
+    # 4. Measurements, report, figure. --------------------------------------------------------------------
+    _log("[4/4] measuring and writing the report")
+    img = test_ds[0].image
+    latency = {}
+    for strategy in ("greedy", "beam"):
+        fn = lambda s=strategy: caption(model, tok, [img], strategy=s, max_new_tokens=cfg.frozen.context_length)
+        latency[strategy] = measure_latency(fn, batch_size=1, repeats=10, warmup=2).to_dict()
+    params = count_parameters(model).to_dict()
+    results = {
+        "name": cfg.name, "config": cfg.model_dump(mode="json"),
+        "captioning": {**cap["metrics"], "n_images": cap["n_images"]},
+        "captioning_blind_baseline": {"caption": blind_caption, **blind},
+        "vqa": {k: v for k, v in vqa.items() if k != "examples"},
+        "binding": {k: v for k, v in binding.items() if k != "examples"},
+        "measurements": {
+            "parameters": params, "lm_unchanged_after_training": lm_unchanged,
+            "text_lm": {**lm_summary, "peak_rss_mb": lm_peak_mb},
+            "frozen_train": {"steps": result.steps, "train_time_s": result.wall_time_s,
+                             "samples_per_s": result.samples_per_s, "final_loss": result.final_loss,
+                             "peak_rss_mb": result.memory.get("peak_rss_mb"), "val": result.val},
+            "latency_per_caption_ms": {k: v["mean_ms"] for k, v in latency.items()},
+            "eval_time_s": eval_time, "total_time_s": time.perf_counter() - t_start,
+        },
+        "examples": {"captions": cap["examples"][:12], "vqa": vqa["examples"], "binding": binding["examples"]},
+        "files": {"language_model": str(lm_dir), "model": str(out / "model"), "samples": str(out / "samples.png")},
+    }
+    _plot_samples(model, tok, test_ds, cfg, out / "samples.png")
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "results.md").write_text(render_markdown(results))
+    _log(render_markdown(results))
+    return results
+
+
+def _most_common_caption(dataset, n: int = 2000) -> str:
+    from collections import Counter
+    counts = Counter(c for i in range(min(n, len(dataset))) for c in dataset.get_captions(i))
+    return counts.most_common(1)[0][0]
+
+
+def _plot_samples(model, tok, dataset, cfg: DemoConfig, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from .corpus import VQA_TEMPLATE
+    from .generate import generate
+    from .tasks import binding_episodes, binding_prompt
+    n = cfg.samples_png
+    images = [dataset[i].image for i in range(n)]
+    captions = generate(model, tok, [[im] for im in images], max_new_tokens=cfg.frozen.context_length)
+    shapes = generate(model, tok, [[im, VQA_TEMPLATE.format("what shape is this?")] for im in images], max_new_tokens=3)
+    colours = generate(model, tok, [[im, VQA_TEMPLATE.format("what colour is it?")] for im in images], max_new_tokens=3)
+    episodes = binding_episodes(dataset, 3, cfg.binding_words, seed=cfg.seed + 1)
+    bound = generate(model, tok, [binding_prompt(dataset, e) for e in episodes], max_new_tokens=3)
+    cols = max(n // 2, 3)
+    fig, axes = plt.subplots(3, cols, figsize=(2.6 * cols, 8.4))
+    for k, ax in enumerate(axes[:2].flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        ax.imshow(images[k])
+        ax.set_title(f"{captions[k]}\nshape? {shapes[k]} | colour? {colours[k]}", fontsize=7, wrap=True)
+    for ax in axes[2]:
+        ax.axis("off")
+    for k, (e, answer) in enumerate(zip(episodes, bound)):
+        if k >= cols:
+            break
+        strip = _binding_strip([dataset[i].image for i in e["supports"]] + [dataset[e["query"]].image])
+        axes[2, k].imshow(strip)
+        axes[2, k].set_title(f"{e['words'][0]} | {e['words'][1]} | query -> {answer or '?'}\n(truth: {e['answer']})",
+                             fontsize=7)
+    fig.suptitle("Frozen on shapes: held-out images, generated captions / answers, and few-shot binding", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _binding_strip(images):
+    import PIL.Image
+    w, h = images[0].size
+    strip = PIL.Image.new("RGB", (w * len(images) + 6 * (len(images) - 1), h), (255, 255, 255))
+    for k, im in enumerate(images):
+        strip.paste(im, (k * (w + 6), 0))
+    return strip
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    from ..report import fmt, human_bytes, markdown_table
+    m = r["measurements"]
+    p = m["parameters"]
+    cap, blind, vqa, b = r["captioning"], r["captioning_blind_baseline"], r["vqa"], r["binding"]
+    lines = [f"# Frozen on shapes ({r['name']})", "",
+             "A small GPT-2 trained on text only, then frozen; a vision encoder trained through it on captioning. "
+             "All numbers on held-out images.", "",
+             "## Results", "",
+             markdown_table(["task", "metric", "Frozen", "baseline", "baseline is"], [
+                 ["captioning", "BLEU-4", cap["BLEU-4"], blind["BLEU-4"], f"one constant caption ({blind['caption']!r})"],
+                 ["captioning", "CIDEr-D", cap["CIDEr-D"], blind["CIDEr-D"], "same"],
+                 ["VQA (shape, colour)", "VQAv2 accuracy", vqa["accuracy"], vqa["majority_baseline"],
+                  "majority answer per question"],
+                 *[[f"VQA: {q}", "VQAv2 accuracy", a, vqa["per_question_majority_baseline"][q], "majority answer"]
+                   for q, a in vqa["per_question"].items()],
+                 ["few-shot binding", "open-ended accuracy", b["open_ended_accuracy"], b["chance"], "chance (2 words)"],
+                 ["few-shot binding", "forced-choice accuracy", b["forced_choice_accuracy"], b["chance"], "chance"],
+             ]), "",
+             f"BLEU-1..4: {', '.join(fmt(cap[f'BLEU-{n}']) for n in range(1, 5))} on {cap['n_images']} images; "
+             f"VQA on {vqa['n_questions']} questions; binding on {b['n_episodes']} episodes with the new words "
+             f"{' / '.join(repr(w) for w in b['words'])} (answered with one of them: {fmt(b['answered_a_new_word'])}).", "",
+             "## Measurements", "",
+             markdown_table(["part", "total", "trainable", "frozen"],
+                            [[k, v["total"], v["trainable"], v["frozen"]] for k, v in p["per_tower"].items()]
+                            + [["**Frozen model**", p["total"], p["trainable"], p["frozen"]]]), "",
+             markdown_table(["measurement", "value"], [
+                 ["LM weights unchanged by Frozen training", m["lm_unchanged_after_training"]],
+                 ["text LM training time", f"{m['text_lm']['train_time_s']:.1f} s ({m['text_lm']['steps']} steps)"],
+                 ["text LM peak memory (RSS)", human_bytes((m["text_lm"]["peak_rss_mb"] or 0) * 2 ** 20)],
+                 ["Frozen training time", f"{m['frozen_train']['train_time_s']:.1f} s ({m['frozen_train']['steps']} steps)"],
+                 ["Frozen training peak memory (RSS)", human_bytes((m["frozen_train"]["peak_rss_mb"] or 0) * 2 ** 20)],
+                 ["latency per caption, greedy (batch 1)", f"{m['latency_per_caption_ms']['greedy']:.1f} ms"],
+                 ["latency per caption, beam 4 (batch 1)", f"{m['latency_per_caption_ms']['beam']:.1f} ms"],
+                 ["evaluation time", f"{m['eval_time_s']:.1f} s"],
+                 ["total time", f"{m['total_time_s']:.1f} s"],
+             ]), "",
+             "## Examples", ""]
+    for e in r["examples"]["captions"][:6]:
+        lines.append(f"- `{e['caption']}` (references: {'; '.join(e['references'][:2])})")
+    for e in r["examples"]["binding"][:3]:
+        lines.append(f"- binding: {e['shapes'][0]} = {e['words'][0]!r}, {e['shapes'][1]} = {e['words'][1]!r}; "
+                     f"query answer {e['generated']!r} (truth {e['answer']!r})")
+    lines += ["", "![samples](samples.png)", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmfm.frozen.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--config", default=None, help="YAML (e.g. configs/frozen_shapes.yaml); defaults otherwise")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. frozen.steps=400")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar while training Frozen")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    run_demo(args.out, load_demo_config(args.config, overrides), progress=args.progress)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""The language side of Frozen: loading a causal LM and its tokenizer, or training a small one from text.
+
+Loading follows mmfm's rule for pretrained weights: a local directory is used as is, a hub identifier
+is taken from the Hugging Face cache or downloaded, and when the network cannot be reached the error
+says so at once (no minute of retries) and names the identifier and how to pass a local directory.
+There is never a silent fallback to random weights.
+
+Training (for the embedded demonstration, where nothing can be downloaded): a word-level tokenizer
+trained with Hugging Face ``tokenizers`` and saved as a ``PreTrainedTokenizerFast`` directory, and a
+tiny ``GPT2LMHeadModel`` trained on text alone and saved with ``save_pretrained``, so both load back
+through the same ``AutoTokenizer`` / ``AutoModelForCausalLM`` path as GPT-2 Large would.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+PAD, UNK, EOS = "<pad>", "<unk>", "<|endoftext|>"
+
+
+@contextmanager
+def quiet_transformers():
+    """No info logs or progress bars from transformers while loading; the caller's settings are restored."""
+    from transformers.utils import logging as hf_logging
+    verbosity, bars_off = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled() is False
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if not bars_off:
+            hf_logging.enable_progress_bar()
+
+
+def _lm_config(lm_cfg: dict[str, Any]):
+    from transformers import AutoConfig
+    d = dict(lm_cfg)
+    model_type = d.pop("model_type", "gpt2")
+    with quiet_transformers():   # GPT2Config warns about its default token ids with a small vocabulary
+        return AutoConfig.for_model(model_type, **d)
+
+
+def _offline_error(identifier: str, reason: str) -> Exception:
+    from ..checkpoints.validate import CheckpointError
+    return CheckpointError(
+        f"cannot load the language model {identifier!r}: {reason}, and it is not in the Hugging Face cache. "
+        f"Download it where there is network access (e.g. `huggingface-cli download {identifier} --local-dir "
+        f"/path/to/{identifier.split('/')[-1]}`) and point the model at that directory: "
+        f"pretrained_lm: /path/to/{identifier.split('/')[-1]} in the config (or FrozenConfig(pretrained_lm=...)).")
+
+
+def _require_hub(identifier: str) -> None:
+    """Raise at once (a few seconds at most) if the hub cannot be reached."""
+    from ..checkpoints import hub
+    from ..checkpoints.validate import CheckpointError
+    try:
+        hub._require_network(hub._hf_endpoint(), identifier, None)
+    except CheckpointError as e:
+        reason = str(e).split(": ", 1)[-1].split(", and they are not", 1)[0]
+        raise _offline_error(identifier, reason) from None
+
+
+def resolve_pretrained(identifier: str, load):
+    """``load(identifier, local_files_only)`` from a local directory, the HF cache, or the hub (fast failure)."""
+    local = Path(identifier).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise FileNotFoundError(f"{identifier!r} is a file; a language model is loaded from a directory "
+                                    f"(config.json + weights, as written by save_pretrained)")
+        return load(str(local), True)
+    if identifier.startswith(("/", "./", "../", "~")):
+        raise FileNotFoundError(f"language model directory {identifier!r} does not exist")
+    try:
+        return load(identifier, True)     # already cached: no network needed
+    except OSError:
+        pass
+    _require_hub(identifier)
+    try:
+        return load(identifier, False)
+    except OSError as e:
+        raise _offline_error(identifier, f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def build_language_model(lm_cfg: dict[str, Any] | None, pretrained: str | None, load_weights: bool = True) -> nn.Module:
+    """A causal LM: weights from ``pretrained`` (checked against ``lm_cfg``), else random from ``lm_cfg``.
+
+    ``load_weights=False`` (building on the meta device, e.g. ``mmfm info``) never touches weights: the
+    shapes come from ``lm_cfg``, or from ``pretrained``'s config.json when only that is given.
+    """
+    from transformers import AutoModelForCausalLM
+    if pretrained is None or not load_weights:
+        if lm_cfg is None:
+            if pretrained is None:
+                raise ValueError("a Frozen model needs the LM's config (`lm`) or weights (`pretrained_lm`)")
+            lm_cfg = language_model_config(pretrained)
+        with quiet_transformers():
+            return AutoModelForCausalLM.from_config(_lm_config(lm_cfg))
+    with quiet_transformers():
+        model = resolve_pretrained(pretrained, lambda ident, local_only: AutoModelForCausalLM.from_pretrained(
+            ident, local_files_only=local_only))
+    if lm_cfg is not None:
+        check_lm_config(lm_cfg, model.config.to_dict(), pretrained)
+    return model
+
+
+def language_model_config(pretrained: str) -> dict[str, Any]:
+    """The config dict of a pretrained LM (local directory or cached/downloadable identifier)."""
+    from transformers import AutoConfig
+    cfg = resolve_pretrained(pretrained, lambda ident, local_only: AutoConfig.from_pretrained(
+        ident, local_files_only=local_only))
+    d = {k: v for k, v in cfg.to_diff_dict().items() if k not in ("transformers_version", "architectures", "_name_or_path")}
+    return d | {"model_type": cfg.model_type}
+
+
+def check_lm_config(expected: dict[str, Any], actual: dict[str, Any], source: str) -> None:
+    """The shapes the Frozen config promises must be those of the weights actually loaded."""
+    shape_keys = ("model_type", "vocab_size", "n_embd", "hidden_size", "n_layer", "num_hidden_layers", "n_head",
+                  "num_attention_heads", "n_positions", "max_position_embeddings", "n_inner", "intermediate_size")
+    diffs = [f"{k}: config {expected[k]!r} vs {source} {actual.get(k)!r}" for k in shape_keys
+             if k in expected and expected[k] is not None and k in actual and actual[k] != expected[k]]
+    if diffs:
+        from ..checkpoints.validate import CheckpointError
+        raise CheckpointError(f"the language model at {source!r} does not match the Frozen config's `lm`: "
+                              + "; ".join(diffs))
+
+
+def load_tokenizer(identifier: str):
+    """A Hugging Face tokenizer (hub identifier or local directory), with the same fast offline failure."""
+    from transformers import AutoTokenizer
+    with quiet_transformers():
+        return resolve_pretrained(identifier, lambda ident, local_only: AutoTokenizer.from_pretrained(
+            ident, local_files_only=local_only))
+
+
+# ------------------------------------------------------------------------------------------
+# Training a small LM from text (the demonstration's stand-in for a pretrained GPT-2).
+def train_word_tokenizer(texts: Sequence[str], out_dir: str | Path | None = None):
+    """A word-level tokenizer (words and punctuation marks are tokens) with pad/unk/eos.
+
+    Word-level keeps the demo's vocabulary to a few hundred entries, so a tiny LM can learn every word.
+    Case is kept: the article "a" and the answer marker "A:" stay different tokens.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()   # splits "dax." into "dax" "."
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=[PAD, UNK, EOS], min_frequency=1))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, unk_token=UNK, eos_token=EOS,
+                                   bos_token=EOS, clean_up_tokenization_spaces=True)
+    if out_dir is not None:
+        fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def tiny_gpt2_config(vocab_size: int, eos_id: int, n_embd: int = 128, n_layer: int = 4, n_head: int = 4,
+                     n_positions: int = 128, dropout: float = 0.0) -> dict[str, Any]:
+    """A GPT-2 config dict for a CPU-sized LM (what FrozenConfig.lm holds)."""
+    return {"model_type": "gpt2", "vocab_size": vocab_size, "n_positions": n_positions, "n_embd": n_embd,
+            "n_layer": n_layer, "n_head": n_head, "bos_token_id": eos_id, "eos_token_id": eos_id,
+            "resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout}
+
+
+def train_text_lm(texts: Sequence[str], tokenizer, lm_cfg: dict[str, Any], out_dir: str | Path | None = None, *,
+                  steps: int = 1000, batch_size: int = 64, lr: float = 3e-3, warmup: int = 50, seed: int = 0,
+                  context_length: int | None = None, device: str = "cpu", log_every: int = 100,
+                  log=print, callback=None) -> tuple[nn.Module, dict[str, Any]]:
+    """Train a causal LM from scratch on ``texts`` (one document each, EOS appended); save it to ``out_dir``.
+
+    Documents are padded, not packed: each is short and should be modelled from its own start, which is
+    how the LM will be used (a fresh prompt). ``callback(step, model)`` runs every ``log_every`` steps
+    (e.g. to probe a skill while it is learned). Returns (model in eval mode, training summary).
+    """
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(seed)
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_config(_lm_config(lm_cfg)).to(device)
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    ctx = context_length or lm_cfg.get("n_positions", 128)
+    encoded = [ids[:ctx - 1] + [eos] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) *
+                                              0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+    rng = random.Random(seed)
+    order: list[int] = []
+    history, t0 = [], time.perf_counter()
+    model.train()
+    for step in range(1, steps + 1):
+        if len(order) < batch_size:
+            fresh = list(range(len(encoded)))
+            rng.shuffle(fresh)
+            order += fresh
+        batch = [encoded[i] for i in order[:batch_size]]
+        del order[:batch_size]
+        width = max(len(b) for b in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, b in enumerate(batch):
+            ids[r, :len(b)] = torch.tensor(b)
+            mask[r, :len(b)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        labels = ids.masked_fill(mask == 0, -100)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                           ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps:
+            history.append({"step": step, "loss": loss.item()})
+            if log is not None:
+                log(f"  text LM step {step}/{steps}  loss {loss.item():.3f}")
+            if callback is not None:
+                model.eval()
+                with torch.no_grad():
+                    callback(step, model)
+                model.train()
+    model.eval()
+    summary = {"steps": steps, "documents": len(encoded), "final_loss": history[-1]["loss"] if history else None,
+               "train_time_s": time.perf_counter() - t0, "history": history,
+               "parameters": sum(p.numel() for p in model.parameters())}
+    if out_dir is not None:
+        with quiet_transformers():
+            model.save_pretrained(str(out_dir))
+            tokenizer.save_pretrained(str(out_dir))
+    return model, summary

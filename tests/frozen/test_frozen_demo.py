@@ -1,0 +1,44 @@
+"""The embedded demonstration runs end to end (tiny settings) and writes its report, figure and model."""
+from __future__ import annotations
+
+import json
+
+from mmfm.frozen.corpus import binding_text, nonsense_words, text_corpus
+from mmfm.frozen.demo import load_demo_config, run_demo
+
+
+def test_text_corpus_is_text_only_and_binds_words_at_random():
+    from mmfm.data import Shapes
+    ds = Shapes("train", size=200)
+    words = nonsense_words(8)
+    docs = text_corpus(ds, 200, words, seed=0, mix={"binding": 1.0})
+    assert all(isinstance(d, str) and "This is a" in d and "Q: What is this? A:" in d for d in docs)
+    first_words = {d.split("This is a ")[1].split(".")[0] for d in docs}
+    assert first_words <= set(words) and len(first_words) > 2
+    assert binding_text(["red circle", "blue star"], ["dax", "wug"], ["green circle"], ["dax"]) == \
+        "red circle This is a dax. blue star This is a wug. green circle Q: What is this? A: dax"
+
+
+def test_demo_end_to_end_tiny(tmp_path):
+    cfg = load_demo_config(None, {
+        "image_size": 32, "train_size": 64, "test_size": 16, "threads": 1,
+        "lm.n_embd": 32, "lm.n_layer": 1, "lm.n_head": 2, "lm.documents": 300, "lm.steps": 4, "lm.batch_size": 8,
+        "lm.nonsense_words": 6,
+        "frozen.vision": {"kind": "modified_resnet", "image_size": 32, "width": 8, "layers": [1, 1, 1, 1],
+                          "head_width": 16},
+        "frozen.vision_embed_dim": 32, "frozen.steps": 3, "frozen.batch_size": 4, "frozen.context_length": 12,
+        "frozen.vqa_fraction": 0.5, "eval_captions": 4, "eval_vqa_images": 3, "eval_binding": 4, "samples_png": 4,
+    })
+    results = run_demo(tmp_path, cfg)
+    for name in ("results.json", "results.md", "samples.png", "model/config.json", "model/model.safetensors",
+                 "lm/config.json", "lm/tokenizer.json"):
+        assert (tmp_path / name).is_file(), name
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["captioning"]) >= {"BLEU-1", "BLEU-4", "CIDEr-D"}
+    assert 0 <= saved["vqa"]["accuracy"] <= 1 and saved["binding"]["chance"] == 0.5
+    m = saved["measurements"]
+    assert m["lm_unchanged_after_training"] is True
+    assert m["parameters"]["per_tower"]["lm"]["trainable"] == 0
+    assert m["latency_per_caption_ms"]["greedy"] > 0 and m["frozen_train"]["train_time_s"] > 0
+    assert "| few-shot binding" in (tmp_path / "results.md").read_text()
+    assert results["binding"]["n_episodes"] == 4
