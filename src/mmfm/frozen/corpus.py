@@ -84,7 +84,7 @@ DEFAULT_MIX = {"caption": 0.15, "described_caption": 0.2, "qa": 0.25, "binding":
 
 def text_corpus(dataset: Shapes, n_docs: int, words: Sequence[str], seed: int = 0,
                 mix: dict[str, float] | None = None, max_queries: int = 3, max_ways: int = 2,
-                exact_share: float = 0.0) -> list[str]:
+                exact_share: float = 0.0, name_shape: bool = True) -> list[str]:
     """``n_docs`` text documents about ``dataset``'s scenes, in the proportions of ``mix``.
 
     mix keys: ``caption``, ``described_caption``, ``qa``, ``binding`` (default ``DEFAULT_MIX``); binding
@@ -126,7 +126,7 @@ def text_corpus(dataset: Shapes, n_docs: int, words: Sequence[str], seed: int = 
             targets = [rng.randrange(ways) for _ in range(rng.randint(1, max_queries))]
             queries = [description(supports[t] if rng.random() < exact_share else
                                    scene_with_shape(dataset, rng, named_shapes[t])[1]) for t in targets]
-            answers = [f"{dataset.classes[named_shapes[t]]} {names[t]}" for t in targets]
+            answers = [f"{dataset.classes[named_shapes[t]]} {names[t]}" if name_shape else names[t] for t in targets]
             docs.append(binding_text([description(s) for s in supports], names, queries, answers))
     return docs
 

@@ -168,20 +168,40 @@ def tiny_gpt2_config(vocab_size: int, eos_id: int, n_embd: int = 128, n_layer: i
             "resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout}
 
 
+@torch.no_grad()
+def init_sinusoidal_positions(model: nn.Module, scale: float = 0.1) -> None:
+    """Overwrite a GPT-2's position embedding table with (scaled) sinusoids; it stays trainable."""
+    if not hasattr(getattr(model, "transformer", None), "wpe"):
+        raise ValueError("sinusoidal_positions applies to GPT-2 models (transformer.wpe)")
+    wpe = model.transformer.wpe    # GPT-2's learned absolute positions
+    n, d = wpe.weight.shape
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, d, 2, dtype=torch.float32) / d)
+    table = torch.zeros(n, d)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: d // 2])
+    wpe.weight.copy_(scale * table)
+
+
 def train_text_lm(texts: Sequence[str], tokenizer, lm_cfg: dict[str, Any], out_dir: str | Path | None = None, *,
                   steps: int = 1000, batch_size: int = 64, lr: float = 3e-3, warmup: int = 50, seed: int = 0,
                   context_length: int | None = None, device: str = "cpu", log_every: int = 100,
-                  log=print, callback=None) -> tuple[nn.Module, dict[str, Any]]:
+                  log=print, callback=None, sinusoidal_positions: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Train a causal LM from scratch on ``texts`` (one document each, EOS appended); save it to ``out_dir``.
 
     Documents are padded, not packed: each is short and should be modelled from its own start, which is
     how the LM will be used (a fresh prompt). ``callback(step, model)`` runs every ``log_every`` steps
-    (e.g. to probe a skill while it is learned). Returns (model in eval mode, training summary).
+    (e.g. to probe a skill while it is learned). ``sinusoidal_positions`` starts GPT-2's learned position
+    embeddings from the original Transformer's sinusoids: attending "k tokens back" is then easy to learn,
+    which in-context skills (copying the word that followed a matching description) are built from.
+    Returns (model in eval mode, training summary).
     """
     from transformers import AutoModelForCausalLM
     torch.manual_seed(seed)
     with quiet_transformers():
         model = AutoModelForCausalLM.from_config(_lm_config(lm_cfg)).to(device)
+    if sinusoidal_positions:
+        init_sinusoidal_positions(model)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     ctx = context_length or lm_cfg.get("n_positions", 128)
