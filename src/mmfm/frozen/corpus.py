@@ -10,10 +10,12 @@ textual description of it (its attributes, "top left large red circle"):
 * a description, then a caption ............ "top left large red circle a red circle at the top left"
 * a description, a question, its answer .... "top left large red circle Q: What colour is it? A: red"
 * concept binding with nonsense words ...... "<desc> This is a dax. <desc> This is a blicket. <desc> Q: What is this? A: dax"
+* a random word sequence, repeated ......... "wug toma fep wug toma fep"
 
 The nonsense words are drawn per document from a pool and bound at random, so the only way to predict
 the answer is to copy the word that followed the description of the same shape: an in-context skill,
-learned from text, that the Frozen demo then tests with images in place of descriptions.
+learned from text, that the Frozen demo then tests with images in place of descriptions (and, to tell
+an LM that lacks the skill from a vision side that cannot reach it, also with the descriptions).
 No image is ever seen here.
 """
 from __future__ import annotations
@@ -79,22 +81,20 @@ def binding_text(descriptions: Sequence[str], words: Sequence[str], queries: Seq
     return " ".join(parts + [f"{q} {BINDING_QUESTION} {a}".strip() for q, a in zip(queries, answers)])
 
 
-DEFAULT_MIX = {"caption": 0.15, "described_caption": 0.2, "qa": 0.25, "binding": 0.4}
+DEFAULT_MIX = {"caption": 0.05, "described_caption": 0.15, "qa": 0.25, "binding": 0.45, "repeat": 0.1}
 
 
 def text_corpus(dataset: Shapes, n_docs: int, words: Sequence[str], seed: int = 0,
-                mix: dict[str, float] | None = None, max_queries: int = 3, max_ways: int = 2,
-                exact_share: float = 0.0, name_shape: bool = True) -> list[str]:
+                mix: dict[str, float] | None = None, max_queries: int = 3) -> list[str]:
     """``n_docs`` text documents about ``dataset``'s scenes, in the proportions of ``mix``.
 
-    mix keys: ``caption``, ``described_caption``, ``qa``, ``binding`` (default ``DEFAULT_MIX``); binding
-    episodes name 2..``max_ways`` objects and ask 1..``max_queries`` questions, a share ``exact_share`` of
-    them about a repeated description.
+    mix keys: ``caption``, ``described_caption``, ``qa``, ``binding``, ``repeat`` (default ``DEFAULT_MIX``).
+    A binding episode names two shapes with new words and asks 1..``max_queries`` questions about them.
     """
     mix = mix or DEFAULT_MIX
-    unknown = set(mix) - {"caption", "described_caption", "qa", "binding", "repeat"}
+    unknown = set(mix) - set(DEFAULT_MIX)
     if unknown:
-        raise ValueError(f"unknown corpus kinds {sorted(unknown)}")
+        raise ValueError(f"unknown corpus kinds {sorted(unknown)}; known: {sorted(DEFAULT_MIX)}")
     kinds, weights = zip(*mix.items())
     rng = random.Random(f"corpus/{seed}")
     shapes = available_shapes(dataset)
@@ -104,30 +104,26 @@ def text_corpus(dataset: Shapes, n_docs: int, words: Sequence[str], seed: int = 
         scene = dataset.scene(rng.randrange(len(dataset)))
         if kind == "caption":
             docs.append(rng.choice(scene.captions))
-        elif kind == "repeat":
-            # A random word sequence, then the same again: the purest signal for learning to look up
-            # "what came after this last time" (induction), which binding needs in a fuzzier form.
-            seq = [rng.choice(words) for _ in range(rng.randint(4, 10))]
-            docs.append(" ".join(seq + seq))
         elif kind == "described_caption":
             docs.append(f"{description(scene)} {rng.choice(scene.captions)}")
         elif kind == "qa":
             q, a = rng.choice(questions(scene))
             docs.append(f"{description(scene)} {VQA_TEMPLATE.format(q)} {a}")
+        elif kind == "repeat":
+            # A random word sequence, then the same again: the plainest case of "what came after this
+            # last time?", the look-up binding is made of.
+            seq = [rng.choice(words) for _ in range(rng.randint(4, 10))]
+            docs.append(" ".join(seq + seq))
         else:
-            # 2..max_ways named objects of different shapes: with more than two, "always the last word" stops
-            # paying off and only matching the query to the right description does.
-            ways = rng.randint(2, max(2, min(max_ways, len(shapes))))
-            named_shapes = rng.sample(shapes, ways)
-            names = rng.sample(list(words), ways)
-            supports = [scene_with_shape(dataset, rng, s)[1] for s in named_shapes]
-            # Several queries per episode: more examples of the in-context skill per document. Some repeat a
-            # support's description word for word: the easy case of the skill (exact match).
-            targets = [rng.randrange(ways) for _ in range(rng.randint(1, max_queries))]
-            queries = [description(supports[t] if rng.random() < exact_share else
-                                   scene_with_shape(dataset, rng, named_shapes[t])[1]) for t in targets]
-            answers = [f"{dataset.classes[named_shapes[t]]} {names[t]}" if name_shape else names[t] for t in targets]
-            docs.append(binding_text([description(s) for s in supports], names, queries, answers))
+            # Two objects of different shapes get new words; then other objects of those shapes (other
+            # colour, size, place) are asked about: only the description of the same shape in the context
+            # tells which word is the answer.
+            named = rng.sample(shapes, 2)
+            names = rng.sample(list(words), 2)
+            supports = [description(scene_with_shape(dataset, rng, s)[1]) for s in named]
+            targets = [rng.randrange(2) for _ in range(rng.randint(1, max_queries))]
+            queries = [description(scene_with_shape(dataset, rng, named[t])[1]) for t in targets]
+            docs.append(binding_text(supports, names, queries, [names[t] for t in targets]))
     return docs
 
 

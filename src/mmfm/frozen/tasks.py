@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from ..data.pipeline import caption_rng
 from ..data.shapes import Shapes, questions
 from ..models.frozen import IGNORE_INDEX
-from .corpus import BINDING_QUESTION, BINDING_STATEMENT, VQA_TEMPLATE
+from .corpus import BINDING_QUESTION, BINDING_STATEMENT, VQA_TEMPLATE, description
 from .generate import generate, score_continuations
 from .text import FrozenTokenizer
 
@@ -63,6 +63,12 @@ class CaptionVQAView(Dataset):
         return {"image": self.transform(sample.image), "text": ids, "labels": labels, "index": index}
 
 
+def _shown(dataset: Shapes, index: int, as_text: bool):
+    """What stands for image ``index`` in a prompt: the image, or (``as_text``) its textual description,
+    which probes the frozen LM alone on the same task."""
+    return description(dataset.scene(index)) if as_text else dataset[index].image
+
+
 def first_word(text: str) -> str:
     words = text.strip().lower().replace(".", " ").replace(",", " ").split()
     return words[0] if words else ""
@@ -93,16 +99,20 @@ def majority_answers(dataset: Shapes, question_set: Sequence[str], n: int = 2000
 
 
 def evaluate_vqa(model, tokenizer: FrozenTokenizer, dataset: Shapes, train_dataset: Shapes | None = None,
-                 n: int = 200, question_set: Sequence[str] = ATTRIBUTE_QUESTIONS, **gen) -> dict[str, Any]:
-    """Open-ended VQA on the first ``n`` images of ``dataset``, per question and overall, with baseline."""
+                 n: int = 200, question_set: Sequence[str] = ATTRIBUTE_QUESTIONS, as_text: bool = False,
+                 **gen) -> dict[str, Any]:
+    """Open-ended VQA on the first ``n`` images of ``dataset``, per question and overall, with baseline.
+
+    ``as_text``: each image replaced by its description, i.e. the frozen LM's own skill at the task.
+    """
     from ..eval.vqa import vqa_accuracy
     n = min(n, len(dataset))
     items = []
     for i in range(n):
-        sample = dataset[i]
-        for q, a in questions(sample):
+        shown = _shown(dataset, i, as_text)
+        for q, a in questions(dataset.scene(i)):
             if q in question_set:
-                items.append((sample.image, q, a))
+                items.append((shown, q, a))
     gen.setdefault("max_new_tokens", 4)
     preds = generate(model, tokenizer, [[img, VQA_TEMPLATE.format(q)] for img, q, _ in items], **gen)
     preds = [first_word(p) if p else "" for p in preds]
@@ -142,18 +152,19 @@ def binding_episodes(dataset: Shapes, n: int, words: Sequence[str] = ("dax", "bl
     return episodes
 
 
-def binding_prompt(dataset: Shapes, episode: dict) -> list:
+def binding_prompt(dataset: Shapes, episode: dict, as_text: bool = False) -> list:
     parts: list = []
     for index, word in zip(episode["supports"], episode["words"]):
-        parts += [dataset[index].image, BINDING_STATEMENT.format(word)]
-    return parts + [dataset[episode["query"]].image, BINDING_QUESTION]
+        parts += [_shown(dataset, index, as_text), BINDING_STATEMENT.format(word)]
+    return parts + [_shown(dataset, episode["query"], as_text), BINDING_QUESTION]
 
 
 def evaluate_binding(model, tokenizer: FrozenTokenizer, dataset: Shapes, n: int = 200,
-                     words: Sequence[str] = ("dax", "blicket"), seed: int = 0, **gen) -> dict[str, Any]:
-    """Few-shot binding accuracy, open-ended and forced-choice, against 50% chance."""
+                     words: Sequence[str] = ("dax", "blicket"), seed: int = 0, as_text: bool = False,
+                     **gen) -> dict[str, Any]:
+    """Few-shot binding accuracy, open-ended and forced-choice, against 50% chance (``as_text``: see VQA)."""
     episodes = binding_episodes(dataset, n, words, seed)
-    prompts = [binding_prompt(dataset, e) for e in episodes]
+    prompts = [binding_prompt(dataset, e, as_text) for e in episodes]
     gen.setdefault("max_new_tokens", 3)
     answers = generate(model, tokenizer, prompts, **gen)
     open_ended = [first_word(a) == e["answer"] for a, e in zip(answers, episodes)]
