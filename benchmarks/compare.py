@@ -45,20 +45,27 @@ def build_models(arch: str, tmp: Path, device: str, dtype: torch.dtype) -> dict[
         if name == "hf":
             enc_i = lambda x, m=m: m.get_image_features(pixel_values=x)
             enc_t = lambda t, m=m: m.get_text_features(input_ids=t)
-            def loss(x, t, m=m):
-                o = m(pixel_values=x, input_ids=t, return_loss=True)
-                return o.loss
-        else:
+            # transformers' own contrastive loss (CLIPModel(return_loss=True)) and torch's default AdamW.
+            loss = lambda x, t, m=m: m(pixel_values=x, input_ids=t, return_loss=True).loss
+            optimizer = lambda m=m: torch.optim.AdamW(m.parameters(), lr=1e-5)
+        elif name == "open_clip":
             enc_i = lambda x, m=m: m.encode_image(x)
             enc_t = lambda t, m=m: m.encode_text(t)
+            # What open_clip's training script does: ClipLoss on the model outputs, torch's default AdamW.
+            clip_loss = open_clip.ClipLoss()
+            loss = lambda x, t, m=m, f=clip_loss: f(*m(x, t)[:3])
+            optimizer = lambda m=m: torch.optim.AdamW(m.parameters(), lr=1e-5)
+        else:
+            from mmfm.train import TrainConfig, build_optimizer
+            from mmfm.train.losses import clip_loss
+            enc_i = lambda x, m=m: m.encode_image(x)
+            enc_t = lambda t, m=m: m.encode_text(t)
+            # What mmfm's Trainer does: the model's output dict into clip_loss, AdamW from build_optimizer.
             def loss(x, t, m=m):
-                fi = torch.nn.functional.normalize(m.encode_image(x), dim=-1)
-                ft = torch.nn.functional.normalize(m.encode_text(t), dim=-1)
-                logits = m.logit_scale.exp() * fi @ ft.T
-                labels = torch.arange(len(x), device=x.device)
-                return (torch.nn.functional.cross_entropy(logits, labels) +
-                        torch.nn.functional.cross_entropy(logits.T, labels)) / 2
-        out[name] = {"model": m, "encode_image": enc_i, "encode_text": enc_t, "loss": loss}
+                o = m(x, t)
+                return clip_loss(o["image_features"], o["text_features"], o["logit_scale"])
+            optimizer = lambda m=m: build_optimizer(m, TrainConfig(lr=1e-5, weight_decay=0.1))
+        out[name] = {"model": m, "encode_image": enc_i, "encode_text": enc_t, "loss": loss, "optimizer": optimizer}
     return out
 
 
@@ -69,31 +76,27 @@ def inputs(batch: int, device: str, dtype: torch.dtype, size: int = 224):
     return x, t
 
 
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def time_interleaved(fns: dict, repeats: int, device: str, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call for each function, calls interleaved across libraries."""
-    for f in fns.values():
+    """Median seconds per call for each function, calls interleaved across libraries (round-robin), so
+    machine noise hits every library alike. Each call is timed by ``torch.utils.benchmark.Timer``."""
+    from torch.utils.benchmark import Timer
+    threads = torch.get_num_threads()   # Timer would otherwise run single-threaded
+    timers = {k: Timer(stmt="f()", globals={"f": f}, num_threads=threads) for k, f in fns.items()}
+    for t in timers.values():
         for _ in range(warmup):
-            f()
-    sync(device)
+            t.timeit(1)
     times = {k: [] for k in fns}
     for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            sync(device)
-            times[k].append(time.perf_counter() - t0)
+        for k, t in timers.items():
+            times[k].append(t.timeit(1).median)    # Timer synchronises CUDA around the call
     return {k: statistics.median(v) for k, v in times.items()}
 
 
 def train_step_fn(entry, x, t):
+    """One optimizer step (forward + backward + AdamW), the library's own loss and optimizer."""
     m = entry["model"]
     m.train()
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5)
+    opt = entry["optimizer"]()
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -119,9 +122,13 @@ with tempfile.TemporaryDirectory() as d:
         step()
     if {device!r}.startswith('cuda'):
         print(torch.cuda.max_memory_allocated() / 2**20)
-    else:
-        import resource
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    else:   # VmHWM: this process's own peak RSS (ru_maxrss would include the parent's, inherited at fork)
+        try:
+            hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]
+            print(int(hwm.split()[1]) / 1024)
+        except OSError:   # not Linux
+            import resource
+            print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
@@ -135,6 +142,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--train-batch", type=int, default=32)
     ap.add_argument("--no-memory", action="store_true", help="skip the subprocess peak-memory line")
+    ap.add_argument("--memory-only", action="store_true", help="only the peak-memory line")
+    ap.add_argument("--train-only", action="store_true", help="only the training-step and memory lines")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -142,9 +151,14 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for arch in args.archs:
+            if args.memory_only:
+                libs_here = ["mmfm", "open_clip"] + ([] if arch.startswith("RN") else ["hf"])
+                rows.append({"arch": arch, "line": f"peak train memory b{args.train_batch}", "unit": "MiB (lower is better)",
+                             **{k: peak_train_memory(arch, k, args.train_batch, device) for k in libs_here}})
+                continue
             entries = build_models(arch, Path(d), device, dtype)
             with torch.inference_mode():
-                for kind in ("encode_image", "encode_text"):
+                for kind in (() if args.train_only else ("encode_image", "encode_text")):
                     for bs in (1, 64):
                         x, t = inputs(bs, device, dtype)
                         arg = x if kind == "encode_image" else t

@@ -77,6 +77,44 @@ def test_text_pooling_at_end_of_text_and_causal():
         assert not torch.allclose(model.encode_text(ids), model.encode_text(changed))
 
 
+@pytest.mark.parametrize("pool", ["argmax", "eot"])
+def test_text_after_last_end_of_text_is_skipped_exactly(pool):
+    """Features and gradients equal the full-context computation although the padding is never run."""
+    torch.manual_seed(0)
+    model = create_model("ViT-tiny-test").train()
+    model.text.cfg.pool = pool
+    ids = torch.zeros(3, 16, dtype=torch.long)
+    for row, n in enumerate((4, 7, 2)):          # end-of-text at positions 4, 7 and 2
+        ids[row, :n] = torch.randint(1, 1000, (n,))
+        ids[row, n] = 49407
+    seen = []
+    hook = model.text.transformer.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    fast = model.text(ids)
+    hook.remove()
+    assert seen == [8]                           # up to the batch's last end-of-text token, not 16
+    full_tokens = model.text.forward_tokens(ids)
+    full = model.text.forward_head(full_tokens[torch.arange(3), model.text.pool_index(ids)])
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
+    grad_fast = torch.autograd.grad(fast.square().sum(), list(model.text.parameters()), allow_unused=True)
+    grad_full = torch.autograd.grad(full.square().sum(), list(model.text.parameters()), allow_unused=True)
+    for a, b in zip(grad_fast, grad_full):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)   # GEMM sums in another order
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_vit_class_token_only_last_block_is_exact(checkpointing):
+    torch.manual_seed(0)
+    model = create_model("ViT-tiny-test").train()
+    model.set_grad_checkpointing(checkpointing)
+    img = torch.randn(3, 3, 32, 32)
+    pooled = model.visual.forward_features(img)
+    full = model.visual.ln_post(model.visual.forward_tokens(img)[:, 0])
+    torch.testing.assert_close(pooled, full, rtol=1e-5, atol=1e-6)
+    params = [p for n, p in model.visual.named_parameters() if n != "proj"]   # proj comes after the features
+    for a, b in zip(torch.autograd.grad(pooled.sum(), params), torch.autograd.grad(full.sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["ViT-tiny-test", "RN-tiny-test"])
 def test_locking(name):
     model = create_model(name)

@@ -38,7 +38,9 @@ def test_accumulated_gradients_equal_full_batch(name, loss):
     assert loss_full == pytest.approx(loss_acc, rel=1e-5)
     assert g_full.keys() == g_acc.keys() and "logit_scale" in g_full
     for n in g_full:
-        torch.testing.assert_close(g_acc[n], g_full[n], rtol=1e-4, atol=1e-6, msg=n)
+        # atol 1e-5: each micro-batch's text is cut at its own last end-of-text token, so matmul shapes (and
+        # fp32 summation order) differ from the full batch's; a wrong accumulation is off by far more (below).
+        torch.testing.assert_close(g_acc[n], g_full[n], rtol=1e-4, atol=1e-5, msg=n)
 
 
 def test_naive_accumulation_would_differ():

@@ -462,7 +462,8 @@ def lora_few_shot(episode) -> dict[str, Any]:
     class_tokens = tok([t.format(c) for c in classnames for t in templates]).to(device)
     pair_tokens = tok([templates[0].format(classnames[int(y)]) for y in labels]).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    from ..train.schedule import adamw_kernel
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **adamw_kernel([{"params": params}], resumable=False))
     gen = torch.Generator().manual_seed(seed)
     model.train()
     loss = torch.tensor(float("nan"))

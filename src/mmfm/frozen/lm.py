@@ -169,31 +169,34 @@ def tiny_gpt2_config(vocab_size: int, eos_id: int, n_embd: int = 128, n_layer: i
 
 
 @torch.no_grad()
-def init_sinusoidal_positions(model: nn.Module, scale: float = 0.1) -> None:
-    """Overwrite a GPT-2's position embedding table with (scaled) sinusoids; it stays trainable."""
+def init_sinusoidal_positions(model: nn.Module, scale: float = 0.02) -> None:
+    """Start a GPT-2's (trainable) position embeddings from the original Transformer's sinusoids.
+
+    A learned table starts as noise, and a head that looks "one token back" then has to be learned for
+    every position separately; with sinusoids, the offset between two positions is a fixed rotation,
+    which attention can pick up at once. ``scale`` matches GPT-2's embedding initialisation (std 0.02).
+    """
     if not hasattr(getattr(model, "transformer", None), "wpe"):
-        raise ValueError("sinusoidal_positions applies to GPT-2 models (transformer.wpe)")
-    wpe = model.transformer.wpe    # GPT-2's learned absolute positions
+        raise ValueError("sinusoidal position embeddings apply to GPT-2 models (transformer.wpe)")
+    wpe = model.transformer.wpe
     n, d = wpe.weight.shape
     pos = torch.arange(n, dtype=torch.float32)[:, None]
     freq = torch.exp(-math.log(10000.0) * torch.arange(0, d, 2, dtype=torch.float32) / d)
     table = torch.zeros(n, d)
     table[:, 0::2] = torch.sin(pos * freq)
     table[:, 1::2] = torch.cos(pos * freq[: d // 2])
-    wpe.weight.copy_(scale * table)
+    wpe.weight.copy_(scale * math.sqrt(2.0) * table)   # sqrt(2): unit variance per entry before scaling
 
 
 def train_text_lm(texts: Sequence[str], tokenizer, lm_cfg: dict[str, Any], out_dir: str | Path | None = None, *,
                   steps: int = 1000, batch_size: int = 64, lr: float = 3e-3, warmup: int = 50, seed: int = 0,
                   context_length: int | None = None, device: str = "cpu", log_every: int = 100,
-                  log=print, callback=None, sinusoidal_positions: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+                  log=print, callback=None, sinusoidal_positions: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """Train a causal LM from scratch on ``texts`` (one document each, EOS appended); save it to ``out_dir``.
 
     Documents are padded, not packed: each is short and should be modelled from its own start, which is
     how the LM will be used (a fresh prompt). ``callback(step, model)`` runs every ``log_every`` steps
-    (e.g. to probe a skill while it is learned). ``sinusoidal_positions`` starts GPT-2's learned position
-    embeddings from the original Transformer's sinusoids: attending "k tokens back" is then easy to learn,
-    which in-context skills (copying the word that followed a matching description) are built from.
+    (e.g. to probe a skill while it is learned). ``sinusoidal_positions``: see ``init_sinusoidal_positions``.
     Returns (model in eval mode, training summary).
     """
     from transformers import AutoModelForCausalLM
@@ -206,7 +209,9 @@ def train_text_lm(texts: Sequence[str], tokenizer, lm_cfg: dict[str, Any], out_d
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     ctx = context_length or lm_cfg.get("n_positions", 128)
     encoded = [ids[:ctx - 1] + [eos] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    from ..train.schedule import adamw_kernel
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01, **adamw_kernel([{"params": params}], resumable=False))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) *
                                               0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
     rng = random.Random(seed)

@@ -35,17 +35,28 @@ class TextTransformer(nn.Module):
             return (ids == self.cfg.eot_token_id).int().argmax(dim=-1)
         return ids.argmax(dim=-1)   # eot has the largest id in CLIP's vocabulary
 
-    def forward_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
         n = ids.shape[1]
         if n > self.cfg.context_length:
             raise ValueError(f"text has {n} tokens, more than the context length {self.cfg.context_length}")
-        x = self.token_embedding(ids) + self.positional_embedding[:n].to(self.token_embedding.weight.dtype)
+        return self.token_embedding(ids) + self.positional_embedding[:n].to(self.token_embedding.weight.dtype)
+
+    def forward_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         # Causal attention: with SDPA's is_causal no mask tensor is materialised.
-        return self.ln_final(self.transformer(x, is_causal=True))
+        return self.ln_final(self.transformer(self.embed(ids), is_causal=True))
 
     def forward_features(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.forward_tokens(ids)
-        return x[torch.arange(x.shape[0], device=x.device), self.pool_index(ids)]
+        pool = self.pool_index(ids)
+        # Attention is causal, so the feature at the end-of-text token depends only on the tokens up to it:
+        # the padding after the batch's last end-of-text token cannot change the result (or any gradient)
+        # and is not computed. Captions are mostly far shorter than the 77-token context, so this skips most
+        # of the text tower's work. Under torch.compile the length stays static (no data-dependent shapes).
+        if not torch.compiler.is_compiling() and not torch.jit.is_scripting() and ids.shape[1] > 1:
+            n = int(pool.max()) + 1
+            if n < ids.shape[1]:
+                ids = ids[:, :n]
+        # Only the end-of-text token is read, so the last block computes only it (exact; see forward_pooled).
+        return self.ln_final(self.transformer.forward_pooled(self.embed(ids), pool, is_causal=True))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return features @ self.text_projection

@@ -27,16 +27,23 @@ class VisionTransformer(nn.Module):
     def output_dim(self) -> int:
         return self.proj.shape[1]
 
-    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """All tokens after the last block, [B, 1 + grid^2, width] (class token first, before ln_post)."""
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch + class token embeddings, [B, 1 + grid^2, width], as the first block sees them."""
         x = self.conv1(x).flatten(2).transpose(1, 2)                       # [B, grid^2, w]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        return self.transformer(self.ln_pre(x))
+        return self.ln_pre(x)
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens after the last block, [B, 1 + grid^2, width] (class token first, before ln_post)."""
+        return self.transformer(self.embed(x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features before the projection (what linear probes use)."""
-        return self.ln_post(self.forward_tokens(x)[:, 0])
+        """Pooled features before the projection (what linear probes use).
+
+        Only the class token is read, so the last block computes only it (exact; see forward_pooled).
+        """
+        return self.ln_post(self.transformer.forward_pooled(self.embed(x)))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return features @ self.proj

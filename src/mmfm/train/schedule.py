@@ -25,21 +25,17 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
     if not groups:
         raise ValueError("the model has no trainable parameters: everything is frozen")
-    fused = torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None,
-                             foreach=None if fused else True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **adamw_kernel(groups))
 
 
-def lr_lambda(total_steps: int, warmup: int, schedule: str, min_ratio: float = 0.0):
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
-
-
-def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio))
+def adamw_kernel(groups: list[dict], resumable: bool = True) -> dict:
+    """Which AdamW implementation to use. ``foreach`` by default: a run resumed from a checkpoint then
+    continues bit-for-bit (tested). ``resumable=False`` (runs that are never resumed: the Frozen demo's
+    text LM, few-shot LoRA episodes) takes ``fused`` on CPU/CUDA, ~4x faster than foreach on CPU (ViT-B-32,
+    one thread: 0.19 s vs 0.70 s); with torch 2.14 a fused CPU AdamW resumed from its state dict did not
+    reproduce the uninterrupted run exactly, so the Trainer does not use it."""
+    params = [p for g in groups for p in g["params"]]
+    devices = {p.device.type for p in params}
+    fused = not resumable and len(devices) == 1 and devices <= {"cpu", "cuda"} and all(
+        p.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64) for p in params)
+    return {"fused": True} if fused else {"foreach": True}

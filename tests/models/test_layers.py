@@ -1,0 +1,63 @@
+"""The inference kernels (oneDNN-packed weights, fused QKV and GELU) against the plain autograd path."""
+import copy
+import pickle
+
+import pytest
+import torch
+
+from mmfm.models import create_model
+from mmfm.models import layers
+
+
+def _encode(model, img, ids):
+    with torch.no_grad():
+        return model.encode_image(img), model.encode_text(ids)
+
+
+@pytest.mark.skipif(not layers._HAVE_PACKED, reason="this torch build has no oneDNN linear kernels")
+@pytest.mark.parametrize("name", ["ViT-tiny-test", "RN-tiny-test"])
+def test_packed_inference_equals_plain_path_and_follows_weight_changes(name):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    img, ids = torch.randn(3, 3, 32, 32), torch.randint(1, 1000, (3, 16))
+    try:
+        layers.set_packed_inference(False)
+        plain = _encode(model, img, ids)
+        layers.set_packed_inference(True)
+        packed = _encode(model, img, ids)
+    finally:
+        layers.set_packed_inference(True)
+    for a, b in zip(plain, packed):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # The packed copies are rebuilt after load_state_dict (in-place copy) and after an optimizer-style update.
+    state = {k: v * 1.5 if k.endswith("fc1.weight") else v for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    layers.set_packed_inference(False)
+    plain2 = _encode(model, img, ids)
+    layers.set_packed_inference(True)
+    packed2 = _encode(model, img, ids)
+    assert not torch.allclose(plain2[1], plain[1])
+    for a, b in zip(plain2, packed2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_path_is_not_used_when_gradients_are_needed():
+    torch.manual_seed(0)
+    model = create_model("ViT-tiny-test").train()
+    ids = torch.randint(1, 1000, (2, 16))
+    out = model.encode_text(ids)
+    assert out.requires_grad
+    out.sum().backward()
+    assert model.text.transformer.blocks[0].mlp.fc1.weight.grad is not None
+    assert model.text.transformer.blocks[0].attn.q_proj.weight.grad is not None
+
+
+def test_derived_weights_are_not_copied_or_pickled():
+    model = create_model("ViT-tiny-test").eval()
+    with torch.no_grad():
+        model.encode_text(torch.randint(1, 1000, (1, 8)))
+    attn = model.text.transformer.blocks[0].attn
+    assert attn._cache._entries                         # something was cached
+    assert not copy.deepcopy(attn)._cache._entries
+    assert not pickle.loads(pickle.dumps(attn))._cache._entries
+    assert "_cache" not in "".join(model.state_dict())
