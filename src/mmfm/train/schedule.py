@@ -39,3 +39,18 @@ def adamw_kernel(groups: list[dict], resumable: bool = True) -> dict:
     fused = not resumable and len(devices) == 1 and devices <= {"cpu", "cuda"} and all(
         p.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64) for p in params)
     return {"fused": True} if fused else {"foreach": True}
+
+
+def lr_lambda(total_steps: int, warmup: int, schedule: str, min_ratio: float = 0.0):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio))
