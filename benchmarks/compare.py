@@ -23,6 +23,11 @@ from pathlib import Path
 import torch
 
 
+def libraries(arch: str) -> list[str]:
+    """Libraries compared on ``arch``: transformers has no ModifiedResNet."""
+    return ["mmfm", "open_clip"] + ([] if arch.startswith("RN") else ["hf"])
+
+
 def build_models(arch: str, tmp: Path, device: str, dtype: torch.dtype) -> dict[str, dict]:
     """Same random weights in each library; each entry has encode_image/encode_text/train-loss callables."""
     import open_clip
@@ -35,7 +40,7 @@ def build_models(arch: str, tmp: Path, device: str, dtype: torch.dtype) -> dict[
     oc = open_clip.create_model(arch)
     oc.load_state_dict(to_openclip_state_dict(ours))
     models = {"mmfm": ours, "open_clip": oc}
-    if not arch.startswith("RN"):
+    if "hf" in libraries(arch):
         import transformers
         export_hf(ours, tmp / arch)
         models["hf"] = transformers.CLIPModel.from_pretrained(tmp / arch)
@@ -136,6 +141,11 @@ with tempfile.TemporaryDirectory() as d:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def memory_row(arch: str, batch: int, device: str) -> dict:
+    return {"arch": arch, "line": f"peak train memory b{batch}", "unit": "MiB (lower is better)",
+            **{k: peak_train_memory(arch, k, batch, device) for k in libraries(arch)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", nargs="+", default=["ViT-B-32", "RN50"])
@@ -152,9 +162,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for arch in args.archs:
             if args.memory_only:
-                libs_here = ["mmfm", "open_clip"] + ([] if arch.startswith("RN") else ["hf"])
-                rows.append({"arch": arch, "line": f"peak train memory b{args.train_batch}", "unit": "MiB (lower is better)",
-                             **{k: peak_train_memory(arch, k, args.train_batch, device) for k in libs_here}})
+                rows.append(memory_row(arch, args.train_batch, device))
                 continue
             entries = build_models(arch, Path(d), device, dtype)
             with torch.inference_mode():
@@ -172,8 +180,7 @@ def main() -> None:
             rows.append({"arch": arch, "line": f"train step b{args.train_batch}", "unit": "samples/s",
                          **{k: args.train_batch / s for k, s in secs.items()}})
             if not args.no_memory:
-                rows.append({"arch": arch, "line": f"peak train memory b{args.train_batch}", "unit": "MiB (lower is better)",
-                             **{k: peak_train_memory(arch, k, args.train_batch, device) for k in entries}})
+                rows.append(memory_row(arch, args.train_batch, device))
             del entries
     libs = ["mmfm", "open_clip", "hf"]
     print(f"device: {device} ({dtype}), torch {torch.__version__}, threads {torch.get_num_threads()}")

@@ -100,9 +100,6 @@ class PackedCache:
             self._entries[name] = hit
         return hit[1]
 
-    def clear(self) -> None:
-        self._entries.clear()
-
     def __deepcopy__(self, memo):
         return PackedCache()
 
@@ -122,12 +119,16 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
 
 
-def linear(module: nn.Linear, x: torch.Tensor, cache: PackedCache, name: str) -> torch.Tensor:
-    """``module(x)``, through the packed inference path when it applies."""
+def linear(module: nn.Linear, x: torch.Tensor, cache: PackedCache, name: str, act: nn.Module | None = None):
+    """``act(module(x))`` (``module(x)`` without ``act``), through the packed inference path when it
+    applies; there an exact GELU runs inside the matmul."""
     if _is_plain_linear(module) and use_packed(x, module.weight):
         w = module.weight
-        return packed_linear(x, cache.derived(name, lambda: pack(w), w), module.bias)
-    return module(x)
+        gelu = type(act) is nn.GELU and act.approximate == "none"
+        y = packed_linear(x, cache.derived(name, lambda: pack(w), w), module.bias, gelu=gelu)
+        return y if gelu or act is None else act(y)
+    y = module(x)
+    return y if act is None else act(y)
 
 
 class Attention(nn.Module):
@@ -153,6 +154,10 @@ class Attention(nn.Module):
         bs = (self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)
         return torch.cat(ws, 0), (torch.cat(bs, 0) if bs[0] is not None else None)
 
+    def _packed_qkv(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w, b = self._fused_qkv()
+        return pack(w), b
+
     def _qkv(self, x: torch.Tensor):
         projs = (self.q_proj, self.k_proj, self.v_proj)
         plain = all(_is_plain_linear(p) for p in projs) and not torch.jit.is_scripting() \
@@ -161,8 +166,7 @@ class Attention(nn.Module):
         sources = weights + [p.bias for p in projs]
         if plain and use_packed(x, *weights):
             # One packed matmul for q, k and v, on the concatenated weights packed once.
-            packed, bias = self._cache.derived("qkv_packed", lambda: (lambda w, b: (pack(w), b))(*self._fused_qkv()),
-                                               *sources)
+            packed, bias = self._cache.derived("qkv_packed", self._packed_qkv, *sources)
             return packed_linear(x, packed, bias).chunk(3, dim=-1)
         if plain and (not torch.is_grad_enabled() or not any(w.requires_grad for w in weights)):
             # Other devices/dtypes: still one matmul instead of three (weights concatenated once, cached).
@@ -197,13 +201,7 @@ class MLP(nn.Module):
         self._cache = PackedCache()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if type(self.act) is nn.GELU and self.act.approximate == "none" and _is_plain_linear(self.fc1) \
-                and use_packed(x, self.fc1.weight):
-            w = self.fc1.weight
-            h = packed_linear(x, self._cache.derived("fc1", lambda: pack(w), w), self.fc1.bias, gelu=True)  # GELU fused
-        else:
-            h = self.act(linear(self.fc1, x, self._cache, "fc1"))
-        return linear(self.fc2, h, self._cache, "fc2")
+        return linear(self.fc2, linear(self.fc1, x, self._cache, "fc1", act=self.act), self._cache, "fc2")
 
 
 class ResidualBlock(nn.Module):
@@ -229,14 +227,14 @@ class ResidualBlock(nn.Module):
         the pooled token attends to the tokens up to its own position only, as it would in ``forward``.
         """
         if index is None:
+            if is_causal:
+                raise ValueError("a causal pooled block needs the pooled positions (index)")
             own, mask = x[:, :1], None
         else:
             own = x[torch.arange(x.shape[0], device=x.device), index].unsqueeze(1)
             mask = None
             if is_causal:   # [B, 1, 1, N]: keys at or before the pooled position
                 mask = (torch.arange(x.shape[1], device=x.device) <= index[:, None])[:, None, None, :]
-        if is_causal and index is None:
-            raise ValueError("a causal pooled block needs the pooled positions (index)")
         own = own + self.attn(self.ln_1(own), kv=self.ln_1(x), attn_mask=mask)
         return own + self.mlp(self.ln_2(own))
 
