@@ -61,3 +61,46 @@ def test_derived_weights_are_not_copied_or_pickled():
     assert not copy.deepcopy(attn)._cache._entries
     assert not pickle.loads(pickle.dumps(attn))._cache._entries
     assert "_cache" not in "".join(model.state_dict())
+
+
+def _plain_and_cached(model, img, ids):
+    cached = _encode(model, img, ids)
+    try:
+        layers.set_packed_inference(False)
+        for m in model.modules():               # the plain reference must not reuse any cached copy
+            if isinstance(getattr(m, "_cache", None), layers.PackedCache):
+                m._cache = layers.PackedCache()
+        plain = _encode(model, img, ids)
+    finally:
+        layers.set_packed_inference(True)
+    return plain, cached
+
+
+@pytest.mark.parametrize("write", ["fused_adamw", "data_inplace", "data_replaced"])
+def test_cached_weights_follow_writes_that_bypass_version_counters(write):
+    # Fused AdamW and writes through .data leave ``tensor._version`` unchanged; an inference pass after them
+    # must still see the new weights (a stale cache once broke exact resume of a fused-AdamW run).
+    torch.manual_seed(0)
+    model = create_model("ViT-tiny-test").eval()
+    img, ids = torch.randn(2, 3, 32, 32), torch.randint(1, 1000, (2, 16))
+    before = _encode(model, img, ids)                 # fills the caches
+    fc1 = model.text.transformer.blocks[0].mlp.fc1
+    q = model.visual.transformer.blocks[0].attn.q_proj
+    version = fc1.weight._version
+    if write == "fused_adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+        out = model(img, ids)
+        (out["image_features"] * out["text_features"]).sum().backward()
+        opt.step()
+    elif write == "data_inplace":
+        fc1.weight.data.mul_(1.5)
+        q.weight.data.mul_(1.5)
+    else:
+        fc1.weight.data = fc1.weight.data * 1.5
+        q.weight.data = q.weight.data * 1.5
+    if write != "data_replaced":
+        assert fc1.weight._version == version          # the case this test is about
+    plain, cached = _plain_and_cached(model, img, ids)
+    for a, b, old in zip(plain, cached, before):
+        assert not torch.allclose(a, old, atol=1e-4)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)

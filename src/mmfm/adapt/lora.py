@@ -463,7 +463,7 @@ def lora_few_shot(episode) -> dict[str, Any]:
     pair_tokens = tok([templates[0].format(classnames[int(y)]) for y in labels]).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     from ..train.schedule import adamw_kernel
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **adamw_kernel([{"params": params}], resumable=False))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **adamw_kernel([{"params": params}]))
     gen = torch.Generator().manual_seed(seed)
     model.train()
     loss = torch.tensor(float("nan"))

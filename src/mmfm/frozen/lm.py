@@ -211,7 +211,7 @@ def train_text_lm(texts: Sequence[str], tokenizer, lm_cfg: dict[str, Any], out_d
     encoded = [ids[:ctx - 1] + [eos] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
     from ..train.schedule import adamw_kernel
     params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01, **adamw_kernel([{"params": params}], resumable=False))
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01, **adamw_kernel([{"params": params}]))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) *
                                               0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
     rng = random.Random(seed)

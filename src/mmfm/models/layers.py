@@ -2,8 +2,8 @@
 
 Why separate q/k/v/out projections instead of one fused ``in_proj`` like ``nn.MultiheadAttention``:
 LoRA (through PEFT) targets modules *by name*, so each projection has to be its own ``nn.Linear``.
-At inference, when nothing has hooked into the projections, the three matmuls are fused into one
-(see ``Attention._qkv``) so we pay nothing for the flexibility; on CPU in fp32 the inference matmuls also
+On CPU at inference, when nothing has hooked into the projections, the three matmuls are fused into one
+(see ``Attention._qkv``) so we pay nothing for the flexibility; in fp32 the inference matmuls also
 run on oneDNN-packed weights with GELU fused in (see "Inference kernels" below).
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.checkpoint import checkpoint
 
 
@@ -48,9 +49,10 @@ def _is_plain_linear(m: nn.Module) -> bool:
 # Inference kernels. When no gradient is needed, fp32 on CPU, the projections run as oneDNN matmuls on
 # weights packed once into oneDNN's blocked layout (what torch.compile's CPU "freezing" does), with GELU
 # fused into the first MLP matmul: 1.3-1.5x faster than addmm on ViT-B-32 shapes at batch 1 and about 1.1x
-# at batch 64, same results to ~1e-6. The packed copies are a cache keyed on each weight's identity and
-# version (an optimizer step or load_state_dict invalidates them); they double weight memory while a model
-# is used for inference. MMFM_PACKED_LINEAR=0 (or ``set_packed_inference(False)``) turns this off.
+# at batch 64, same results to ~1e-6. The packed copies are a cache checked on every use against each
+# weight's identity, version and a sample of its values, and dropped after any optimizer step (see
+# ``PackedCache``); they double weight memory while a model is used for inference. MMFM_PACKED_LINEAR=0 (or
+# ``set_packed_inference(False)``) turns this off.
 _PACKED = os.environ.get("MMFM_PACKED_LINEAR", "1") != "0"
 
 
@@ -68,9 +70,42 @@ def _packed_kernels_available() -> bool:
 _HAVE_PACKED = _packed_kernels_available()
 
 
-def _weight_key(*ts: torch.Tensor | None) -> tuple:
-    # Changes whenever a tensor is modified in place (optimizer step, load_state_dict) or replaced.
-    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in ts if t is not None)
+# Optimizer kernels that write parameters directly (fused AdamW on CPU and CUDA) do not bump a tensor's
+# version counter, and neither do writes through ``.data`` (PEFT merges, hand-written EMA). A derived copy
+# is therefore checked against three things: the identity and version of its sources, a counter that every
+# torch optimizer step advances, and a small strided sample of each source's values.
+_STEPS = [0]
+
+
+def _count_step(*_) -> None:
+    _STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
+
+
+def _sample(t: torch.Tensor) -> torch.Tensor:
+    """About 64 evenly spaced values of ``t`` (a view; ~2 us, so checking the cache stays cheap)."""
+    t = t.detach()
+    n = t.numel()
+    step = max(1, n // 64)
+    if t.is_contiguous():
+        return t.as_strided(((n + step - 1) // step,), (step,))
+    return t.reshape(-1)[::step]
+
+
+class _Source:
+    """What a derived tensor was built from. Holding the storage keeps its address from being reused."""
+
+    __slots__ = ("storage", "ptr", "version", "sample", "dtype")
+
+    def __init__(self, t: torch.Tensor):
+        self.storage, self.ptr, self.version = t.untyped_storage(), t.data_ptr(), t._version
+        self.sample, self.dtype = _sample(t).clone(), t.dtype
+
+    def matches(self, t: torch.Tensor) -> bool:
+        return (t.data_ptr() == self.ptr and t._version == self.version and t.dtype == self.dtype
+                and torch.equal(_sample(t), self.sample))
 
 
 def use_packed(x: torch.Tensor, *weights: torch.Tensor) -> bool:
@@ -83,7 +118,7 @@ def use_packed(x: torch.Tensor, *weights: torch.Tensor) -> bool:
 
 
 class PackedCache:
-    """Tensors derived from weights (packed or concatenated copies), rebuilt when a source tensor changes.
+    """Tensors derived from weights (packed or concatenated copies), rebuilt when a source changes.
 
     Plain attribute of a module, not a buffer: never saved, pickled or deep-copied.
     """
@@ -92,13 +127,14 @@ class PackedCache:
         self._entries: dict[str, tuple] = {}
 
     def derived(self, name: str, build, *sources: torch.Tensor | None):
-        key = _weight_key(*sources)
+        sources = [t for t in sources if t is not None]
         hit = self._entries.get(name)
-        if hit is None or hit[0] != key:
+        if (hit is None or hit[0] != _STEPS[0] or len(hit[1]) != len(sources)
+                or not all(s.matches(t) for s, t in zip(hit[1], sources))):
             with torch.no_grad():
-                hit = (key, build())
+                hit = (_STEPS[0], [_Source(t) for t in sources], build())
             self._entries[name] = hit
-        return hit[1]
+        return hit[2]
 
     def __deepcopy__(self, memo):
         return PackedCache()
@@ -168,8 +204,10 @@ class Attention(nn.Module):
             # One packed matmul for q, k and v, on the concatenated weights packed once.
             packed, bias = self._cache.derived("qkv_packed", self._packed_qkv, *sources)
             return packed_linear(x, packed, bias).chunk(3, dim=-1)
-        if plain and (not torch.is_grad_enabled() or not any(w.requires_grad for w in weights)):
-            # Other devices/dtypes: still one matmul instead of three (weights concatenated once, cached).
+        if plain and x.device.type == "cpu" and (not torch.is_grad_enabled()
+                                                 or not any(w.requires_grad for w in weights)):
+            # Other CPU dtypes: still one matmul instead of three (weights concatenated once, cached). Not on
+            # accelerators, where checking the cache's value sample would synchronise with the host.
             w, b = self._cache.derived("qkv", self._fused_qkv, *sources)
             return F.linear(x, w, b).chunk(3, dim=-1)
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
