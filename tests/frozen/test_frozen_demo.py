@@ -19,6 +19,25 @@ def test_text_corpus_is_text_only_and_binds_words_at_random():
         "red circle This is a dax. blue star This is a wug. green circle Q: What is this? A: dax"
 
 
+def test_direct_binding_template_puts_the_word_after_the_thing_and_ends_on_the_query():
+    import pytest
+    from mmfm.data import Shapes
+    from mmfm.frozen.tasks import binding_episodes, binding_prompt
+    assert binding_text(["red circle", "blue star"], ["dax", "wug"], ["green circle", "pink star"], ["dax", "wug"],
+                        template="direct") == "red circle dax. blue star wug. green circle dax pink star wug"
+    ds = Shapes("train", size=200)
+    docs = text_corpus(ds, 50, nonsense_words(8), seed=0, mix={"binding": 1.0}, template="direct")
+    assert not any("This is a" in d or "Q:" in d for d in docs)
+    with pytest.raises(ValueError, match="unknown binding template 'fancy'"):
+        text_corpus(ds, 5, nonsense_words(8), mix={"binding": 1.0}, template="fancy")
+    episode = binding_episodes(ds, 1)[0]
+    prompt = binding_prompt(ds, episode, template="direct")
+    assert prompt[1] == f"{episode['words'][0]}." and prompt[3] == f"{episode['words'][1]}."
+    assert len(prompt) == 5 and not isinstance(prompt[-1], str)          # ends on the query image
+    text_prompt = binding_prompt(ds, episode, as_text=True, template="paper")
+    assert text_prompt[-1] == "Q: What is this? A:" and text_prompt[1] == f"This is a {episode['words'][0]}."
+
+
 def test_demo_end_to_end_tiny(tmp_path):
     cfg = load_demo_config(None, {
         "image_size": 32, "train_size": 64, "test_size": 16, "threads": 1,

@@ -9,7 +9,8 @@ textual description of it (its attributes, "top left large red circle"):
 * captions alone ........................... "a photo of a red circle"
 * a description, then a caption ............ "top left large red circle a red circle at the top left"
 * a description, a question, its answer .... "top left large red circle Q: What colour is it? A: red"
-* concept binding with nonsense words ...... "<desc> This is a dax. <desc> This is a blicket. <desc> Q: What is this? A: dax"
+* concept binding with nonsense words ...... "<desc> dax. <desc> blicket. <desc> dax" (template "direct"), or
+  in the paper's words ....................... "<desc> This is a dax. <desc> This is a blicket. <desc> Q: What is this? A: dax"
 * a random word sequence, repeated ......... "wug toma fep wug toma fep"
 
 The nonsense words are drawn per document from a pool and bound at random, so the only way to predict
@@ -26,8 +27,22 @@ from typing import Sequence
 from ..data.shapes import Shapes, ShapeScene, questions
 
 VQA_TEMPLATE = "Q: {} A:"
-BINDING_STATEMENT = "This is a {}."
-BINDING_QUESTION = "Q: What is this? A:"
+# How a binding episode is written: (statement naming a thing, question about a new thing). "paper" is
+# Tsimpoukelli et al.'s wording. In it the answer is 6 tokens after the query and the new word 4 after the
+# thing it names, so the LM has to match the query with an earlier thing across a template (a fuzzy,
+# offset look-up): a 2-layer LM trained on this corpus on CPU does not learn that (chance after 4,000 steps,
+# also with the descriptions as text). "direct" puts the new word right after the thing and ends the query
+# with the thing, which is the plain look-up an induction head does ("what followed this last time?"): the
+# same LM learns it within ~2,000 steps (text-only binding accuracy 0.98). The demo uses "direct".
+BINDING_TEMPLATES = {"paper": ("This is a {}.", "Q: What is this? A:"), "direct": ("{}.", "")}
+BINDING_STATEMENT, BINDING_QUESTION = BINDING_TEMPLATES["paper"]
+
+
+def binding_template(name: str) -> tuple[str, str]:
+    """(statement, question) of a binding template; see ``BINDING_TEMPLATES``."""
+    if name not in BINDING_TEMPLATES:
+        raise ValueError(f"unknown binding template {name!r}; known: {sorted(BINDING_TEMPLATES)}")
+    return BINDING_TEMPLATES[name]
 # Made-up words for concept binding: the classic "dax", "blicket" and "wug" of word-learning studies, and
 # more in the same style (a fixed list, so no generated string is accidentally a real word).
 NONSENSE_WORDS = (
@@ -75,22 +90,27 @@ def scene_with_shape(dataset: Shapes, rng: random.Random, shape: int) -> tuple[i
 
 
 def binding_text(descriptions: Sequence[str], words: Sequence[str], queries: Sequence[str],
-                 answers: Sequence[str]) -> str:
-    """"<d1> This is a dax. <d2> This is a blicket. <q1> Q: What is this? A: dax <q2> Q: ... A: ..."."""
-    parts = [f"{d} {BINDING_STATEMENT.format(w)}" for d, w in zip(descriptions, words)]
-    return " ".join(parts + [f"{q} {BINDING_QUESTION} {a}".strip() for q, a in zip(queries, answers)])
+                 answers: Sequence[str], template: str = "paper") -> str:
+    """"<d1> This is a dax. <d2> This is a blicket. <q1> Q: What is this? A: dax <q2> Q: ... A: ..." ("paper"),
+    "<d1> dax. <d2> blicket. <q1> dax <q2> ..." ("direct")."""
+    statement, question = binding_template(template)
+    parts = [f"{d} {statement.format(w)}" for d, w in zip(descriptions, words)]
+    return " ".join(parts + [" ".join(x for x in (q, question, a) if x) for q, a in zip(queries, answers)])
 
 
 DEFAULT_MIX = {"caption": 0.05, "described_caption": 0.15, "qa": 0.25, "binding": 0.45, "repeat": 0.1}
 
 
 def text_corpus(dataset: Shapes, n_docs: int, words: Sequence[str], seed: int = 0,
-                mix: dict[str, float] | None = None, max_queries: int = 3) -> list[str]:
+                mix: dict[str, float] | None = None, max_queries: int = 3,
+                template: str = "paper") -> list[str]:
     """``n_docs`` text documents about ``dataset``'s scenes, in the proportions of ``mix``.
 
     mix keys: ``caption``, ``described_caption``, ``qa``, ``binding``, ``repeat`` (default ``DEFAULT_MIX``).
-    A binding episode names two shapes with new words and asks 1..``max_queries`` questions about them.
+    A binding episode names two shapes with new words and asks 1..``max_queries`` questions about them,
+    written with ``template`` (see ``BINDING_TEMPLATES``).
     """
+    binding_template(template)   # fail early on an unknown name
     mix = mix or DEFAULT_MIX
     unknown = set(mix) - set(DEFAULT_MIX)
     if unknown:
@@ -123,14 +143,14 @@ def text_corpus(dataset: Shapes, n_docs: int, words: Sequence[str], seed: int = 
             supports = [description(scene_with_shape(dataset, rng, s)[1]) for s in named]
             targets = [rng.randrange(2) for _ in range(rng.randint(1, max_queries))]
             queries = [description(scene_with_shape(dataset, rng, named[t])[1]) for t in targets]
-            docs.append(binding_text(supports, names, queries, [names[t] for t in targets]))
+            docs.append(binding_text(supports, names, queries, [names[t] for t in targets], template))
     return docs
 
 
 def vocabulary_texts(dataset: Shapes, words: Sequence[str]) -> list[str]:
     """Texts that cover every word the demo can meet (for training the word-level tokenizer)."""
     from ..data.shapes import COLORS, COUNTS, POSITIONS, SHAPE_PLURALS, SHAPES, SIZES
-    fixed = [VQA_TEMPLATE, BINDING_STATEMENT, BINDING_QUESTION, "yes no some objects shapes things object shape",
+    fixed = [VQA_TEMPLATE, *(t for pair in BINDING_TEMPLATES.values() for t in pair), "yes no some objects shapes things object shape",
              " ".join(SHAPES), " ".join(SHAPE_PLURALS.values()), " ".join(COLORS), " ".join(SIZES),
              " ".join(POSITIONS), " ".join(COUNTS), " ".join(words)]
     rng = random.Random("vocabulary")

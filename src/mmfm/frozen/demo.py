@@ -20,7 +20,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -71,6 +71,9 @@ class DemoConfig(Strict):
     eval_vqa_images: int = 150
     eval_binding: int = 200
     binding_words: tuple[str, str] = ("dax", "blicket")
+    binding_template: Literal["direct", "paper"] = Field(
+        "direct", description="how binding episodes are written, in the LM's corpus and in the test prompts "
+                              "(see mmfm.frozen.corpus.BINDING_TEMPLATES)")
     samples_png: int = 8
 
 
@@ -135,7 +138,8 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool 
     else:
         _log("[1/4] training the text-only language model")
         words = nonsense_words(cfg.lm.nonsense_words, include=cfg.binding_words)
-        corpus = text_corpus(train_ds, cfg.lm.documents, words, seed=cfg.seed, mix=cfg.lm.mix)
+        corpus = text_corpus(train_ds, cfg.lm.documents, words, seed=cfg.seed, mix=cfg.lm.mix,
+                             template=cfg.binding_template)
         hf_tok = train_word_tokenizer(vocabulary_texts(train_ds, words) + corpus)
         lm_cfg = tiny_gpt2_config(len(hf_tok), hf_tok.eos_token_id, n_embd=cfg.lm.n_embd, n_layer=cfg.lm.n_layer,
                                   n_head=cfg.lm.n_head, n_positions=cfg.lm.n_positions)
@@ -180,11 +184,13 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool 
     blind_caption = _most_common_caption(train_ds)
     blind = caption_metrics([blind_caption] * cap["n_images"], [test_ds.get_captions(i) for i in range(cap["n_images"])])
     vqa = evaluate_vqa(model, tok, test_ds, train_ds, cfg.eval_vqa_images)
-    binding = evaluate_binding(model, tok, test_ds, cfg.eval_binding, words=cfg.binding_words, seed=cfg.seed)
+    binding = evaluate_binding(model, tok, test_ds, cfg.eval_binding, words=cfg.binding_words, seed=cfg.seed,
+                               template=cfg.binding_template)
     # The same tasks with each image replaced by its description: what the frozen LM itself can do. Frozen
     # can only pass on skills its LM has, so this separates "the LM lacks it" from "vision cannot reach it".
     vqa_text = evaluate_vqa(model, tok, test_ds, train_ds, cfg.eval_vqa_images, as_text=True)
     binding_text = evaluate_binding(model, tok, test_ds, cfg.eval_binding, words=cfg.binding_words, seed=cfg.seed,
+                                    template=cfg.binding_template,
                                     as_text=True)
     eval_time = time.perf_counter() - t_eval
 
@@ -243,7 +249,7 @@ def _plot_samples(model, tok, dataset, cfg: DemoConfig, path: Path) -> None:
     shapes = generate(model, tok, [[im, VQA_TEMPLATE.format("what shape is this?")] for im in images], max_new_tokens=3)
     colours = generate(model, tok, [[im, VQA_TEMPLATE.format("what colour is it?")] for im in images], max_new_tokens=3)
     episodes = binding_episodes(dataset, 3, cfg.binding_words, seed=cfg.seed + 1)
-    bound = generate(model, tok, [binding_prompt(dataset, e) for e in episodes], max_new_tokens=3)
+    bound = generate(model, tok, [binding_prompt(dataset, e, template=cfg.binding_template) for e in episodes], max_new_tokens=3)
     cols = max(n // 2, 3)
     fig, axes = plt.subplots(3, cols, figsize=(2.6 * cols, 8.4))
     for k, ax in enumerate(axes[:2].flat):
@@ -276,6 +282,13 @@ def _binding_strip(images):
     return strip
 
 
+def _binding_example(template: str) -> str:
+    from .corpus import binding_template
+    statement, question = binding_template(template)
+    return "`" + " ".join([f"[image] {statement.format('dax')}", f"[image] {statement.format('blicket')}",
+                           f"[image] {question}".strip()]) + "`"
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     from ..report import fmt, human_bytes, markdown_table
     m = r["measurements"]
@@ -303,7 +316,8 @@ def render_markdown(r: dict[str, Any]) -> str:
              "description instead: Frozen can pass on only what its LM can do.", "",
              f"BLEU-1..4: {', '.join(fmt(cap[f'BLEU-{n}']) for n in range(1, 5))} on {cap['n_images']} images; "
              f"VQA on {vqa['n_questions']} questions; binding on {b['n_episodes']} episodes with the new words "
-             f"{' / '.join(repr(w) for w in b['words'])} (answered with one of them: {fmt(b['answered_a_new_word'])}).", "",
+             f"{' / '.join(repr(w) for w in b['words'])} (answered with one of them: {fmt(b['answered_a_new_word'])}), "
+             f"written with the {b['template']!r} template: {_binding_example(b['template'])}.", "",
              "## Measurements", "",
              markdown_table(["part", "total", "trainable", "frozen"],
                             [[k, v["total"], v["trainable"], v["frozen"]] for k, v in p["per_tower"].items()]

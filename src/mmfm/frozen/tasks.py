@@ -4,8 +4,9 @@
 * ``evaluate_vqa``: open-ended answers to attribute questions (shape, colour), VQAv2 accuracy, next to
   the majority-answer baseline of each question (what a model that ignores the image would get);
 * ``evaluate_binding``: fast concept binding with new words, the paper's miniImageNet-style task:
-  ``[img_a] This is a dax. [img_b] This is a blicket. [img_q] Q: What is this? A:`` where ``img_q`` is
-  another image of the shape of ``img_a`` or ``img_b``; chance is 50%. Scored open-ended (the greedy
+  ``[img_a] This is a dax. [img_b] This is a blicket. [img_q] Q: What is this? A:`` (template "paper") or
+  ``[img_a] dax. [img_b] blicket. [img_q]`` (template "direct", see ``corpus.BINDING_TEMPLATES``) where
+  ``img_q`` is another image of the shape of ``img_a`` or ``img_b``; chance is 50%. Scored open-ended (the greedy
   answer's first word) and forced-choice (which of the two words is more likely).
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset
 from ..data.pipeline import caption_rng
 from ..data.shapes import Shapes, questions
 from ..models.frozen import IGNORE_INDEX
-from .corpus import BINDING_QUESTION, BINDING_STATEMENT, VQA_TEMPLATE, description
+from .corpus import VQA_TEMPLATE, binding_template, description
 from .generate import generate, score_continuations
 from .text import FrozenTokenizer
 
@@ -152,19 +153,20 @@ def binding_episodes(dataset: Shapes, n: int, words: Sequence[str] = ("dax", "bl
     return episodes
 
 
-def binding_prompt(dataset: Shapes, episode: dict, as_text: bool = False) -> list:
+def binding_prompt(dataset: Shapes, episode: dict, as_text: bool = False, template: str = "paper") -> list:
+    statement, question = binding_template(template)
     parts: list = []
     for index, word in zip(episode["supports"], episode["words"]):
-        parts += [_shown(dataset, index, as_text), BINDING_STATEMENT.format(word)]
-    return parts + [_shown(dataset, episode["query"], as_text), BINDING_QUESTION]
+        parts += [_shown(dataset, index, as_text), statement.format(word)]
+    return parts + [_shown(dataset, episode["query"], as_text)] + ([question] if question else [])
 
 
 def evaluate_binding(model, tokenizer: FrozenTokenizer, dataset: Shapes, n: int = 200,
                      words: Sequence[str] = ("dax", "blicket"), seed: int = 0, as_text: bool = False,
-                     **gen) -> dict[str, Any]:
+                     template: str = "paper", **gen) -> dict[str, Any]:
     """Few-shot binding accuracy, open-ended and forced-choice, against 50% chance (``as_text``: see VQA)."""
     episodes = binding_episodes(dataset, n, words, seed)
-    prompts = [binding_prompt(dataset, e, as_text) for e in episodes]
+    prompts = [binding_prompt(dataset, e, as_text, template) for e in episodes]
     gen.setdefault("max_new_tokens", 3)
     answers = generate(model, tokenizer, prompts, **gen)
     open_ended = [first_word(a) == e["answer"] for a, e in zip(answers, episodes)]
@@ -172,6 +174,6 @@ def evaluate_binding(model, tokenizer: FrozenTokenizer, dataset: Shapes, n: int 
     chosen = [e["words"][int(torch.argmax(s[:2]))] for s, e in zip(scores, episodes)]
     forced = [c == e["answer"] for c, e in zip(chosen, episodes)]
     return {"open_ended_accuracy": sum(open_ended) / len(episodes), "forced_choice_accuracy": sum(forced) / len(episodes),
-            "chance": 0.5, "n_episodes": len(episodes), "words": list(words),
+            "chance": 0.5, "n_episodes": len(episodes), "words": list(words), "template": template,
             "answered_a_new_word": sum(first_word(a) in words for a in answers) / len(episodes),
             "examples": [{**e, "generated": a} for e, a in zip(episodes[:8], answers)]}
