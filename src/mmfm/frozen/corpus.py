@@ -9,8 +9,8 @@ textual description of it (its attributes, "top left large red circle"):
 * captions alone ........................... "a photo of a red circle"
 * a description, then a caption ............ "top left large red circle a red circle at the top left"
 * a description, a question, its answer .... "top left large red circle Q: What colour is it? A: red"
-* concept binding with nonsense words ...... "<desc> dax. <desc> blicket. <desc> dax" (template "direct"), or
-  in the paper's words ....................... "<desc> This is a dax. <desc> This is a blicket. <desc> Q: What is this? A: dax"
+* concept binding with nonsense words ...... "<desc> dax. <desc> blicket. <desc> dax" (template "direct"),
+  or in the paper's words: "<desc> This is a dax. <desc> This is a blicket. <desc> Q: What is this? A: dax"
 * a random word sequence, repeated ......... "wug toma fep wug toma fep"
 
 The nonsense words are drawn per document from a pool and bound at random, so the only way to predict
@@ -33,9 +33,9 @@ VQA_TEMPLATE = "Q: {} A:"
 # offset look-up): a 2-layer LM trained on this corpus on CPU does not learn that (chance after 4,000 steps,
 # also with the descriptions as text). "direct" puts the new word right after the thing and ends the query
 # with the thing, which is the plain look-up an induction head does ("what followed this last time?"): the
-# same LM learns it within ~2,000 steps (text-only binding accuracy 0.98). The demo uses "direct".
+# same LM can learn it (text-only binding 0.98-1.00), though the step at which it does varies from run to
+# run (2,000 in one, not by 12,000 in another). The demo uses "direct".
 BINDING_TEMPLATES = {"paper": ("This is a {}.", "Q: What is this? A:"), "direct": ("{}.", "")}
-BINDING_STATEMENT, BINDING_QUESTION = BINDING_TEMPLATES["paper"]
 
 
 def binding_template(name: str) -> tuple[str, str]:
@@ -43,6 +43,8 @@ def binding_template(name: str) -> tuple[str, str]:
     if name not in BINDING_TEMPLATES:
         raise ValueError(f"unknown binding template {name!r}; known: {sorted(BINDING_TEMPLATES)}")
     return BINDING_TEMPLATES[name]
+
+
 # Made-up words for concept binding: the classic "dax", "blicket" and "wug" of word-learning studies, and
 # more in the same style (a fixed list, so no generated string is accidentally a real word).
 NONSENSE_WORDS = (
@@ -150,7 +152,8 @@ def text_corpus(dataset: Shapes, n_docs: int, words: Sequence[str], seed: int = 
 def vocabulary_texts(dataset: Shapes, words: Sequence[str]) -> list[str]:
     """Texts that cover every word the demo can meet (for training the word-level tokenizer)."""
     from ..data.shapes import COLORS, COUNTS, POSITIONS, SHAPE_PLURALS, SHAPES, SIZES
-    fixed = [VQA_TEMPLATE, *(t for pair in BINDING_TEMPLATES.values() for t in pair), "yes no some objects shapes things object shape",
+    templates = [t for pair in BINDING_TEMPLATES.values() for t in pair]
+    fixed = [VQA_TEMPLATE, *templates, "yes no some objects shapes things object shape",
              " ".join(SHAPES), " ".join(SHAPE_PLURALS.values()), " ".join(COLORS), " ".join(SIZES),
              " ".join(POSITIONS), " ".join(COUNTS), " ".join(words)]
     rng = random.Random("vocabulary")

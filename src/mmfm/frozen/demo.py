@@ -190,8 +190,7 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool 
     # can only pass on skills its LM has, so this separates "the LM lacks it" from "vision cannot reach it".
     vqa_text = evaluate_vqa(model, tok, test_ds, train_ds, cfg.eval_vqa_images, as_text=True)
     binding_text = evaluate_binding(model, tok, test_ds, cfg.eval_binding, words=cfg.binding_words, seed=cfg.seed,
-                                    template=cfg.binding_template,
-                                    as_text=True)
+                                    template=cfg.binding_template, as_text=True)
     eval_time = time.perf_counter() - t_eval
 
     # 4. Measurements, report, figure. --------------------------------------------------------------------
@@ -249,7 +248,8 @@ def _plot_samples(model, tok, dataset, cfg: DemoConfig, path: Path) -> None:
     shapes = generate(model, tok, [[im, VQA_TEMPLATE.format("what shape is this?")] for im in images], max_new_tokens=3)
     colours = generate(model, tok, [[im, VQA_TEMPLATE.format("what colour is it?")] for im in images], max_new_tokens=3)
     episodes = binding_episodes(dataset, 3, cfg.binding_words, seed=cfg.seed + 1)
-    bound = generate(model, tok, [binding_prompt(dataset, e, template=cfg.binding_template) for e in episodes], max_new_tokens=3)
+    prompts = [binding_prompt(dataset, e, template=cfg.binding_template) for e in episodes]
+    bound = generate(model, tok, prompts, max_new_tokens=3)
     cols = max(n // 2, 3)
     fig, axes = plt.subplots(3, cols, figsize=(2.6 * cols, 8.4))
     for k, ax in enumerate(axes[:2].flat):
