@@ -46,7 +46,8 @@ def test_demo_end_to_end_tiny(tmp_path):
         "frozen.vision": {"kind": "modified_resnet", "image_size": 32, "width": 8, "layers": [1, 1, 1, 1],
                           "head_width": 16},
         "frozen.vision_embed_dim": 32, "frozen.steps": 3, "frozen.batch_size": 4, "frozen.context_length": 12,
-        "frozen.vqa_fraction": 0.5, "eval_captions": 4, "eval_vqa_images": 3, "eval_binding": 4, "samples_png": 4,
+        "frozen.vqa_fraction": 0.5, "frozen.prefix_weight": 1.0,
+        "vision_pretrain": {"model": "RN-tiny-test", "steps": 2, "batch_size": 8}, "eval_captions": 4, "eval_vqa_images": 3, "eval_binding": 4, "samples_png": 4,
     })
     results = run_demo(tmp_path, cfg)
     for name in ("results.json", "results.md", "samples.png", "model/config.json", "model/model.safetensors",
@@ -61,3 +62,27 @@ def test_demo_end_to_end_tiny(tmp_path):
     assert m["latency_per_caption_ms"]["greedy"] > 0 and m["frozen_train"]["train_time_s"] > 0
     assert "| few-shot binding" in (tmp_path / "results.md").read_text()
     assert results["binding"]["n_episodes"] == 4
+    # The vision encoder started from the pretrained CLIP's image tower (its config replaced frozen.vision).
+    assert m["vision_pretrain"]["steps"] == 2 and (tmp_path / "clip/model/model.safetensors").is_file()
+    frozen_cfg = json.loads((tmp_path / "model/config.json").read_text())["config"]
+    assert frozen_cfg["vision"]["width"] == 16 and frozen_cfg["vision_embed_dim"] == 32
+    assert "vision pretraining time (CLIP)" in (tmp_path / "results.md").read_text()
+
+
+def test_vision_init_copies_a_clip_image_tower_and_rejects_another_shape(tiny_config, tmp_path):
+    import pytest
+    import torch
+
+    from mmfm.checkpoints import save_pretrained
+    from mmfm.frozen.demo import _init_vision
+    from mmfm.models import create_model
+    from mmfm.models.frozen import FrozenModel
+    clip = create_model("RN-tiny-test")
+    save_pretrained(clip, tmp_path / "clip")
+    with pytest.raises(ValueError, match=r"frozen.vision_init: .*frozen.vision is .*width=8"):
+        _init_vision(FrozenModel(tiny_config), str(tmp_path / "clip"))   # a narrower tower than the CLIP's
+    tiny_config.vision = clip.config.vision
+    model = FrozenModel(tiny_config)
+    _init_vision(model, str(tmp_path / "clip"))
+    for (name, a), b in zip(model.visual.state_dict().items(), clip.visual.state_dict().values()):
+        assert torch.equal(a, b), name

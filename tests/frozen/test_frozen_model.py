@@ -72,6 +72,27 @@ def test_labels_select_the_answer(tiny_model, tokenizer):
     assert torch.isfinite(out["loss"])
 
 
+def test_prefix_targets_add_a_relative_distance_to_the_description_embeddings(tiny_model, tokenizer):
+    ids = tokenizer(["a red circle", "a green star"])
+    mask = tokenizer.attention_mask(ids)
+    image = torch.randn(2, 3, 32, 32)
+    targets = torch.tensor([tokenizer.encode("red circle"), tokenizer.encode("green star")])
+    tiny_model.eval()
+    plain = tiny_model(image=image, input_ids=ids, attention_mask=mask)
+    out = tiny_model(image=image, input_ids=ids, attention_mask=mask, prefix_targets=targets, prefix_weight=3.0)
+    table = tiny_model.lm.get_input_embeddings().weight
+    expected = (tiny_model.embed_images(image) - table[targets]).pow(2).sum(-1).mean() / table.pow(2).sum(-1).mean()
+    torch.testing.assert_close(out["prefix_loss"], expected)
+    torch.testing.assert_close(out["caption_loss"], plain["loss"])
+    torch.testing.assert_close(out["loss"], plain["loss"] + 3.0 * expected)
+    # The gradient reaches the vision side and the mapper, never the LM's (frozen) embedding table.
+    tiny_model.zero_grad(set_to_none=True)
+    tiny_model(image=image, input_ids=ids, attention_mask=mask, prefix_targets=targets)["prefix_loss"].backward()
+    assert tiny_model.mapper.weight.grad.abs().sum() > 0 and table.grad is None
+    with pytest.raises(ValueError, match=r"prefix_targets must be \[batch, prefix_length\]"):
+        tiny_model(image=image, input_ids=ids, prefix_targets=targets[:, :1])
+
+
 def test_lm_is_frozen_and_stays_in_eval_mode(tiny_model):
     assert not any(p.requires_grad for p in tiny_model.lm.parameters())
     assert all(p.requires_grad for n, p in tiny_model.named_parameters() if not n.startswith("lm."))

@@ -60,3 +60,20 @@ def test_vqa_targets_mix_in(tiny_model, tokenizer, tmp_path):
     result = Trainer(tiny_model, view, _cfg(max_steps=2), tmp_path,
                      objective=FrozenObjective.for_tokenizer(tokenizer)).fit()
     assert torch.isfinite(torch.tensor(result.final_loss))
+
+
+def test_prefix_targets_are_the_last_words_of_the_description_and_train(tiny_model, tokenizer, tmp_path):
+    from mmfm.frozen.corpus import description
+    ds = Shapes("train", size=8, image_size=32)
+    view = CaptionVQAView(ds, image_transform(32), tokenizer, seed=0, prefix_targets=2)
+    item = view[3]
+    assert tokenizer.decode(item["prefix_targets"]) == " ".join(description(ds.scene(3)).split()[-2:])
+    assert "prefix_targets" not in CaptionVQAView(ds, image_transform(32), tokenizer)[3]
+    objective = FrozenObjective.for_tokenizer(tokenizer, prefix_weight=5.0)
+    batch = {k: torch.stack([view[i][k] for i in range(2)]) for k in ("image", "text", "prefix_targets")}
+    inputs = objective.model_inputs(batch)
+    assert inputs["prefix_weight"] == 5.0 and torch.equal(inputs["prefix_targets"], batch["prefix_targets"])
+    before = tiny_model(**{k: v for k, v in inputs.items()})["prefix_loss"].item()
+    Trainer(tiny_model, view, _cfg(max_steps=8, lr=3e-3), tmp_path, objective=objective).fit()
+    after = tiny_model.eval()(**inputs)["prefix_loss"].item()
+    assert after < before

@@ -18,16 +18,18 @@ from .text import attention_mask_from_ids
 
 
 class FrozenObjective(Objective):
-    input_keys = ("image", "input_ids", "attention_mask", "labels")
+    input_keys = ("image", "input_ids", "attention_mask", "labels", "prefix_targets")
 
-    def __init__(self, pad_id: int, eos_id: int | None, tokenizer=None, max_new_tokens: int = 20):
+    def __init__(self, pad_id: int, eos_id: int | None, tokenizer=None, max_new_tokens: int = 20,
+                 prefix_weight: float = 1.0):
         self.pad_id, self.eos_id = pad_id, eos_id
+        self.prefix_weight = prefix_weight      # for batches with "prefix_targets" (see FrozenModel.forward)
         self.tokenizer = tokenizer               # a FrozenTokenizer, for the latency measurement's decoding
         self.max_new_tokens = max_new_tokens
 
     @classmethod
-    def for_tokenizer(cls, tokenizer, max_new_tokens: int = 20) -> "FrozenObjective":
-        return cls(tokenizer.pad_id, tokenizer.eos_id, tokenizer, max_new_tokens)
+    def for_tokenizer(cls, tokenizer, max_new_tokens: int = 20, prefix_weight: float = 1.0) -> "FrozenObjective":
+        return cls(tokenizer.pad_id, tokenizer.eos_id, tokenizer, max_new_tokens, prefix_weight)
 
     def model_inputs(self, batch: dict) -> dict:
         ids = batch["input_ids"] if "input_ids" in batch else batch["text"]
@@ -39,6 +41,9 @@ class FrozenObjective(Objective):
         inputs["attention_mask"] = mask if mask is not None else attention_mask_from_ids(ids, self.pad_id, self.eos_id)
         if batch.get("labels") is not None:
             inputs["labels"] = batch["labels"]
+        if batch.get("prefix_targets") is not None:
+            inputs["prefix_targets"] = batch["prefix_targets"]
+            inputs["prefix_weight"] = self.prefix_weight
         return inputs
 
     def inference(self, model: nn.Module, batch: dict) -> Callable[[], object]:

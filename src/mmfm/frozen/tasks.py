@@ -30,19 +30,22 @@ ATTRIBUTE_QUESTIONS = ("what shape is this?", "what colour is it?")
 
 class CaptionVQAView(Dataset):
     """Training items ``{"image", "text", "labels", "index"}``: a caption target, or with probability
-    ``vqa_fraction`` a "Q: ... A: answer" target whose loss covers only the answer.
+    ``vqa_fraction`` a "Q: ... A: answer" target whose loss covers only the answer. With
+    ``prefix_targets=n`` also ``"prefix_targets"``: the last ``n`` tokens of the image's description.
 
     Draws come from ``(seed, epoch, index)`` like ``ImageTextView``'s captions, so resumed runs match.
     With ``vqa_fraction=0`` it is equivalent to ``ImageTextView`` plus explicit labels.
     """
 
     def __init__(self, dataset: Shapes, image_transform: Callable, tokenizer: FrozenTokenizer,
-                 vqa_fraction: float = 0.0, seed: int = 0, vqa_questions: Sequence[str] | None = None):
+                 vqa_fraction: float = 0.0, seed: int = 0, vqa_questions: Sequence[str] | None = None,
+                 prefix_targets: int = 0):
         if not 0.0 <= vqa_fraction <= 1.0:
             raise ValueError(f"vqa_fraction must be in [0, 1], got {vqa_fraction}")
         self.dataset, self.transform, self.tokenizer = dataset, image_transform, tokenizer
         self.vqa_fraction, self.seed, self.epoch = vqa_fraction, seed, 0
         self.vqa_questions = set(vqa_questions) if vqa_questions else None
+        self.prefix_targets = prefix_targets
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -61,7 +64,19 @@ class CaptionVQAView(Dataset):
         else:
             ids = self.tokenizer([rng.choice(sample.captions)])[0]
             labels = ids.masked_fill(self.tokenizer.attention_mask(ids) == 0, IGNORE_INDEX)
-        return {"image": self.transform(sample.image), "text": ids, "labels": labels, "index": index}
+        item = {"image": self.transform(sample.image), "text": ids, "labels": labels, "index": index}
+        if self.prefix_targets:
+            item["prefix_targets"] = description_ids(self.tokenizer, self.dataset.scene(index), self.prefix_targets)
+        return item
+
+
+def description_ids(tokenizer: FrozenTokenizer, scene, n: int) -> torch.Tensor:
+    """The last ``n`` token ids of the scene's description ("... large red circle"): the words a visual
+    prefix of length ``n`` is asked to sit on (``prefix_targets``), ending, like the description, on the shape."""
+    ids = tokenizer.encode(description(scene))
+    if len(ids) < n:
+        raise ValueError(f"a description has {len(ids)} tokens, fewer than the {n} prefix targets asked for")
+    return torch.tensor(ids[-n:], dtype=torch.long)
 
 
 def _shown(dataset: Shapes, index: int, as_text: bool):

@@ -216,7 +216,12 @@ class FrozenModel(nn.Module):
 
     # -- training -------------------------------------------------------------------------------
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                labels: torch.Tensor | None = None, prefix_targets: torch.Tensor | None = None,
+                prefix_weight: float = 1.0) -> dict[str, torch.Tensor]:
+        """``prefix_targets`` [B, prefix_length] (optional): token ids the visual prefix should sit on.
+        Adds ``prefix_weight`` x the squared distance between each prefix embedding and the LM's embedding
+        of its target token, relative to the embeddings' mean squared norm (so 1.0 is a meaningful weight).
+        """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         prefix = self.embed_images(image)
@@ -231,7 +236,17 @@ class FrozenModel(nn.Module):
         text_logits = logits[:, n - 1:-1]
         loss = F.cross_entropy(text_logits.reshape(-1, text_logits.shape[-1]).float(), labels.reshape(-1),
                                ignore_index=IGNORE_INDEX)
-        return {"loss": loss, "logits": logits}
+        out = {"loss": loss, "logits": logits}
+        if prefix_targets is not None:
+            if prefix_targets.shape != (input_ids.shape[0], n):
+                raise ValueError(f"prefix_targets must be [batch, prefix_length] = {[input_ids.shape[0], n]}, "
+                                 f"got {list(prefix_targets.shape)}")
+            target = self.embed_tokens(prefix_targets).float()
+            scale = self.lm.get_input_embeddings().weight.detach().float().pow(2).sum(-1).mean()
+            out["caption_loss"] = loss
+            out["prefix_loss"] = (prefix.float() - target).pow(2).sum(-1).mean() / scale
+            out["loss"] = loss + prefix_weight * out["prefix_loss"]
+        return out
 
     def train(self, mode: bool = True) -> "FrozenModel":
         # The LM is a fixed function: no dropout in it, ever, even while the vision side trains.
