@@ -1,6 +1,13 @@
 """Frozen through mmfm's Trainer: only the vision side learns; the LM is bit-identical and gets no gradient."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
 import torch
 
 from mmfm.data import ImageTextView, Shapes
@@ -8,6 +15,9 @@ from mmfm.data.transforms import image_transform
 from mmfm.frozen.objective import FrozenObjective
 from mmfm.frozen.tasks import CaptionVQAView
 from mmfm.train import TrainConfig, Trainer
+from mmfm.train.objectives import split_batch
+
+DDP_WORKER = Path(__file__).with_name("frozen_ddp_worker.py")
 
 
 def _views(tokenizer, n=16):
@@ -77,3 +87,82 @@ def test_prefix_targets_are_the_last_words_of_the_description_and_train(tiny_mod
     Trainer(tiny_model, view, _cfg(max_steps=8, lr=3e-3), tmp_path, objective=objective).fit()
     after = tiny_model.eval()(**inputs)["prefix_loss"].item()
     assert after < before
+
+
+def _grads(model, objective, micro_batches):
+    model.zero_grad(set_to_none=True)
+    out = objective.forward_backward(model, micro_batches, lambda l: l.backward(), nullcontext, lambda last: nullcontext())
+    return out["loss"], {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("with_prefix_targets", [False, True])
+def test_accumulation_weights_micro_batches_by_tokens_and_equals_one_big_batch(tiny_model, tokenizer,
+                                                                               with_prefix_targets):
+    captions = ["a green star", "a small red circle at the top left", "a red circle",
+                "there is a yellow cross a photo of a pink heart"]
+    batch = {"image": torch.randn(4, 3, 32, 32), "text": tokenizer(captions)}
+    if with_prefix_targets:
+        batch["prefix_targets"] = torch.tensor([tokenizer.encode(c)[-2:] for c in captions])
+    tiny_model.eval()                       # BatchNorm on running stats: the split cannot change the forward
+    objective = FrozenObjective.for_tokenizer(tokenizer, prefix_weight=0.5)
+    loss, full = _grads(tiny_model, objective, [batch])
+    split_loss, split = _grads(tiny_model, objective, split_batch(batch, 2))
+    assert split_loss == pytest.approx(loss, rel=1e-5)
+    for n, g in full.items():
+        torch.testing.assert_close(split[n], g, rtol=1e-4, atol=1e-7, msg=n)
+    # The halves hold 9 and 5 target tokens: a plain mean of the two micro-batch losses would be another gradient.
+    halves = split_batch(batch, 2)
+    tiny_model.zero_grad(set_to_none=True)
+    for half in halves:
+        (tiny_model(**objective.model_inputs(half))["loss"] / 2).backward()
+    assert not torch.allclose(tiny_model.mapper.weight.grad, full["mapper.weight"], rtol=1e-3, atol=1e-7)
+
+
+def test_bf16_autocast_training_runs_and_leaves_the_lm_alone(tiny_model, tokenizer, tmp_path):
+    lm_before = {n: p.detach().clone() for n, p in tiny_model.lm.named_parameters()}
+    train, _ = _views(tokenizer)
+    result = Trainer(tiny_model, train, _cfg(max_steps=2, precision="bf16"), tmp_path,
+                     objective=FrozenObjective.for_tokenizer(tokenizer, 4)).fit()
+    assert result.steps == 2 and torch.isfinite(torch.tensor(result.final_loss))
+    assert all(torch.equal(p, lm_before[n]) and p.grad is None for n, p in tiny_model.lm.named_parameters())
+
+
+def test_trains_on_custom_csv_and_webdataset_shards(tiny_model, tokenizer, tmp_path):
+    from mmfm.data.custom import CustomDataset
+    from mmfm.data.shards import ShardDataset, write_shards
+    shapes = Shapes("train", size=8, image_size=32)
+    (tmp_path / "images").mkdir()
+    rows = ["path,caption"]
+    for i in range(8):
+        shapes[i].image.save(tmp_path / "images" / f"{i}.png")
+        rows.append(f"images/{i}.png,{shapes[i].captions[0]}")
+    (tmp_path / "captions.csv").write_text("\n".join(rows) + "\n")
+    custom = ImageTextView(CustomDataset(tmp_path), image_transform(32, train=True), tokenizer)
+    written = write_shards(shapes, tmp_path / "shards", maxcount=4, image_format="png")
+    stream = ShardDataset(written.pattern).with_transforms(image_transform(32, train=True), tokenizer)
+    for name, data in (("custom", custom), ("shards", stream)):
+        result = Trainer(tiny_model, data, _cfg(max_steps=2), tmp_path / name,
+                         objective=FrozenObjective.for_tokenizer(tokenizer, 4)).fit()
+        assert result.steps == 2 and torch.isfinite(torch.tensor(result.final_loss)), name
+
+
+def _ddp(tmp_path, nproc, per_rank, accum, tag):
+    out = tmp_path / f"{tag}.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    args = [str(DDP_WORKER), str(out), str(per_rank), str(accum)]
+    cmd = ([sys.executable, *args] if nproc == 1 else
+           [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out, weights_only=True)
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_rank_double_batch_and_the_trainer_runs_ddp(tmp_path):
+    single = _ddp(tmp_path, 1, 8, 1, "single")
+    for other in (_ddp(tmp_path, 2, 4, 1, "ddp"), _ddp(tmp_path, 2, 4, 2, "ddp_acc")):
+        assert float(other["loss"]) == pytest.approx(float(single["loss"]), rel=1e-5)
+        assert set(other["grads"]) == set(single["grads"]) and not any(n.startswith("lm.") for n in single["grads"])
+        for n, g in single["grads"].items():
+            torch.testing.assert_close(other["grads"][n], g, rtol=1e-4, atol=1e-7, msg=n)
+        assert int(other["trainer_steps"]) == 2 and bool(other["lm_unchanged"])
