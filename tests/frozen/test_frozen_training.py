@@ -1,9 +1,6 @@
 """Frozen through mmfm's Trainer: only the vision side learns; the LM is bit-identical and gets no gradient."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -146,21 +143,10 @@ def test_trains_on_custom_csv_and_webdataset_shards(tiny_model, tokenizer, tmp_p
         assert result.steps == 2 and torch.isfinite(torch.tensor(result.final_loss)), name
 
 
-def _ddp(tmp_path, nproc, per_rank, accum, tag):
-    out = tmp_path / f"{tag}.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    args = [str(DDP_WORKER), str(out), str(per_rank), str(accum)]
-    cmd = ([sys.executable, *args] if nproc == 1 else
-           [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args])
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return torch.load(out, weights_only=True)
-
-
 @pytest.mark.slow
-def test_two_ranks_equal_one_rank_double_batch_and_the_trainer_runs_ddp(tmp_path):
-    single = _ddp(tmp_path, 1, 8, 1, "single")
-    for other in (_ddp(tmp_path, 2, 4, 1, "ddp"), _ddp(tmp_path, 2, 4, 2, "ddp_acc")):
+def test_two_ranks_equal_one_rank_double_batch_and_the_trainer_runs_ddp(tmp_path, run_ranks):
+    single = run_ranks(DDP_WORKER, tmp_path / "single.pt", 1, 8, 1)
+    for other in (run_ranks(DDP_WORKER, tmp_path / "ddp.pt", 2, 4, 1), run_ranks(DDP_WORKER, tmp_path / "acc.pt", 2, 4, 2)):
         assert float(other["loss"]) == pytest.approx(float(single["loss"]), rel=1e-5)
         assert set(other["grads"]) == set(single["grads"]) and not any(n.startswith("lm.") for n in single["grads"])
         for n, g in single["grads"].items():

@@ -176,7 +176,8 @@ class FrozenModel(nn.Module):
     ``forward(image, input_ids, attention_mask=None, labels=None) -> {"loss", "logits"}``: the LM reads
     [visual prefix; token embeddings]; the loss is next-token cross-entropy on the text tokens only
     (``labels`` default to ``input_ids`` with padding ignored; pass labels with ``IGNORE_INDEX`` on a
-    prompt to train on answers only). ``logits`` cover every position, prefix included.
+    prompt to train on answers only). ``logits`` cover every position, prefix included. With
+    ``prefix_targets`` the loss also pulls the prefix onto given token embeddings (see ``forward``).
     """
 
     def __init__(self, cfg: FrozenConfig, lm: nn.Module | None = None):
