@@ -46,7 +46,7 @@ def test_demo_end_to_end_tiny(tmp_path):
         "frozen.vision": {"kind": "modified_resnet", "image_size": 32, "width": 8, "layers": [1, 1, 1, 1],
                           "head_width": 16},
         "frozen.vision_embed_dim": 32, "frozen.steps": 3, "frozen.batch_size": 4, "frozen.context_length": 12,
-        "frozen.vqa_fraction": 0.5, "frozen.prefix_weight": 1.0,
+        "frozen.vqa_fraction": 0.5, "frozen.prefix_weight": 1.0, "frozen.prefix_targets": 3,
         "vision_pretrain": {"model": "RN-tiny-test", "steps": 2, "batch_size": 8}, "eval_captions": 4, "eval_vqa_images": 3, "eval_binding": 4, "samples_png": 4,
     })
     results = run_demo(tmp_path, cfg)

@@ -89,8 +89,12 @@ def test_prefix_targets_add_a_relative_distance_to_the_description_embeddings(ti
     tiny_model.zero_grad(set_to_none=True)
     tiny_model(image=image, input_ids=ids, attention_mask=mask, prefix_targets=targets)["prefix_loss"].backward()
     assert tiny_model.mapper.weight.grad.abs().sum() > 0 and table.grad is None
-    with pytest.raises(ValueError, match=r"prefix_targets must be \[batch, prefix_length\]"):
-        tiny_model(image=image, input_ids=ids, prefix_targets=targets[:, :1])
+    # Fewer targets than slots: the last slots are placed, the first stay free.
+    last = tiny_model(image=image, input_ids=ids, attention_mask=mask, prefix_targets=targets[:, 1:])
+    free = (tiny_model.embed_images(image)[:, 1:] - table[targets[:, 1:]]).pow(2).sum(-1).mean()
+    torch.testing.assert_close(last["prefix_loss"], free / table.pow(2).sum(-1).mean())
+    with pytest.raises(ValueError, match=r"prefix_targets must be \[batch, m\] .* 1 <= m <= prefix_length = 2"):
+        tiny_model(image=image, input_ids=ids, prefix_targets=torch.cat([targets, targets], 1))
 
 
 def test_lm_is_frozen_and_stays_in_eval_mode(tiny_model):

@@ -219,9 +219,10 @@ class FrozenModel(nn.Module):
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, prefix_targets: torch.Tensor | None = None,
                 prefix_weight: float = 1.0) -> dict[str, torch.Tensor]:
-        """``prefix_targets`` [B, prefix_length] (optional): token ids the visual prefix should sit on.
-        Adds ``prefix_weight`` x the squared distance between each prefix embedding and the LM's embedding
-        of its target token, relative to the embeddings' mean squared norm (so 1.0 is a meaningful weight).
+        """``prefix_targets`` [B, m] (optional, m <= prefix_length): token ids the last m visual prefix
+        embeddings should sit on (the first prefix_length - m stay free). Adds ``prefix_weight`` x the squared
+        distance between each of those prefix embeddings and the LM's embedding of its target token, relative
+        to the embeddings' mean squared norm (so 1.0 is a meaningful weight).
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -239,13 +240,14 @@ class FrozenModel(nn.Module):
                                ignore_index=IGNORE_INDEX)
         out = {"loss": loss, "logits": logits}
         if prefix_targets is not None:
-            if prefix_targets.shape != (input_ids.shape[0], n):
-                raise ValueError(f"prefix_targets must be [batch, prefix_length] = {[input_ids.shape[0], n]}, "
-                                 f"got {list(prefix_targets.shape)}")
+            m = prefix_targets.shape[-1] if prefix_targets.ndim == 2 else 0
+            if prefix_targets.ndim != 2 or prefix_targets.shape[0] != input_ids.shape[0] or not 1 <= m <= n:
+                raise ValueError(f"prefix_targets must be [batch, m] with batch {input_ids.shape[0]} and "
+                                 f"1 <= m <= prefix_length = {n}, got {list(prefix_targets.shape)}")
             target = self.embed_tokens(prefix_targets).float()
             scale = self.lm.get_input_embeddings().weight.detach().float().pow(2).sum(-1).mean()
             out["caption_loss"] = loss
-            out["prefix_loss"] = (prefix.float() - target).pow(2).sum(-1).mean() / scale
+            out["prefix_loss"] = (prefix[:, n - m:].float() - target).pow(2).sum(-1).mean() / scale
             out["loss"] = loss + prefix_weight * out["prefix_loss"]
         return out
 
