@@ -9,7 +9,7 @@ Pickle-based checkpoints can run arbitrary code when loaded, so:
   reader that knows how to rebuild tensors and stands in inert placeholders for TorchScript modules,
   and refuses anything else.
 
-Writing is atomic: a temporary file in the destination folder, fsync, rename.
+Writing goes through :mod:`mmfm.util.atomic` (temporary file in the destination folder, fsync, rename).
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import json
 import os
 import pickle
 import struct
-import tempfile
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ..util.atomic import atomic_save_safetensors as _atomic_save_safetensors
+from ..util.atomic import atomic_write, atomic_write_json, fsync_dir  # noqa: F401  (re-exported)
 from .validate import CheckpointError
 
 # Top-level keys under which training scripts nest the weights ({"epoch": .., "state_dict": {..}}).
@@ -272,42 +273,5 @@ def tensors_for_saving(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torc
     return out
 
 
-def fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not supported on this platform (e.g. Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through ``write(tmp_path)`` so readers see the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o644)   # mkstemp creates 0600 files; checkpoints are meant to be shared
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
-
-
 def atomic_save_safetensors(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-    tensors = tensors_for_saving(state_dict)
-    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+    _atomic_save_safetensors(path, tensors_for_saving(state_dict), metadata)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import resource
 import sys
 import threading
@@ -138,11 +137,8 @@ class FeatureCache:
                            {k: str(v) for k, v in (metadata or {}).items()})
         self._remember(key, entry)
         if self.cache_dir is not None:
-            from safetensors.torch import save_file
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_dir / f".{key}.{os.getpid()}.tmp"
-            save_file(entry.tensors, str(tmp), metadata=entry.metadata)
-            os.replace(tmp, self.cache_dir / f"{key}.safetensors")   # atomic: readers never see half a file
+            from ..util.atomic import atomic_save_safetensors
+            atomic_save_safetensors(self.cache_dir / f"{key}.safetensors", entry.tensors, entry.metadata)
 
     def _remember(self, key: str, entry: CacheEntry) -> None:
         with self._lock:
