@@ -46,8 +46,10 @@ def model_fingerprint(model: nn.Module) -> str:
     is memoised per object and recomputed whenever a tensor is modified in place (its ``_version``
     changes) or replaced, so a model being trained never reuses a stale fingerprint.
     """
+    from ..models.layers import optimizer_steps
     tensors = list(model.state_dict(keep_vars=True).items())
-    key = tuple((n, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for n, t in tensors)
+    # Fused optimizers write parameters without bumping ``_version``: every optimizer step invalidates.
+    key = (optimizer_steps(),) + tuple((n, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for n, t in tensors)
     hit = _FP_CACHE.get(id(model))
     if hit is not None and hit[0] == key:
         return hit[1]

@@ -84,6 +84,11 @@ def _count_step(*_) -> None:
 register_optimizer_step_post_hook(_count_step)
 
 
+def optimizer_steps() -> int:
+    """How many torch optimizer steps this process has taken (any optimizer, fused or not)."""
+    return _STEPS[0]
+
+
 def _sample(t: torch.Tensor) -> torch.Tensor:
     """About 64 evenly spaced values of ``t`` (a view; ~2 us, so checking the cache stays cheap)."""
     t = t.detach()
