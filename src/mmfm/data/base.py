@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import torch.utils.data
 
@@ -29,6 +30,7 @@ __all__ = [
     "Sample",
     "ZeroShotTask",
     "load_image",
+    "to_rgb",
 ]
 
 #: Generic prompts used when a dataset does not define its own.
@@ -96,11 +98,46 @@ def load_image(path: str | Path) -> PIL.Image.Image:
     """
     try:
         with PIL.Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
     except FileNotFoundError:
         raise  # a missing file is a configuration error, not a corrupt image
     except Exception as exc:  # PIL raises many types: OSError, SyntaxError, ValueError...
         raise ImageLoadError(f"cannot read image {str(path)!r}: {exc}") from exc
+
+
+def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
+    """Greyscale pixels of a 16-bit, 32-bit integer or float image mapped to 0..255.
+
+    PIL's own ``convert`` clips them at 255 (16/32-bit images turn white) or truncates them
+    (float images in 0..1 turn black). A mode says how wide its values are only for ``I;16``;
+    ``I`` and ``F`` are containers, so their range is read from the values: integers up to 255
+    or 65535 are taken as 8- or 16-bit data, floats in 0..1 or 0..255 as such, anything else
+    is stretched from its minimum to its maximum.
+    """
+    x = np.nan_to_num(values.astype(np.float64))
+    lo, hi = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+    if mode.startswith("I;16"):
+        scale = 65535.0
+    elif mode == "I" and lo >= 0 and hi <= 255 or mode == "F" and lo >= 0 and 1 < hi <= 255:
+        scale = 255.0
+    elif mode == "I" and lo >= 0 and hi <= 65535:
+        scale = 65535.0
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        scale = 1.0
+    else:  # out of every usual range: stretch
+        x, scale = x - lo, max(hi - lo, 1e-12)
+    return np.clip(np.rint(x * (255.0 / scale)), 0, 255).astype(np.uint8)
+
+
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """A decoded RGB copy of ``image``, with 16-bit, 32-bit and float greyscale scaled to 8 bits.
+
+    Always a copy, loaded now: a truncated file fails here, and the result outlives the open file.
+    """
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        grey = PIL.Image.fromarray(_to_8bit(np.asarray(image), image.mode))  # uint8 [H, W] -> mode L
+        return grey.convert("RGB")
+    return image.convert("RGB")
 
 
 class MultimodalDataset(torch.utils.data.Dataset):
