@@ -31,3 +31,74 @@ def test_eval_missing_dataset_folder_is_a_clear_error(tmp_path, capsys):
                  "--data-root", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "cifar-10-batches-py" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------
+# Your own data through the command line: image folder + annotations, shards, evaluation.
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+
+
+def make_folder(root, n=6):
+    """n small images, alternately red and blue, and captions.csv (path, caption, label) in root."""
+    import PIL.Image
+    (root / "img").mkdir(parents=True)
+    rows = ["path,caption,label"]
+    for k in range(n):
+        name = list(COLOURS)[k % 2]
+        PIL.Image.new("RGB", (24, 24), COLOURS[name]).save(root / "img" / f"{k}.png")
+        rows.append(f"img/{k}.png,a {name} square,{name}")
+    (root / "captions.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_shards_command_writes_shards_and_reads_captions_from_the_working_directory(tmp_path, monkeypatch, capsys):
+    make_folder(tmp_path / "data")
+    # the captions file lives outside the image folder, next to where the user types the command
+    (tmp_path / "data" / "captions.csv").rename(tmp_path / "my_captions.csv")
+    monkeypatch.chdir(tmp_path)
+    assert main(["shards", "--images", "data", "--captions", "my_captions.csv", "--out", "shards",
+                 "--maxcount", "4"]) == 0
+    assert "wrote 6 sample(s) in 2 shard(s) to shards" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "shards").glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
+
+
+def test_eval_reads_the_shards_that_mmfm_shards_writes(tmp_path, capsys):
+    import json
+    make_folder(tmp_path / "data")
+    assert main(["shards", "--images", str(tmp_path / "data"), "--captions", str(tmp_path / "data" / "captions.csv"),
+                 "--out", str(tmp_path / "shards"), "--maxcount", "4"]) == 0
+    for kind in ("retrieval", "zeroshot"):
+        out = tmp_path / kind
+        assert main(["eval", kind, "--model", "ViT-tiny-test", "--dataset", "shards", "--data-root",
+                     str(tmp_path / "shards"), "--out", str(out), "--device", "cpu"]) == 0, capsys.readouterr().err
+        result = json.loads((out / "results.json").read_text())["results"][0]
+        if kind == "retrieval":
+            assert result["num_images"] == 6 and result["num_texts"] == 6
+        else:   # the labels of the CSV became the classes of the shards' zero-shot task
+            assert result["config"]["task"] == "label" and result["metrics"]["classnames"] == ["blue", "red"]
+            assert result["metrics"]["num_samples"] == 6
+
+
+def test_eval_custom_folder_with_or_without_an_annotations_file(tmp_path, monkeypatch, capsys):
+    import json
+    data = make_folder(tmp_path / "data")
+    out = tmp_path / "found"
+    assert main(["eval", "zeroshot", "--model", "ViT-tiny-test", "--dataset", "custom", "--data-root", str(data),
+                 "--out", str(out), "--device", "cpu"]) == 0, capsys.readouterr().err
+    result = json.loads((out / "results.json").read_text())["results"][0]
+    assert result["metrics"]["classnames"] == ["blue", "red"] and result["metrics"]["num_samples"] == 6
+    # --annotations names the file, relative to the working directory
+    rows = (data / "captions.csv").read_text().splitlines()
+    (tmp_path / "four.csv").write_text("\n".join(rows[:5]) + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "retrieval", "--model", "ViT-tiny-test", "--dataset", "custom", "--data-root", "data",
+                 "--annotations", "four.csv", "--out", "named", "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "named" / "results.json").read_text())["results"][0]["num_images"] == 4
+
+
+def test_eval_refuses_to_train_and_test_on_the_same_custom_file(tmp_path, capsys):
+    data = make_folder(tmp_path / "data")
+    assert main(["eval", "linear-probe", "--model", "ViT-tiny-test", "--dataset", "custom", "--data-root",
+                 str(data), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no train annotations" in err and "train.csv" in err and "\n" not in err

@@ -7,7 +7,8 @@
 * Embedded datasets (no download): :class:`Shapes` (synthetic, captioned),
   :class:`Digits` (scikit-learn handwritten digits).
 * Your own data: :class:`CustomDataset` (folder + CSV/JSONL) and WebDataset
-  shards (:func:`write_shards`, :class:`ShardDataset`).
+  shards (:func:`write_shards`, :class:`ShardDataset` to stream them for
+  training, :class:`ShardFolder` to evaluate on them).
 
 Datasets are also available by name through :func:`get_dataset`; other
 modules add theirs with :func:`register_dataset`::
@@ -23,10 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import DEFAULT_TEMPLATES, ImageLoadError, MultimodalDataset, Sample, ZeroShotTask, load_image
-from .custom import CustomDataset
+from .custom import CustomDataset, custom_dataset
 from .digits import Digits
 from .pipeline import ImageTextView, SampleEncoder, all_captions, caption_rng, collate_skip_none
 from .shapes import Shapes, questions
+from .shard_folder import ShardFolder
 from .shards import ShardDataset, ShardImageTextView, WrittenShards, shards_from_folder, write_shards
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "Sample",
     "SampleEncoder",
     "ShardDataset",
+    "ShardFolder",
     "ShardImageTextView",
     "Shapes",
     "WrittenShards",
@@ -60,7 +63,9 @@ DatasetFactory = Callable[..., MultimodalDataset]
 _REGISTRY: dict[str, DatasetFactory] = {
     "shapes": Shapes,
     "digits": Digits,
-    "custom": CustomDataset,
+    "custom": custom_dataset,       # root, split, annotations (CustomDataset's other arguments)
+    "shards": ShardFolder,          # root = the folder `mmfm shards` wrote, split
+    "wds": ShardFolder,
 }
 
 
