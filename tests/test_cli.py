@@ -1,3 +1,6 @@
+import pytest
+import torch
+
 from mmfm.cli import main
 
 
@@ -102,3 +105,87 @@ def test_eval_refuses_to_train_and_test_on_the_same_custom_file(tmp_path, capsys
                  str(data), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no train annotations" in err and "train.csv" in err and "\n" not in err
+
+
+# ------------------------------------------------------------------------------------------
+# Every failure is one line: user errors exit 2, anything else names its type; --debug shows the traceback.
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err
+
+
+def test_yaml_syntax_error_in_a_config_is_one_line(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("name: x\nmodels: [1, 2\n")
+    assert main(["run", str(config)]) == 2
+    assert "mmfm run: error:" in _one_line_error(capsys)
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    afile = tmp_path / "results.txt"
+    afile.write_text("keep me")
+    assert main(["eval", "zeroshot", "--model", "ViT-tiny-test", "--dataset", "digits", "--out", str(afile)]) == 2
+    assert "is a file" in _one_line_error(capsys)
+    assert afile.read_text() == "keep me"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_device_without_a_gpu_is_a_user_error(capsys):
+    assert main(["eval", "zeroshot", "--model", "ViT-tiny-test", "--dataset", "digits", "--device", "cuda"]) == 2
+    assert "--device cpu" in _one_line_error(capsys)
+    assert main(["eval", "zeroshot", "--model", "ViT-tiny-test", "--dataset", "digits", "--device", "gpu"]) == 2
+    assert "not a device" in _one_line_error(capsys)
+
+
+def _raise_in_models_command(monkeypatch, exc):
+    def boom():
+        raise exc
+    monkeypatch.setattr("mmfm.models.list_models", boom)
+
+
+def test_unexpected_error_names_its_type_and_debug_shows_the_traceback(monkeypatch, capsys):
+    _raise_in_models_command(monkeypatch, RuntimeError("shape mismatch\nin layer 3"))
+    assert main(["models"]) == 1
+    err = _one_line_error(capsys)
+    assert "RuntimeError: shape mismatch in layer 3" in err and "--debug" in err
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(["models", "--debug"])
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(["--debug", "models"])
+    monkeypatch.setenv("MMFM_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(["models"])
+
+
+def test_training_divergence_is_a_user_error_and_ctrl_c_exits_130(monkeypatch, capsys):
+    from mmfm.train.trainer import TrainingDiverged
+    _raise_in_models_command(monkeypatch, TrainingDiverged("loss is nan at step 7; lower the learning rate"))
+    assert main(["models"]) == 2
+    assert "error: loss is nan at step 7; lower the learning rate" in _one_line_error(capsys)
+    _raise_in_models_command(monkeypatch, KeyboardInterrupt())
+    assert main(["models"]) == 130
+    assert _one_line_error(capsys) == "mmfm models: interrupted\n"
+
+
+def test_threads_are_set_before_any_work(capsys):
+    before = torch.get_num_threads()
+    try:
+        # the dataset name is wrong: the command stops at once, after setting the threads
+        assert main(["eval", "zeroshot", "--model", "ViT-tiny-test", "--dataset", "nope", "--threads", "1"]) == 2
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "zeroshot", "--dataset", "digits", "--threads", "0"])
+    assert exit_.value.code == 2 and "must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_version_and_defaults_in_help(capsys):
+    from importlib.metadata import version
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"mmfm {version('mmfm')}"
+    with pytest.raises(SystemExit):
+        main(["shards", "--help"])
+    assert "(default: 1000)" in " ".join(capsys.readouterr().out.split())
