@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .util.argtypes import positive_int
 
 
 def _cmd_models(args) -> int:
@@ -97,14 +98,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False, argparse.SUPPRESS) or "default" in help:
             return help
         return super()._get_help_string(action)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
 
 
 def _version() -> str:
