@@ -189,3 +189,13 @@ def test_version_and_defaults_in_help(capsys):
     with pytest.raises(SystemExit):
         main(["shards", "--help"])
     assert "(default: 1000)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_task_colour_is_accepted_where_color_is():
+    from mmfm.data import get_dataset
+    from mmfm.eval.zero_shot import resolve_task    # what `mmfm eval zeroshot --task` goes through
+    shapes = get_dataset("shapes", split="test", size=8, image_size=32)
+    assert resolve_task(shapes, "colour") == resolve_task(shapes, "color")
+    assert resolve_task(shapes, "colour").name == "color" and "colour" in shapes.zero_shot_tasks()
+    with pytest.raises(KeyError, match="no zero-shot task 'flavour'"):
+        resolve_task(shapes, "flavour")

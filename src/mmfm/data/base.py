@@ -27,8 +27,10 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "ImageLoadError",
     "MultimodalDataset",
+    "SPELLINGS",
     "Sample",
     "ZeroShotTask",
+    "ZeroShotTasks",
     "load_image",
     "to_rgb",
 ]
@@ -56,6 +58,13 @@ class Sample:
     """Extra labels, each an index into ``dataset.attribute_classes[name]``."""
 
 
+#: Words spelled one way in British and another in American English, in both directions. A name
+#: (a zero-shot task, a word a word-level LM knows) may be given in either spelling.
+SPELLINGS: dict[str, str] = {"color": "colour", "colors": "colours", "colored": "coloured", "gray": "grey",
+                             "center": "centre", "centered": "centred"}
+SPELLINGS |= {v: k for k, v in SPELLINGS.items()}
+
+
 @dataclass(frozen=True)
 class ZeroShotTask:
     """A zero-shot classification task: classify images into ``classnames``
@@ -78,6 +87,26 @@ class ZeroShotTask:
         if self.attribute is None:
             return sample.label
         return sample.attributes.get(self.attribute)
+
+
+class ZeroShotTasks(dict):
+    """Zero-shot tasks by name, where a name also answers to its other spelling (``colour`` for ``color``)."""
+
+    def _key(self, name):
+        if isinstance(name, str) and not dict.__contains__(self, name):
+            other = SPELLINGS.get(name.lower())
+            if other is not None and dict.__contains__(self, other):
+                return other
+        return name
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, self._key(name))
+
+    def __getitem__(self, name) -> ZeroShotTask:
+        return dict.__getitem__(self, self._key(name))
+
+    def get(self, name, default=None):
+        return dict.get(self, self._key(name), default)
 
 
 class ImageLoadError(OSError):
@@ -223,7 +252,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
         ``templates``, plus one per attribute, using
         ``attribute_templates[attr]`` when given, else ``templates``.
         """
-        tasks: dict[str, ZeroShotTask] = {}
+        tasks = ZeroShotTasks()
         if self.classes:
             tasks[self.label_name] = ZeroShotTask(
                 self.label_name, list(self.classes), list(self.templates), None

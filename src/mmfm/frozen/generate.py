@@ -35,25 +35,22 @@ def _parts(prompt: Prompt) -> list[Part]:
     return list(prompt)
 
 
-#: British and American spellings of the same word. A word-level LM (the demo's) knows only the one its
-#: training text used, and reads the other as <unk>: "what color is it?" got ": : : top left".
-_SPELLINGS = {"color": "colour", "colors": "colours", "colored": "coloured", "gray": "grey", "center": "centre",
-              "centered": "centred"}
-_SPELLINGS |= {v: k for k, v in _SPELLINGS.items()}
-
-
 def known_spelling(tokenizer, text: str) -> str:
-    """``text`` with each word of ``_SPELLINGS`` the tokenizer does not know in the spelling it does know.
+    """``text`` with each word of ``SPELLINGS`` the tokenizer does not know in the spelling it does know.
+
+    A word-level LM (the demo's) knows only the spelling its training text used and reads the other
+    as <unk>: "what color is it?" was answered ": : : top left".
 
     Only tokenizers with an unknown-word token can not know a word; others get ``text`` unchanged.
     """
+    from ..data.base import SPELLINGS
     unk = getattr(getattr(tokenizer, "tokenizer", tokenizer), "unk_token_id", None)
     if unk is None:
         return text
 
     def swap(match: re.Match) -> str:
         word = match.group(0)
-        other = _SPELLINGS.get(word.lower())
+        other = SPELLINGS.get(word.lower())
         if other is None or unk not in tokenizer.encode(word) or unk in tokenizer.encode(other):
             return word
         return other.capitalize() if word[0].isupper() else other
