@@ -34,6 +34,14 @@ def test_eval_missing_dataset_folder_is_a_clear_error(tmp_path, capsys):
                  "--data-root", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "cifar-10-batches-py" in err and "Traceback" not in err
+    assert "--download" in err and err.count("\n") == 1      # the flag to use, on one line
+
+
+def test_dataset_arguments_it_does_not_take_are_named(tmp_path, capsys):
+    assert main(["eval", "zeroshot", "--model", "ViT-tiny-test", "--dataset", "digits",
+                 "--annotations", str(tmp_path / "x.csv")]) == 2
+    err = _one_line_error(capsys)
+    assert "dataset 'digits' does not take ['annotations']" in err
 
 
 # ------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ modules add theirs with :func:`register_dataset`::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -93,7 +94,23 @@ def get_dataset(name: str, **kwargs: Any) -> MultimodalDataset:
         factory = _REGISTRY[name.lower()]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; available: {available_datasets()}") from None
+    _check_arguments(name, factory, kwargs)
     return factory(**kwargs)
+
+
+def _check_arguments(name: str, factory: DatasetFactory, kwargs: dict[str, Any]) -> None:
+    """An argument the dataset does not take (``annotations`` for ``shapes``) is bad input, named as such,
+    not a TypeError from deep inside the constructor."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no signature to check against
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        takes = [p for p in params if p not in ("self", "args", "kwargs")]
+        raise ValueError(f"dataset {name!r} does not take {unknown} (it takes {takes})")
 
 
 # The benchmark datasets (CIFAR, Food-101, Flowers-102, DTD, EuroSAT, Flickr30k, CC TSV) register

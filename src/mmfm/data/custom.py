@@ -300,10 +300,14 @@ def find_annotations(root: str | Path, split: str | None = None, annotations: st
 
 
 def custom_dataset(root: str | Path, split: str | None = None, annotations: str | Path | None = None,
-                   label_column: str | None = "auto", **kwargs: Any) -> CustomDataset:
+                   image_column: str | None = None, caption_column: str | None = "caption",
+                   label_column: str | None = "auto", classes: Sequence[str] | None = None,
+                   templates: Sequence[str] | None = None, name: str = "custom") -> CustomDataset:
     """``get_dataset("custom", root=..., split=..., annotations=...)``: the split's annotations file
-    (see :func:`find_annotations`), with a ``label`` column used as labels when there is one."""
+    (see :func:`find_annotations`), with a ``label`` column used as labels when there is one; the other
+    arguments are :class:`CustomDataset`'s."""
     if not Path(root).is_dir():
         raise FileNotFoundError(f"image folder not found: {root} (--data-root)")
     path = find_annotations(root, split, annotations)
-    return CustomDataset(root, annotations=path, label_column=label_column, **kwargs)
+    return CustomDataset(root, annotations=path, image_column=image_column, caption_column=caption_column,
+                         label_column=label_column, classes=classes, templates=templates, name=name)
