@@ -201,7 +201,8 @@ def test_version_and_defaults_in_help(capsys):
 
 def test_task_colour_is_accepted_where_color_is():
     from mmfm.data import get_dataset
-    from mmfm.eval.zero_shot import resolve_task    # what `mmfm eval zeroshot --task` goes through
+    from mmfm.eval.zero_shot import resolve_task
+    # resolve_task is what `mmfm eval zeroshot --task` goes through
     shapes = get_dataset("shapes", split="test", size=8, image_size=32)
     assert resolve_task(shapes, "colour") == resolve_task(shapes, "color")
     assert resolve_task(shapes, "colour").name == "color" and "colour" in shapes.zero_shot_tasks()

@@ -162,3 +162,18 @@ def test_int32_beyond_16_bits_is_stretched_to_its_range(tmp_path):
 
     image = Image.fromarray(np.array([[-100, 50, 200_000]], dtype=np.int32))
     assert np.asarray(to_rgb(image))[0, :, 0].tolist() == [0, 0, 255]
+
+
+def test_custom_by_name_finds_each_splits_annotations_and_never_trains_on_the_test_file(tmp_path):
+    make_images(tmp_path, [f"{k}.png" for k in range(6)])
+    write_csv(tmp_path / "train.csv", "path,caption,label", [f"{k}.png,image {k},{k % 2}" for k in range(4)])
+    write_csv(tmp_path / "test.csv", "path,caption,label", [f"{k}.png,image {k},{k % 2}" for k in (4, 5)])
+    train, test = (get_dataset("custom", root=tmp_path, split=s) for s in ("train", "test"))
+    assert (len(train), len(test)) == (4, 2) and train.classes == ["0", "1"]  # the label column, found by name
+    assert len(get_dataset("custom", root=tmp_path, split="train", annotations="{split}.csv")) == 4
+    # one file that is not per split serves as test data, never as training data
+    with pytest.raises(ValueError, match="no train annotations"):
+        get_dataset("custom", root=tmp_path, split="train", annotations="test.csv")
+    assert len(get_dataset("custom", root=tmp_path, split="test", annotations="train.csv")) == 4
+    with pytest.raises(FileNotFoundError, match="--annotations FILE"):
+        get_dataset("custom", root=tmp_path, split="val")
