@@ -128,7 +128,8 @@ def add_vqa_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="a directory written by save_frozen (e.g. DIR/model of the demo)")
     p.add_argument("images", nargs="+", metavar="image", help="image files (unreadable ones are skipped and named)")
     p.add_argument("question", help="e.g. 'what colour is it?' (color and colour both work with the demo's LM)")
-    p.add_argument("--template", default="Q: {} A:", help="how the question is put to the model")
+    p.add_argument("--template", default="Q: {} A:", help="how the question is put to the model, {} = the question "
+                                                         "(default: 'Q: {} A:')")
     _add_generation_arguments(p, 10)
     p.set_defaults(func=cmd_vqa)
     return p
