@@ -90,6 +90,22 @@ def test_eval_reads_the_shards_that_mmfm_shards_writes(tmp_path, capsys):
             assert result["metrics"]["num_samples"] == 6
 
 
+def test_shard_folder_reads_the_shards_its_metadata_lists_not_stale_ones(tmp_path, capsys):
+    from mmfm.data import get_dataset
+    data = make_folder(tmp_path / "data")
+    args = ["shards", "--images", str(data), "--out", str(tmp_path / "shards"), "--maxcount", "4"]
+    assert main([*args, "--captions", str(data / "captions.csv")]) == 0
+    assert len(get_dataset("shards", root=tmp_path / "shards", split="test")) == 6
+    # rewritten with fewer samples: shard-000001.tar of the first run is still there
+    rows = (data / "captions.csv").read_text().splitlines()
+    (data / "two.csv").write_text("\n".join(rows[:3]) + "\n")
+    assert main([*args, "--captions", str(data / "two.csv")]) == 0
+    assert (tmp_path / "shards" / "shard-000001.tar").is_file()
+    assert len(get_dataset("shards", root=tmp_path / "shards", split="test")) == 2
+    with pytest.raises(ValueError, match="no train split"):
+        get_dataset("shards", root=tmp_path / "shards", split="train")
+
+
 def test_eval_custom_folder_with_or_without_an_annotations_file(tmp_path, monkeypatch, capsys):
     import json
     data = make_folder(tmp_path / "data")

@@ -4,12 +4,14 @@ Evaluation needs what :class:`~mmfm.data.shards.ShardDataset` (a stream, for tra
 a length, and sample *i* on demand (features in dataset order, every caption of image *i* for
 retrieval). :class:`ShardFolder` reads the tar headers once, remembers where each member's bytes are,
 and decodes a record only when asked, with the same :func:`~mmfm.data.shards.record_to_sample` as the
-stream. Class names and templates come from the ``<prefix>.json`` that ``write_shards`` (and
-``mmfm shards``) put next to the shards, so zero-shot tasks are the source dataset's.
+stream. The ``<prefix>.json`` that ``write_shards`` (and ``mmfm shards``) put next to the shards says
+which shards belong to the set, and gives the class names and templates, so zero-shot tasks are the
+source dataset's.
 """
 
 from __future__ import annotations
 
+import json
 import tarfile
 from pathlib import Path
 
@@ -26,6 +28,33 @@ def _key_and_extension(member_name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
+def _shard_set(folder: Path) -> tuple[list[Path], dict]:
+    """The shards to read and their metadata: the ones a ``write_shards`` metadata file lists (a folder
+    rewritten with fewer samples still holds the old run's last shards), else every ``.tar``."""
+    sets = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue                      # some other JSON file, not shard metadata
+        if isinstance(meta, dict) and isinstance(meta.get("shards"), list):
+            sets.append((path, meta))
+    if len(sets) > 1:
+        raise ValueError(f"{folder} holds several shard sets ({', '.join(p.name for p, _ in sets)}): "
+                         f"give each its own folder")
+    if not sets:
+        return sorted(folder.glob("*.tar")), {}
+    path, meta = sets[0]
+    names = meta["shards"]
+    if not all(isinstance(n, str) and n.endswith(".tar") and Path(n).name == n for n in names):
+        raise ValueError(f"{path}: 'shards' must list .tar file names in {folder}; rewrite them with mmfm shards")
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} lists {len(missing)} shard(s) that are missing, e.g. {missing[:3]}; "
+                                f"rewrite them with mmfm shards")
+    return [folder / n for n in names], meta
+
+
 class ShardFolder(MultimodalDataset):
     """Every record of the ``*.tar`` shards in a folder, in shard and tar order.
 
@@ -36,13 +65,11 @@ class ShardFolder(MultimodalDataset):
     """
 
     def __init__(self, root: str | Path, split: str | None = None) -> None:
-        from .shards import _find_metadata
-
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"shard folder not found: {root} (--data-root)")
         folder = root / split if split and any((root / split).glob("*.tar")) else root
-        tars = sorted(folder.glob("*.tar"))
+        tars, meta = _shard_set(folder)
         if not tars:
             raise FileNotFoundError(f"no .tar shards in {folder}; write them with: mmfm shards --out {folder} ...")
         if folder == root and split not in SHARED_FILE_SPLITS:
@@ -54,7 +81,9 @@ class ShardFolder(MultimodalDataset):
         self._records: list[dict[str, tuple[str, int, int]]] = []
         for tar in tars:
             self._index(tar)
-        meta = _find_metadata(str(tars[0]))
+        if meta.get("num_samples") not in (None, len(self._records)):
+            raise ValueError(f"the shards in {folder} hold {len(self._records)} samples, their metadata says "
+                             f"{meta['num_samples']}: rewrite them with mmfm shards")
         self.name = meta.get("name") or "shards"
         self.label_name = meta.get("label_name") or "label"
         self.classes = meta.get("classes")
