@@ -105,6 +105,13 @@ def test_prompt_and_new_tokens_beyond_the_lms_positions(tiny_model, tokenizer):
     assert len(tokenizer.encode(out[0])) == limit - length + 1
 
 
+def test_forced_choice_beyond_the_lms_positions(tiny_model, tokenizer):
+    prompt = [_images(1)[0], "a red circle " * 20]           # 2 + 60 = 62 positions of 64
+    assert score_continuations(tiny_model, tokenizer, [prompt], [["red"]]).shape == (1, 1)   # + "red" + eos = 64
+    with pytest.raises(ValueError, match="plus the answer 'red'"):
+        score_continuations(tiny_model, tokenizer, [prompt + ["a"]], [["red"]])           # 65
+
+
 def _forbid(token_id):
     def hook(module, inputs, output):
         output.logits[..., token_id] = -1e4

@@ -169,7 +169,7 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[Prompt], *, strategy
             for start in range(0, len(prompts), batch_size):
                 chunk = prompts[start:start + batch_size]
                 embeds, mask = embed_prompts(model, tokenizer, chunk, image_transform)
-                _check_length(model, embeds.shape[1], max_new_tokens)
+                _check_length(model, embeds.shape[1], max_new_tokens - 1)
                 new_tokens = model.lm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config)
                 out += [tokenizer.decode(row) for row in new_tokens]
     finally:
@@ -177,16 +177,19 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[Prompt], *, strategy
     return out
 
 
-def _check_length(model: nn.Module, prompt_length: int, max_new_tokens: int) -> None:
-    """The LM reads the prompt and all but the last generated token; past its positions it would fail
-    with an IndexError deep inside (or extrapolate silently)."""
+def _check_length(model: nn.Module, prompt_length: int, read_after: int, answer: str | None = None) -> None:
+    """Refuse what the LM cannot read: the prompt and ``read_after`` more positions (all but the last
+    generated token, or a scored answer and end-of-text). Past its positions it would fail with an
+    IndexError deep inside (or extrapolate silently)."""
     limit = max_positions(model)
-    if limit is None or prompt_length + max_new_tokens - 1 <= limit:
+    if limit is None or prompt_length + read_after <= limit:
         return
     what = f"a prompt of {prompt_length} positions ({model.prefix_length} per image, 1 per text token)"
     if prompt_length >= limit:
         raise UserError(f"{what} fills the LM's {limit} positions: shorten the prompt (fewer images or words)")
-    raise UserError(f"{what} plus max_new_tokens={max_new_tokens} exceeds the LM's {limit} positions: "
+    if answer is not None:
+        raise UserError(f"{what} plus the answer {answer!r} exceeds the LM's {limit} positions: shorten the prompt")
+    raise UserError(f"{what} plus max_new_tokens={read_after + 1} exceeds the LM's {limit} positions: "
                     f"use --max-new-tokens {limit - prompt_length + 1} or less, or shorten the prompt")
 
 
@@ -224,6 +227,7 @@ def score_continuations(model: nn.Module, tokenizer, prompts: Sequence[Prompt],
             embeds, mask = embed_prompts(model, tokenizer, [prompt], image_transform)
             for k, option in enumerate(options):
                 ids = tokenizer.encode(" " + option) + [tokenizer.eos_id]
+                _check_length(model, embeds.shape[1], len(ids), answer=option)   # reads the answer and EOS
                 target = torch.tensor(ids, device=embeds.device)
                 full = torch.cat([embeds[0], model.embed_tokens(target).to(embeds.dtype)])[None]
                 logits = model.lm(inputs_embeds=full).logits[0, embeds.shape[1] - 1:-1].float()
