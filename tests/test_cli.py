@@ -192,6 +192,14 @@ def test_training_divergence_is_a_user_error_and_ctrl_c_exits_130(monkeypatch, c
     assert _one_line_error(capsys) == "mmfm models: interrupted\n"
 
 
+def test_gpu_out_of_memory_says_what_to_lower(monkeypatch, capsys):
+    _raise_in_models_command(monkeypatch, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\n"
+                                                                  "(GPU 0; 79.15 GiB total capacity)"))
+    assert main(["models"]) == 2
+    err = _one_line_error(capsys)
+    assert "out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB)" in err and "--batch-size" in err
+
+
 def test_threads_are_set_before_any_work(capsys):
     before = torch.get_num_threads()
     try:

@@ -225,6 +225,12 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def _is_out_of_memory(e: BaseException) -> bool:
+    """A GPU out-of-memory error: the user's to fix (smaller batch), though PyTorch makes it a RuntimeError."""
+    oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+    return oom is not None and isinstance(e, oom)
+
+
 def _one_line(e: BaseException) -> str:
     """The exception's message on one line (a KeyError's str() is its repr; use the text it was given)."""
     msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
@@ -245,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if debug:
             raise
+        if _is_out_of_memory(e):
+            print(f"mmfm {args.command}: error: out of GPU memory ({str(e).splitlines()[0]}): lower --batch-size "
+                  f"(or the config's batch size), use a smaller model, or --device cpu", file=sys.stderr)
+            return 2
         if isinstance(e, _user_error_types()):
             print(f"mmfm {args.command}: error: {_one_line(e)}", file=sys.stderr)
             return 2
