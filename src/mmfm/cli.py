@@ -1,9 +1,19 @@
-"""The ``mmfm`` command. Thin: parses arguments and calls the public API."""
+"""The ``mmfm`` command. Thin: parses arguments and calls the public API.
+
+Every failure ends in one line on stderr: a user error (bad flag, file, config value) names the
+problem and the fix and exits with 2; an unexpected exception also names its type and points to
+``--debug`` (or ``MMFM_DEBUG=1``), which shows the traceback; Ctrl-C exits with 130.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
+
+from .errors import UserError
+from .util.argtypes import positive_int
 
 
 def _cmd_models(args) -> int:
@@ -47,30 +57,72 @@ def _cmd_eval(args) -> int:
     from .eval import run_eval
     result = run_eval(args.kind, model_name=args.model, pretrained=args.pretrained, dataset=args.dataset,
                       data_root=args.data_root, out_dir=args.out, batch_size=args.batch_size, device=args.device,
-                      task=args.task, dataset_kwargs={"download": True} if args.download else None)
+                      task=args.task, dataset_kwargs=_dataset_kwargs(args))
     print(result.to_markdown() if hasattr(result, "to_markdown") else json.dumps(result.to_dict(), indent=2, default=str))
     return 0
 
 
+def _dataset_kwargs(args) -> dict | None:
+    """What the data options of ``mmfm eval`` add to the dataset's constructor."""
+    kw = {}
+    if args.download:
+        kw["download"] = True
+    if args.annotations is not None:
+        kw["annotations"] = _user_path(args.annotations, args.data_root)
+    return kw or None
+
+
+def _user_path(path: str, root: str | None) -> str:
+    """A file named on the command line: relative to the working directory, as a shell user expects;
+    a path that does not exist there but does under ``root`` (the data folder) is taken from there."""
+    if root is not None and not Path(path).exists() and (Path(root) / path).exists():
+        return str(Path(root) / path)
+    return str(Path(path).absolute()) if "{" not in path else path   # "{split}.csv" is resolved per split
+
+
 def _cmd_shards(args) -> int:
     from .data.shards import shards_from_folder
-    paths = shards_from_folder(args.images, args.captions, args.out, maxcount=args.maxcount)
-    print(f"wrote {len(paths)} shard(s) to {args.out}")
+    label_column = None if args.label_column.lower() == "none" else args.label_column
+    written = shards_from_folder(args.images, _user_path(args.captions, args.images), args.out,
+                                 label_column=label_column, maxcount=args.maxcount)
+    skipped = f"; skipped {written.skipped} unreadable image(s)" if written.skipped else ""
+    print(f"wrote {written.count} sample(s) in {len(written.paths)} shard(s) to {args.out}{skipped}")
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless it has none (None, off) or says it already."""
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in help:
+            return help
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("mmfm")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmfm", description="Train, adapt, evaluate and measure vision-language models.")
+    p = argparse.ArgumentParser(prog="mmfm", description="Train, adapt, evaluate and measure vision-language models.",
+                                formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error (also: MMFM_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("models", help="list the registered model configs")
     s.set_defaults(func=_cmd_models)
 
     s = sub.add_parser("info", help="parameters, weight memory and FLOPs of a model (configs alone, no download)")
-    s.add_argument("model")
-    s.add_argument("--pretrained", default=None)
+    s.add_argument("model", help="a registered config name (see: mmfm models)")
+    s.add_argument("--pretrained", default=None, help="checkpoint whose config to describe (file or hub id)")
     s.add_argument("--lora", default=None, help="LoRA preset to apply before counting")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=_cmd_info)
 
     s = sub.add_parser("run", help="run an experiment config (train and/or evaluate models, one comparison table)")
@@ -97,23 +149,119 @@ def build_parser() -> argparse.ArgumentParser:
     add_vqa_parser(sub)
 
     s = sub.add_parser("shards", help="write WebDataset shards from an image folder + captions file")
-    s.add_argument("--images", required=True)
-    s.add_argument("--captions", required=True, help="CSV or JSONL with path and caption columns")
-    s.add_argument("--out", required=True)
-    s.add_argument("--maxcount", type=int, default=1000)
+    s.add_argument("--images", required=True, help="folder the image paths in --captions are relative to")
+    s.add_argument("--captions", required=True, help="CSV, TSV, JSONL or JSON file with path and caption columns "
+                                                     "(relative to the working directory)")
+    s.add_argument("--label-column", default="auto", help="column of class labels, 'none' for none; auto: "
+                                                          "'label' if the file has it")
+    s.add_argument("--out", required=True, help="output folder of the shards (read back by --dataset shards)")
+    s.add_argument("--maxcount", type=positive_int, default=1000, help="samples per shard")
     s.set_defaults(func=_cmd_shards)
+
+    # Options of the data a command reads, and of every command: kept out of the sections above.
+    sub.choices["eval"].add_argument(
+        "--annotations", default=None, metavar="FILE",
+        help="custom data: the CSV/JSONL annotations file (default: <split>.csv or captions.csv in --data-root; "
+             "'{split}.csv' names one file per split)")
+    for name, s in sub.choices.items():
+        s.formatter_class = HelpFormatter
+        s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error (also: MMFM_DEBUG=1)")
+        if name in ("run", "eval", "caption", "vqa"):
+            s.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                           help="CPU threads for PyTorch (intra- and inter-op); default: PyTorch's choice, "
+                                "one per core. Use fewer on a shared machine")
     return p
+
+
+def _check_common(args) -> None:
+    """Checks of options several commands share, before any work: a clear line instead of a failure later."""
+    out = getattr(args, "out", None)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: name a folder (it is created if missing)")
+    device = getattr(args, "device", None)
+    if device is not None:
+        _check_device(device)
+    if getattr(args, "threads", None):
+        _set_threads(args.threads)
+
+
+def _check_device(device: str) -> None:
+    import torch
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: PyTorch sees no CUDA GPU here (torch.cuda.is_available() is "
+                            f"False); use --device cpu") from None
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0.."
+                            f"cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
+def _set_threads(n: int) -> None:
+    """Set before any heavy work: on a shared machine, one thread per core for every process oversubscribes
+    the cores and everything slows down many times over."""
+    import torch
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # allowed once per process, before inter-op work (a second main() in one process)
+        pass
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input: a message for the user, not a bug report. The YAML and training
+    ones count only if their module was loaded (so one of them can have been raised)."""
+    types: list[type[BaseException]] = [ValueError, KeyError, OSError]
+    for module, name in (("yaml", "YAMLError"), ("mmfm.train.trainer", "TrainingDiverged")):
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None:
+            types.append(cls)
+    return tuple(types)
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    """A GPU out-of-memory error: the user's to fix (smaller batch), though PyTorch makes it a RuntimeError."""
+    oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+    return oom is not None and isinstance(e, oom)
+
+
+def _one_line(e: BaseException) -> str:
+    """The exception's message on one line (a KeyError's str() is its repr; use the text it was given)."""
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(line.strip() for line in msg.splitlines() if line.strip()) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("MMFM_DEBUG", "").strip() not in ("", "0")
     try:
+        _check_common(args)
         return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        # Bad input is reported as one clear line, not a traceback.
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"mmfm {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"mmfm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        if _is_out_of_memory(e):
+            print(f"mmfm {args.command}: error: out of GPU memory ({str(e).splitlines()[0]}): lower --batch-size "
+                  f"(or the config's batch size), use a smaller model, or --device cpu", file=sys.stderr)
+            return 2
+        if isinstance(e, _user_error_types()):
+            print(f"mmfm {args.command}: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        # Not bad input, maybe a bug: say what it was and how to see where it came from.
+        print(f"mmfm {args.command}: error: {type(e).__name__}: {_one_line(e)} (run again with --debug for the "
+              f"traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

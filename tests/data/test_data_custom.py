@@ -131,3 +131,49 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, num_workers, tokenizer):
     assert seen == [0, 1, 3, 5]
     assert batches[0]["image"].shape == (2, 3, 16, 16)
     assert np.allclose(batches[0]["image"][0, 1].numpy(), 100 / 255)
+
+
+@pytest.mark.parametrize(
+    "values, dtype, suffix",
+    [
+        ([0, 32896, 65535], np.uint16, ".png"),  # 16-bit greyscale PNG (PIL mode I;16)
+        ([0, 32896, 65535], np.int32, ".tif"),  # 16-bit data in a 32-bit integer image (mode I)
+        ([0.0, 0.5, 1.0], np.float32, ".tif"),  # float image in 0..1 (mode F)
+    ],
+)
+def test_high_bit_depth_and_float_greyscale_are_scaled_not_clipped(tmp_path, values, dtype, suffix):
+    from mmfm.data import load_image
+    from mmfm.data.transforms import image_transform
+
+    path = tmp_path / f"grey{suffix}"
+    Image.fromarray(np.array([values] * 3, dtype=dtype)).save(path)
+    rgb = np.asarray(load_image(path))
+    # black, mid grey and white stay black, mid grey and white (PIL's convert clips to white / truncates to black)
+    assert rgb.shape == (3, 3, 3) and rgb[0, :, 0].tolist() == [0, 128, 255]
+    assert (rgb == rgb[..., :1]).all()  # grey: R = G = B
+    # PIL images handed straight to the transform get the same scaling
+    with Image.open(path) as raw:
+        x = image_transform(3, mean=(0, 0, 0), std=(1, 1, 1))(raw)
+    assert x[0, 0].tolist() == pytest.approx([0.0, 128 / 255, 1.0], abs=0.02)
+
+
+def test_int32_beyond_16_bits_is_stretched_to_its_range(tmp_path):
+    from mmfm.data.base import to_rgb
+
+    image = Image.fromarray(np.array([[-100, 50, 200_000]], dtype=np.int32))
+    assert np.asarray(to_rgb(image))[0, :, 0].tolist() == [0, 0, 255]
+
+
+def test_custom_by_name_finds_each_splits_annotations_and_never_trains_on_the_test_file(tmp_path):
+    make_images(tmp_path, [f"{k}.png" for k in range(6)])
+    write_csv(tmp_path / "train.csv", "path,caption,label", [f"{k}.png,image {k},{k % 2}" for k in range(4)])
+    write_csv(tmp_path / "test.csv", "path,caption,label", [f"{k}.png,image {k},{k % 2}" for k in (4, 5)])
+    train, test = (get_dataset("custom", root=tmp_path, split=s) for s in ("train", "test"))
+    assert (len(train), len(test)) == (4, 2) and train.classes == ["0", "1"]  # the label column, found by name
+    assert len(get_dataset("custom", root=tmp_path, split="train", annotations="{split}.csv")) == 4
+    # one file that is not per split serves as test data, never as training data
+    with pytest.raises(ValueError, match="no train annotations"):
+        get_dataset("custom", root=tmp_path, split="train", annotations="test.csv")
+    assert len(get_dataset("custom", root=tmp_path, split="test", annotations="train.csv")) == 4
+    with pytest.raises(FileNotFoundError, match="--annotations FILE"):
+        get_dataset("custom", root=tmp_path, split="val")

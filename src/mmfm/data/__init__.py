@@ -7,7 +7,8 @@
 * Embedded datasets (no download): :class:`Shapes` (synthetic, captioned),
   :class:`Digits` (scikit-learn handwritten digits).
 * Your own data: :class:`CustomDataset` (folder + CSV/JSONL) and WebDataset
-  shards (:func:`write_shards`, :class:`ShardDataset`).
+  shards (:func:`write_shards`, :class:`ShardDataset` to stream them for
+  training, :class:`ShardFolder` to evaluate on them).
 
 Datasets are also available by name through :func:`get_dataset`; other
 modules add theirs with :func:`register_dataset`::
@@ -19,14 +20,16 @@ modules add theirs with :func:`register_dataset`::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from .base import DEFAULT_TEMPLATES, ImageLoadError, MultimodalDataset, Sample, ZeroShotTask, load_image
-from .custom import CustomDataset
+from .custom import CustomDataset, custom_dataset
 from .digits import Digits
 from .pipeline import ImageTextView, SampleEncoder, all_captions, caption_rng, collate_skip_none
 from .shapes import Shapes, questions
+from .shard_folder import ShardFolder
 from .shards import ShardDataset, ShardImageTextView, WrittenShards, shards_from_folder, write_shards
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "Sample",
     "SampleEncoder",
     "ShardDataset",
+    "ShardFolder",
     "ShardImageTextView",
     "Shapes",
     "WrittenShards",
@@ -60,7 +64,9 @@ DatasetFactory = Callable[..., MultimodalDataset]
 _REGISTRY: dict[str, DatasetFactory] = {
     "shapes": Shapes,
     "digits": Digits,
-    "custom": CustomDataset,
+    "custom": custom_dataset,       # root, split, annotations (CustomDataset's other arguments)
+    "shards": ShardFolder,          # root = the folder `mmfm shards` wrote, split
+    "wds": ShardFolder,
 }
 
 
@@ -88,7 +94,23 @@ def get_dataset(name: str, **kwargs: Any) -> MultimodalDataset:
         factory = _REGISTRY[name.lower()]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; available: {available_datasets()}") from None
+    _check_arguments(name, factory, kwargs)
     return factory(**kwargs)
+
+
+def _check_arguments(name: str, factory: DatasetFactory, kwargs: dict[str, Any]) -> None:
+    """An argument the dataset does not take (``annotations`` for ``shapes``) is bad input, named as such,
+    not a TypeError from deep inside the constructor."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no signature to check against
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        takes = [p for p in params if p not in ("self", "args", "kwargs")]
+        raise ValueError(f"dataset {name!r} does not take {unknown} (it takes {takes})")
 
 
 # The benchmark datasets (CIFAR, Food-101, Flowers-102, DTD, EuroSAT, Flickr30k, CC TSV) register

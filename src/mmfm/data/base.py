@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import torch.utils.data
 
@@ -26,9 +27,12 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "ImageLoadError",
     "MultimodalDataset",
+    "SPELLINGS",
     "Sample",
     "ZeroShotTask",
+    "ZeroShotTasks",
     "load_image",
+    "to_rgb",
 ]
 
 #: Generic prompts used when a dataset does not define its own.
@@ -52,6 +56,13 @@ class Sample:
     """Index into ``dataset.classes`` of the primary label, if any."""
     attributes: dict[str, int] = field(default_factory=dict)
     """Extra labels, each an index into ``dataset.attribute_classes[name]``."""
+
+
+#: Words spelled one way in British and another in American English, in both directions. A name
+#: (a zero-shot task, a word a word-level LM knows) may be given in either spelling.
+SPELLINGS: dict[str, str] = {"color": "colour", "colors": "colours", "colored": "coloured", "gray": "grey",
+                             "center": "centre", "centered": "centred"}
+SPELLINGS |= {v: k for k, v in SPELLINGS.items()}
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,26 @@ class ZeroShotTask:
         return sample.attributes.get(self.attribute)
 
 
+class ZeroShotTasks(dict):
+    """Zero-shot tasks by name, where a name also answers to its other spelling (``colour`` for ``color``)."""
+
+    def _key(self, name):
+        if isinstance(name, str) and not dict.__contains__(self, name):
+            other = SPELLINGS.get(name.lower())
+            if other is not None and dict.__contains__(self, other):
+                return other
+        return name
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, self._key(name))
+
+    def __getitem__(self, name) -> ZeroShotTask:
+        return dict.__getitem__(self, self._key(name))
+
+    def get(self, name, default=None):
+        return dict.get(self, self._key(name), default)
+
+
 class ImageLoadError(OSError):
     """An image file exists but cannot be decoded (truncated, bad bytes...).
 
@@ -96,11 +127,46 @@ def load_image(path: str | Path) -> PIL.Image.Image:
     """
     try:
         with PIL.Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
     except FileNotFoundError:
         raise  # a missing file is a configuration error, not a corrupt image
     except Exception as exc:  # PIL raises many types: OSError, SyntaxError, ValueError...
         raise ImageLoadError(f"cannot read image {str(path)!r}: {exc}") from exc
+
+
+def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
+    """Greyscale pixels of a 16-bit, 32-bit integer or float image mapped to 0..255.
+
+    PIL's own ``convert`` clips them at 255 (16/32-bit images turn white) or truncates them
+    (float images in 0..1 turn black). A mode says how wide its values are only for ``I;16``;
+    ``I`` and ``F`` are containers, so their range is read from the values: integers up to 255
+    or 65535 are taken as 8- or 16-bit data, floats in 0..1 or 0..255 as such, anything else
+    is stretched from its minimum to its maximum.
+    """
+    x = np.nan_to_num(values.astype(np.float64))
+    lo, hi = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+    if mode.startswith("I;16"):
+        scale = 65535.0
+    elif mode == "I" and lo >= 0 and hi <= 255 or mode == "F" and lo >= 0 and 1 < hi <= 255:
+        scale = 255.0
+    elif mode == "I" and lo >= 0 and hi <= 65535:
+        scale = 65535.0
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        scale = 1.0
+    else:  # out of every usual range: stretch
+        x, scale = x - lo, max(hi - lo, 1e-12)
+    return np.clip(np.rint(x * (255.0 / scale)), 0, 255).astype(np.uint8)
+
+
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """A decoded RGB copy of ``image``, with 16-bit, 32-bit and float greyscale scaled to 8 bits.
+
+    Always a copy, loaded now: a truncated file fails here, and the result outlives the open file.
+    """
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        grey = PIL.Image.fromarray(_to_8bit(np.asarray(image), image.mode))  # uint8 [H, W] -> mode L
+        return grey.convert("RGB")
+    return image.convert("RGB")
 
 
 class MultimodalDataset(torch.utils.data.Dataset):
@@ -186,7 +252,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
         ``templates``, plus one per attribute, using
         ``attribute_templates[attr]`` when given, else ``templates``.
         """
-        tasks: dict[str, ZeroShotTask] = {}
+        tasks = ZeroShotTasks()
         if self.classes:
             tasks[self.label_name] = ZeroShotTask(
                 self.label_name, list(self.classes), list(self.templates), None

@@ -104,8 +104,8 @@ def _require(root: Path, dataset: str, paths: Sequence[Path], hint: str = "") ->
         listed = "\n  ".join(str(p) for p in missing)
         raise FileNotFoundError(
             f"{dataset} not found under {root}: missing\n  {listed}\n"
-            f"Place the official files there (the layout torchvision uses) or pass download=True "
-            f"(needs internet).{(' ' + hint) if hint else ''}")
+            f"Place the official files there (the layout torchvision uses) or download them with "
+            f"--download (download=True in Python; needs internet).{(' ' + hint) if hint else ''}")
 
 
 def _check_split(split: str, allowed: Sequence[str], dataset: str) -> None:

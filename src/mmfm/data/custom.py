@@ -31,10 +31,15 @@ from typing import Any
 
 from .base import DEFAULT_TEMPLATES, MultimodalDataset, Sample, load_image
 
-__all__ = ["CustomDataset", "read_annotations"]
+__all__ = ["CustomDataset", "custom_dataset", "find_annotations", "read_annotations"]
 
 #: Column names tried, in order, when ``image_column`` is not given.
 IMAGE_COLUMN_CANDIDATES = ("path", "image", "image_path", "file", "filename", "file_name", "img")
+#: Annotation files looked for in the data folder when none is named: ``<split>.<ext>``, then these.
+ANNOTATION_STEMS = ("captions", "annotations", "labels")
+ANNOTATION_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+#: Splits a single annotations file may stand for (evaluation); others need a file of their own.
+SHARED_FILE_SPLITS = (None, "test")
 _MAX_LISTED = 5  # how many missing files an error message shows
 
 
@@ -111,7 +116,8 @@ class CustomDataset(MultimodalDataset):
             ``"caption"`` is absent but ``captions`` is present, that is used;
             if neither is there and ``label_column`` is set, the data is
             treated as label-only.
-        label_column: optional column holding class labels (any strings).
+        label_column: optional column holding class labels (any strings);
+            ``"auto"``: ``"label"`` if the file has that column, else none.
         classes: optional explicit class list (fixes the label order, e.g. to
             share a label space with another dataset); by default the sorted
             unique labels.
@@ -160,6 +166,8 @@ class CustomDataset(MultimodalDataset):
                 )
         elif image_column not in columns:
             raise missing("image", image_column)
+        if label_column == "auto":
+            label_column = "label" if "label" in columns else None
         if label_column is not None and label_column not in columns:
             raise missing("label", label_column)
         if caption_column is not None and caption_column not in columns:
@@ -247,3 +255,59 @@ class CustomDataset(MultimodalDataset):
         # load_image raises ImageLoadError (an OSError) for corrupt files;
         # ImageTextView turns that into a skipped item.
         return Sample(image=load_image(self.image_path(i)), captions=self.get_captions(i), label=self.labels[i])
+
+
+# ---------------------------------------------------------------------------------------------
+def find_annotations(root: str | Path, split: str | None = None, annotations: str | Path | None = None) -> Path:
+    """The annotations file of ``split`` in the data folder ``root``.
+
+    ``annotations`` names it (relative to ``root`` or absolute; ``"{split}"`` in it is replaced by the
+    split). Without it, ``<split>.csv`` (or .tsv/.jsonl/.json) is looked for, then ``captions.csv``,
+    ``annotations.csv``, ``labels.csv`` (same suffixes). One file that is not per split serves as test
+    data only: training and testing on the same rows (a linear probe, few-shot) would report numbers
+    measured on the training data.
+    """
+    root = Path(root)
+    if annotations is not None:
+        text = str(annotations)
+        per_split = "{split}" in text
+        if per_split:
+            if split is None:
+                raise ValueError(f"annotations {text!r} has a {{split}} but no split was asked for")
+            text = text.replace("{split}", split)
+        path = Path(text) if Path(text).is_absolute() else root / text
+        candidates = [path]
+    else:
+        per_split = split is not None
+        stems = ([split] if split else []) + [s for s in ANNOTATION_STEMS if s != split]
+        candidates = [root / f"{stem}{suffix}" for stem in stems for suffix in ANNOTATION_SUFFIXES]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        is_split_file = per_split and (annotations is not None or path.stem == split)
+        if not is_split_file and split not in SHARED_FILE_SPLITS:
+            raise ValueError(
+                f"custom data: no {split} annotations in {root} (the one file {path.name} is used as test data "
+                f"only); put the {split} rows in {split}.csv, or name one file per split with "
+                f"--annotations '{{split}}.csv' (annotations= in Python)")
+        return path
+    if annotations is not None:
+        raise FileNotFoundError(f"annotations file not found: {candidates[0]}")
+    names = ", ".join(p.name for p in candidates if p.suffix == ".csv")
+    raise FileNotFoundError(
+        f"no annotations file in {root} (looked for {names} and the same as .tsv/.jsonl/.json); name it with "
+        f"--annotations FILE (annotations= in Python)")
+
+
+def custom_dataset(root: str | Path, split: str | None = None, annotations: str | Path | None = None,
+                   image_column: str | None = None, caption_column: str | None = "caption",
+                   label_column: str | None = "auto", classes: Sequence[str] | None = None,
+                   templates: Sequence[str] | None = None, name: str = "custom") -> CustomDataset:
+    """``get_dataset("custom", root=..., split=..., annotations=...)``: the split's annotations file
+    (see :func:`find_annotations`), with a ``label`` column used as labels when there is one; the other
+    arguments are :class:`CustomDataset`'s."""
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"image folder not found: {root} (--data-root)")
+    path = find_annotations(root, split, annotations)
+    return CustomDataset(root, annotations=path, image_column=image_column, caption_column=caption_column,
+                         label_column=label_column, classes=classes, templates=templates, name=name)

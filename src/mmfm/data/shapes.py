@@ -35,7 +35,7 @@ from itertools import product
 import PIL.Image
 from PIL import ImageChops, ImageDraw
 
-from .base import MultimodalDataset, Sample, ZeroShotTask
+from .base import MultimodalDataset, Sample, ZeroShotTask, ZeroShotTasks
 
 __all__ = [
     "ATTRIBUTES",
@@ -612,7 +612,7 @@ class Shapes(MultimodalDataset):
         tasks = super().zero_shot_tasks()
         # position is learnable but not a headline task; keep the documented order
         order = ["shape", "color", "size", "count", "position"]
-        return {k: tasks[k] for k in order if k in tasks}
+        return ZeroShotTasks((k, tasks[k]) for k in order if k in tasks)
 
     def questions(self, sample_or_scene: Sample | ShapeScene) -> list[tuple[str, str]]:
         """VQA pairs for a sample of this dataset (see :func:`questions`)."""

@@ -4,12 +4,10 @@ from __future__ import annotations
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from .base import to_rgb
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _to_rgb(image):
-    return image.convert("RGB") if image.mode != "RGB" else image
 
 
 def image_transform(image_size: int, train: bool = False, mean=CLIP_MEAN, std=CLIP_STD,
@@ -30,4 +28,4 @@ def image_transform(image_size: int, train: bool = False, mean=CLIP_MEAN, std=CL
             ops.append(T.RandomHorizontalFlip())
     else:
         ops = [T.Resize(image_size, interpolation=InterpolationMode.BICUBIC), T.CenterCrop(image_size)]
-    return T.Compose([_to_rgb, *ops, T.ToTensor(), T.Normalize(mean, std)])
+    return T.Compose([to_rgb, *ops, T.ToTensor(), T.Normalize(mean, std)])

@@ -11,11 +11,14 @@ decoded by ``transformers``' ``generate`` from ``inputs_embeds``: greedy, beam s
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, Literal, Sequence, Union
 
 import PIL.Image
 import torch
 from torch import nn
+
+from ..errors import UserError
 
 Part = Union[str, PIL.Image.Image, torch.Tensor]
 Prompt = Union[Part, Sequence[Part]]
@@ -30,6 +33,35 @@ def _parts(prompt: Prompt) -> list[Part]:
     if isinstance(prompt, (str, PIL.Image.Image)) or torch.is_tensor(prompt):
         return [prompt]
     return list(prompt)
+
+
+def known_spelling(tokenizer, text: str) -> str:
+    """``text`` with each word of ``SPELLINGS`` the tokenizer does not know in the spelling it does know.
+
+    A word-level LM (the demo's) knows only the spelling its training text used and reads the other
+    as <unk>: "what color is it?" was answered ": : : top left".
+
+    Only tokenizers with an unknown-word token can not know a word; others get ``text`` unchanged.
+    """
+    from ..data.base import SPELLINGS
+    unk = getattr(getattr(tokenizer, "tokenizer", tokenizer), "unk_token_id", None)
+    if unk is None:
+        return text
+
+    def swap(match: re.Match) -> str:
+        word = match.group(0)
+        other = SPELLINGS.get(word.lower())
+        if other is None or unk not in tokenizer.encode(word) or unk in tokenizer.encode(other):
+            return word
+        return other.capitalize() if word[0].isupper() else other
+
+    return re.sub(r"[A-Za-z]+", swap, text)
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """How many positions the LM has (prompt + generated tokens), if its config says."""
+    config = getattr(model.lm, "config", None)
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
 def default_image_transform(model: nn.Module) -> Callable:
@@ -51,7 +83,7 @@ def embed_prompts(model: nn.Module, tokenizer, prompts: Sequence[Prompt],
         layout = []
         for part in _parts(prompt):
             if isinstance(part, str):
-                ids = tokenizer.encode(part)
+                ids = tokenizer.encode(known_spelling(tokenizer, part))
                 if ids:
                     layout.append(("text", ids))
             elif isinstance(part, PIL.Image.Image) or torch.is_tensor(part):
@@ -88,8 +120,22 @@ def embed_prompts(model: nn.Module, tokenizer, prompts: Sequence[Prompt],
 
 def generation_config(tokenizer, strategy: Strategy = "greedy", max_new_tokens: int = 20, num_beams: int = 4,
                       top_p: float = 0.9, top_k: int = 0, temperature: float = 1.0, length_penalty: float = 1.0):
-    """A fresh ``GenerationConfig`` (never the LM's saved defaults) for one decoding strategy."""
+    """A fresh ``GenerationConfig`` (never the LM's saved defaults) for one decoding strategy.
+
+    Values out of range are refused here, by name (transformers fails later, obscurely, or not at all).
+    """
     from transformers import GenerationConfig
+    if max_new_tokens < 1:
+        raise UserError(f"max_new_tokens (--max-new-tokens) must be >= 1, got {max_new_tokens}")
+    if strategy == "beam" and num_beams < 1:
+        raise UserError(f"num_beams (--num-beams) must be >= 1 for beam search, got {num_beams}")
+    if strategy == "nucleus":
+        if not 0 < top_p <= 1:
+            raise UserError(f"top_p (--top-p) is a probability mass in (0, 1], got {top_p}")
+        if not temperature > 0:
+            raise UserError(f"temperature (--temperature) must be > 0, got {temperature}")
+        if top_k < 0:
+            raise UserError(f"top_k must be >= 0 (0 = off), got {top_k}")
     common = dict(max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
     if strategy == "greedy":
         return GenerationConfig(do_sample=False, num_beams=1, **common)
@@ -123,11 +169,28 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[Prompt], *, strategy
             for start in range(0, len(prompts), batch_size):
                 chunk = prompts[start:start + batch_size]
                 embeds, mask = embed_prompts(model, tokenizer, chunk, image_transform)
+                _check_length(model, embeds.shape[1], max_new_tokens - 1)
                 new_tokens = model.lm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config)
                 out += [tokenizer.decode(row) for row in new_tokens]
     finally:
         model.train(was_training)
     return out
+
+
+def _check_length(model: nn.Module, prompt_length: int, read_after: int, answer: str | None = None) -> None:
+    """Refuse what the LM cannot read: the prompt and ``read_after`` more positions (all but the last
+    generated token, or a scored answer and end-of-text). Past its positions it would fail with an
+    IndexError deep inside (or extrapolate silently)."""
+    limit = max_positions(model)
+    if limit is None or prompt_length + read_after <= limit:
+        return
+    what = f"a prompt of {prompt_length} positions ({model.prefix_length} per image, 1 per text token)"
+    if prompt_length >= limit:
+        raise UserError(f"{what} fills the LM's {limit} positions: shorten the prompt (fewer images or words)")
+    if answer is not None:
+        raise UserError(f"{what} plus the answer {answer!r} exceeds the LM's {limit} positions: shorten the prompt")
+    raise UserError(f"{what} plus max_new_tokens={read_after + 1} exceeds the LM's {limit} positions: "
+                    f"use --max-new-tokens {limit - prompt_length + 1} or less, or shorten the prompt")
 
 
 def caption(model: nn.Module, tokenizer, images: Sequence[PIL.Image.Image | torch.Tensor], prompt: str | None = None,
@@ -143,7 +206,10 @@ def answer(model: nn.Module, tokenizer, images: Sequence[PIL.Image.Image | torch
     context: list[Part] = []
     for img, q, a in shots:
         context += [img, f"{template.format(q)} {a}"]
-    return generate(model, tokenizer, [context + [img, template.format(q)] for img, q in zip(images, questions)], **gen)
+    answers = generate(model, tokenizer, [context + [img, template.format(q)] for img, q in zip(images, questions)],
+                       **gen)
+    # The template ends in "A:"; a model unsure of the answer may first repeat the colon.
+    return [a.lstrip(": ").strip() for a in answers]
 
 
 @torch.no_grad()
@@ -161,6 +227,7 @@ def score_continuations(model: nn.Module, tokenizer, prompts: Sequence[Prompt],
             embeds, mask = embed_prompts(model, tokenizer, [prompt], image_transform)
             for k, option in enumerate(options):
                 ids = tokenizer.encode(" " + option) + [tokenizer.eos_id]
+                _check_length(model, embeds.shape[1], len(ids), answer=option)   # reads the answer and EOS
                 target = torch.tensor(ids, device=embeds.device)
                 full = torch.cat([embeds[0], model.embed_tokens(target).to(embeds.dtype)])[None]
                 logits = model.lm(inputs_embeds=full).logits[0, embeds.shape[1] - 1:-1].float()
