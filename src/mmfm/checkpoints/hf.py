@@ -201,14 +201,20 @@ def hf_weights_file(directory: Path) -> Path:
     raise CheckpointError(f"{directory}: no HF weights file found (looked for {', '.join(WEIGHT_FILES)})")
 
 
-def read_hf_dir(directory: Path) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
-    """(our config, mmfm-named state dict) of an HF ``CLIPModel`` directory."""
+def read_hf_config(directory: Path) -> CLIPConfig:
+    """Our config for an HF ``CLIPModel`` directory's config.json."""
     cfg_path = directory / "config.json"
     try:
         hf_cfg = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {cfg_path}: {e}") from e
-    cfg = config_from_hf(hf_cfg, str(cfg_path))
+    return config_from_hf(hf_cfg, str(cfg_path))
+
+
+def read_hf_dir(directory: Path) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+    """(our config, mmfm-named state dict) of an HF ``CLIPModel`` directory (config first: it is checked
+    before any weight is read)."""
+    cfg = read_hf_config(directory)
     return cfg, hf_to_mmfm(load_state_dict_file(hf_weights_file(directory)))
 
 

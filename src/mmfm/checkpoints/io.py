@@ -54,6 +54,17 @@ def _torchscript_prefix(zf: zipfile.ZipFile) -> str | None:
     return None
 
 
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a TorchScript archive (as OpenAI's released ``.pt`` files are)."""
+    if not Path(path).is_file() or not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return _torchscript_prefix(zf) is not None
+    except zipfile.BadZipFile:
+        return False
+
+
 # ------------------------------------------------------------------------------------------
 # TorchScript archives
 _STORAGE_DTYPES = {
@@ -240,14 +251,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if not sd:
             raise CheckpointError(f"{path}: the safetensors file holds no tensors")
         return unwrap_state_dict(sd, str(path))
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                is_script = _torchscript_prefix(zf) is not None
-        except zipfile.BadZipFile:
-            is_script = False
-        if is_script:
-            return read_torchscript_archive(path)
+    if is_torchscript_archive(path):
+        return read_torchscript_archive(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

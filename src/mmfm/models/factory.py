@@ -33,8 +33,9 @@ def create_model(name: str | Any | None = None, pretrained: str | None = None, d
                  precision: str = "fp32", cache_dir: str | None = None, strict: bool = True) -> nn.Module:
     """Build a model.
 
-    name: a registered config name (``mmfm.list_models()``), a config object, or None to infer the
-        architecture from ``pretrained``.
+    name: a registered config name (``mmfm.list_models()``), a config object, or None to take the
+        architecture from ``pretrained`` (its config, or its shapes when the format fixes the activation:
+        a plain state dict needs a name, e.g. ``ViT-B-32`` for GELU or ``ViT-B-32-quickgelu`` for OpenAI's).
     pretrained: a local checkpoint (our directory, an open_clip/OpenAI ``.pt``/``.bin``/``.safetensors``,
         an OpenAI TorchScript archive, an HF ``CLIPModel`` directory) or an identifier such as
         ``openai``, ``laion2b_s34b_b79k`` (with a name) or ``hf-hub:openai/clip-vit-base-patch32``,
