@@ -216,14 +216,43 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _shard_roots(folder: Path) -> list[Path]:
+    """Where an index's shards may really live: its folder, and for a huggingface_hub cache snapshot
+    (``snapshots/<rev>/<file>`` linking to ``../../blobs/<hash>``) that repo's blobs folder."""
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots":
+        roots.append((folder.parent.parent / "blobs").resolve())
+    return roots
+
+
+def _shard_path(index_path: Path, shard: Any, roots: list[Path]) -> Path:
+    # An index is untrusted: it must not make us read tensors from any other file on the machine.
+    if not isinstance(shard, str) or not shard:
+        raise CheckpointError(f"{index_path}: weight_map values must be shard file names, got {shard!r}")
+    if os.path.isabs(shard) or "\\" in shard or ".." in shard.split("/") or shard.endswith(".index.json"):
+        raise CheckpointError(f"{index_path}: weight_map names {shard!r}, outside its folder or not a shard; "
+                              "shards must be plain file names next to the index")
+    path = index_path.parent / shard
+    real = path.resolve()
+    if not any(real == r or r in real.parents for r in roots):
+        raise CheckpointError(f"{index_path}: shard {shard!r} links to {real}, outside its folder; copy the shard "
+                              "into the folder instead")
+    return path
+
+
 def _load_sharded(index_path: Path) -> dict[str, torch.Tensor]:
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
     except Exception as e:
-        raise CheckpointError(f"cannot read shard index {index_path}: {e}") from e
+        raise CheckpointError(f"cannot read shard index {index_path}: {type(e).__name__}: {e}") from e
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path}: weight_map is a {type(weight_map).__name__}, expected a non-empty mapping "
+                              "of tensor names to shard files")
+    roots = _shard_roots(index_path.parent)
+    shards = {_shard_path(index_path, shard, roots) for shard in weight_map.values()}
     out: dict[str, torch.Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        out.update(load_state_dict_file(index_path.parent / shard))
+    for shard in sorted(shards):
+        out.update(load_state_dict_file(shard))
     missing = sorted(set(weight_map) - set(out))
     if missing:
         raise CheckpointError(f"{index_path}: {len(missing)} tensor(s) listed in the index are in no shard: {missing[:5]}")
