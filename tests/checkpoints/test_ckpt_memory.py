@@ -36,6 +36,17 @@ def _huge_hf_dir(tmp_path: Path) -> Path:
     return folder
 
 
+def _deep_hf_dir(tmp_path: Path) -> Path:
+    """A tiny HF folder whose config claims 10**9 layers (the old code would build them one by one)."""
+    folder = tmp_path / "hf-deep"
+    export_hf(create_model("ViT-tiny-test"), folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["vision_config"].update(num_hidden_layers=10 ** 9, hidden_size=HUGE, intermediate_size=4 * HUGE,
+                                num_attention_heads=HUGE // 64, image_size=1, patch_size=1)   # old code: fails at block 0
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
 def _stride0_pt(tmp_path: Path) -> Path:
     """A weights-only torch.save file whose tensors are broadcast views: 4 bytes stored, 1 GB claimed."""
     path = tmp_path / "stride0.pt"
@@ -120,6 +131,18 @@ def test_hf_config_claiming_a_huge_model_is_refused_before_allocation(tmp_path):
         create_model(pretrained=str(folder))
 
 
+def test_config_claiming_more_layers_than_tensors_is_refused_before_building(tmp_path):
+    """Checked from the config alone: even a meta-device build of 10**9 blocks would take hours and GBs."""
+    from mmfm.checkpoints.validate import check_claimed_depth
+    from mmfm.models import get_model_config
+    cfg = get_model_config("ViT-tiny-test")
+    sd = create_model(cfg).state_dict()
+    check_claimed_depth(cfg, sd, "ok")   # the real thing passes
+    cfg.text.layers = 10 ** 9
+    with pytest.raises(CheckpointError, match="1,000,000,002 layers"):
+        check_claimed_depth(cfg, sd, "deep")
+
+
 def test_stride0_tensors_are_refused(tmp_path):
     path = _stride0_pt(tmp_path)
     with pytest.raises(CheckpointError, match="more than the file stores"):
@@ -179,11 +202,16 @@ print(json.dumps(out))
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory is read from /proc (Linux)")
 def test_peak_memory_stays_small(tmp_path, monkeypatch):
     """Loading each file in a fresh process: refused, and the peak resident memory grows by < 100 MB."""
-    files = {"hf_huge_config": str(_huge_hf_dir(tmp_path)), "stride0_pt": str(_stride0_pt(tmp_path)),
+    files = {"hf_huge_config": str(_huge_hf_dir(tmp_path)), "hf_deep_config": str(_deep_hf_dir(tmp_path)),
+             "stride0_pt": str(_stride0_pt(tmp_path)),
              "torchscript_bomb": str(_torchscript_bomb(tmp_path, monkeypatch)),
              "torch_save_bomb": str(_torch_save_bomb(tmp_path))}
+    def limit_memory():   # should a check regress, fail in the child instead of exhausting the machine
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
     proc = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(files)], capture_output=True, text=True,
-                          timeout=300, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": ":".join(sys.path), "PATH": ""})
+                          timeout=300, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": ":".join(sys.path), "PATH": ""},
+                          preexec_fn=limit_memory)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for name, r in result.items():
