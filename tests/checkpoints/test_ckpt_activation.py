@@ -110,3 +110,18 @@ def test_every_inferable_registered_architecture_has_both_activations():
         assert base in names and f"{base}-quickgelu" in names, name
         assert get_model_config(base).quick_gelu is False
         assert get_model_config(f"{base}-quickgelu").quick_gelu is True
+
+
+def test_torchscript_archive_needs_no_name_and_warns_on_gelu(tmp_path, open_clip, randomize, inputs):
+    """OpenAI's TorchScript archives are QuickGELU: loaded without a name; a GELU name is warned about."""
+    import warnings
+    theirs = randomize(open_clip.CLIP(24, VISION, TEXT, quick_gelu=True), 3)
+    images, ids = inputs(32, 16, 100, batch=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace_module(theirs, dict(encode_image=(images,), encode_text=(ids,)), check_trace=False)
+        path = tmp_path / "ViT-openai.pt"
+        torch.jit.save(traced, str(path))
+    assert create_model(pretrained=str(path)).config.quick_gelu is True
+    with pytest.warns(UserWarning, match="quick_gelu=True"):
+        create_model(ARCH, pretrained=str(path))

@@ -166,8 +166,9 @@ def load_pretrained(pretrained: str | os.PathLike, model_name: str | None = None
         if diffs:
             warnings.warn(f"the given model config differs from the config stored with {source}; using the given one: "
                           + "; ".join(diffs), stacklevel=2)
-    if resolved.quick_gelu is not None and getattr(config, "quick_gelu", resolved.quick_gelu) != resolved.quick_gelu:
-        warnings.warn(f"pretrained {os.fspath(pretrained)!r} was trained with quick_gelu={resolved.quick_gelu}, but the "
+    known = resolved.quick_gelu if resolved.quick_gelu is not None else quick_gelu   # a tag's, or OpenAI's archive's
+    if known is not None and getattr(config, "quick_gelu", known) != known:
+        warnings.warn(f"pretrained {os.fspath(pretrained)!r} was trained with quick_gelu={known}, but the "
                       f"model config has quick_gelu={config.quick_gelu}; outputs will differ from the original (use the "
                       f"'-quickgelu' model name or set quick_gelu)", stacklevel=2)
     return config, sd

@@ -47,16 +47,20 @@ def create_model(name: str | Any | None = None, pretrained: str | None = None, d
     cfg = get_model_config(name) if isinstance(name, str) else name
     if pretrained is not None:
         from ..checkpoints import load_pretrained
-        from ..checkpoints.validate import check_claimed_depth, check_state_dict, expected_shapes, load_state_dict_strict
+        from ..checkpoints.validate import (check_claimed_depth, check_shapes, check_state_dict, expected_shapes,
+                                            load_state_dict_strict)
         cfg, state_dict = load_pretrained(pretrained, model_name=name if isinstance(name, str) else None,
                                           config=cfg, cache_dir=cache_dir)
         # The config may come from an untrusted file: build it on the meta device and check it against the
         # weights first, so a small folder claiming a huge model is refused before anything real is allocated.
+        source = str(pretrained)
         if strict:
-            check_claimed_depth(cfg, state_dict, source=str(pretrained))
-        check_state_dict(expected_shapes(cfg), state_dict, source=str(pretrained), strict=strict)
+            check_claimed_depth(cfg, state_dict, source)
+            check_state_dict(expected_shapes(cfg), state_dict, source)
+        else:   # missing/unexpected keys are logged once, by load_state_dict_strict below
+            check_shapes(expected_shapes(cfg), state_dict, source)
         model = build_model(cfg)
-        load_state_dict_strict(model, state_dict, source=str(pretrained), strict=strict)
+        load_state_dict_strict(model, state_dict, source=source, strict=strict)
     else:
         if cfg is None:
             raise ValueError("create_model needs a model name/config, a pretrained checkpoint, or both")
