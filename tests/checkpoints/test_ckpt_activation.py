@@ -25,8 +25,13 @@ def _config(quick_gelu: bool) -> CLIPConfig:
 
 @pytest.fixture(scope="module", autouse=True)
 def _registered():
+    from mmfm.models import registry
     register_model(ARCH, _config(False), "test: GELU", overwrite=True)
     register_model(f"{ARCH}-quickgelu", _config(True), "test: QuickGELU", overwrite=True)
+    yield
+    for name in (ARCH, f"{ARCH}-quickgelu"):   # other tests list the registry
+        registry._MODELS.pop(name, None)
+        registry._DESCRIPTIONS.pop(name, None)
 
 
 def _gelu_checkpoint(open_clip, randomize, tmp_path, fmt="safetensors"):
@@ -68,8 +73,21 @@ def test_unregistered_architecture_is_refused_with_both_choices(tmp_path, open_c
     with pytest.raises(CheckpointError) as err:
         create_model(pretrained=str(path))
     msg = str(err.value)
-    assert "\n" not in msg and "no registered model" in msg
+    assert "\n" not in msg and "no registered model pair" in msg
     assert "quick_gelu" in msg and "register_model" in msg
+
+
+def test_architecture_registered_with_one_activation_only(tmp_path, open_clip, randomize, monkeypatch):
+    """Naming a registered model of one activation only would be half an answer: the error says so."""
+    from mmfm.models import registry
+    monkeypatch.setitem(registry._MODELS, "test-act-gelu-only",   # removed again after the test
+                        CLIPConfig(embed_dim=24, vision=VisionConfig(**dict(VISION, layers=3)), text=TextConfig(**TEXT)))
+    theirs = randomize(open_clip.CLIP(24, dict(VISION, layers=3), TEXT, quick_gelu=False), 2)
+    path = tmp_path / "gelu_only.safetensors"
+    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, str(path))
+    with pytest.raises(CheckpointError, match=r"only 'test-act-gelu-only' \(quick_gelu=False\) has its shapes"):
+        create_model(pretrained=str(path))
+    assert create_model("test-act-gelu-only", pretrained=str(path)).config.quick_gelu is False
 
 
 def test_weights_file_inside_a_checkpoint_folder_uses_the_folder_config(tmp_path, open_clip, randomize):
@@ -102,8 +120,10 @@ def _inferable(cfg) -> bool:
 
 def test_every_inferable_registered_architecture_has_both_activations():
     """So the refusal's 'X for GELU, X-quickgelu for OpenAI's' always names two models that exist."""
+    from mmfm.models.registry import _BUILTIN
     names = set(list_models("clip"))
-    inferable = [n for n in names if _inferable(get_model_config(n))]
+    builtin = [n for n in names if n.removesuffix("-quickgelu") in _BUILTIN]   # tests may register half pairs
+    inferable = [n for n in builtin if _inferable(get_model_config(n))]
     assert "ViT-B-32" in inferable and "RN50-quickgelu" in inferable
     for name in inferable:
         base = name.removesuffix("-quickgelu")

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from . import hub
-from .hf import export_hf, hf_to_mmfm, is_hf_clip_dir, read_hf_config, read_hf_dir
 from ..models.config import CLIPConfig
 from ..models.registry import get_model_config, list_models
+from . import hub
+from .hf import export_hf, hf_to_mmfm, is_hf_clip_dir, read_hf_config, read_hf_dir
 from .io import is_torchscript_archive, load_state_dict_file
 from .native import WEIGHTS_FILE as NATIVE_WEIGHTS
 from .native import from_pretrained, is_native_dir, read_native_dir, save_pretrained
@@ -108,8 +108,9 @@ def _activation_unknown(sd: dict[str, torch.Tensor], source: str) -> CheckpointE
         return CheckpointError(f"{why}; name the model: {gelu!r} for GELU weights (most open_clip/LAION checkpoints) "
                                f"or {quick!r} for QuickGELU (OpenAI's), e.g. create_model({gelu!r}, pretrained=...) "
                                f"or mmfm eval --model {gelu}")
-    known = f" ({found[False][0] if found[False] else found[True][0]!r} has the same shapes)" if found[False] or found[True] else ""
-    return CheckpointError(f"{why}, and its architecture matches no registered model pair{known}; register its config "
+    half = [f"{names[0]!r} (quick_gelu={quick})" for quick, names in found.items() if names]
+    known = f" (only {half[0]} has its shapes)" if half else ""
+    return CheckpointError(f"{why}, and no registered model pair has its architecture{known}; register its config "
                            "(mmfm.models.register_model or register_model_file) with quick_gelu false for GELU weights "
                            "(most open_clip/LAION checkpoints) or true for QuickGELU (OpenAI's) and pass that name")
 
