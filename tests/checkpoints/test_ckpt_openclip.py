@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mmfm.checkpoints import CheckpointError, to_openclip_config, to_openclip_state_dict
+from mmfm.checkpoints import CheckpointError, load_state_dict_file, to_openclip_config, to_openclip_state_dict
+from mmfm.checkpoints.openclip import infer_config, openclip_to_mmfm
 from mmfm.models import CLIPConfig, TextConfig, VisionConfig, create_model, get_model_config
 
 EMBED = 24
@@ -95,7 +96,8 @@ def test_export_to_open_clip_eot_pooling(open_clip, randomize, inputs, close):
 
 @pytest.mark.parametrize("fmt", ["pt-nested-ddp", "bin", "safetensors"])
 def test_infer_architecture_from_bare_state_dict(fmt, tmp_path, open_clip, randomize, inputs, close):
-    """No name, no config: the architecture comes from tensor shapes (OpenAI's rules, QuickGELU)."""
+    """The architecture comes from tensor shapes (OpenAI's rules); the activation must be given (a bare
+    state dict does not record it, see test_ckpt_activation.py), here through the config."""
     vision = dict(image_size=32, patch_size=16, width=128, layers=2) if fmt != "bin" else \
         dict(image_size=32, width=16, layers=(1, 1, 2, 1))
     text = dict(width=128, heads=2, layers=2)
@@ -111,8 +113,10 @@ def test_infer_architecture_from_bare_state_dict(fmt, tmp_path, open_clip, rando
         path = tmp_path / "weights.safetensors"
         save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
 
-    ours = create_model(pretrained=str(path)).eval()
-    cfg = ours.config
+    with pytest.raises(CheckpointError, match="GELU or QuickGELU"):
+        create_model(pretrained=str(path))
+    cfg = infer_config(openclip_to_mmfm(load_state_dict_file(path)), quick_gelu=True, source=str(path))
+    ours = create_model(cfg, pretrained=str(path)).eval()
     assert cfg.quick_gelu is True and cfg.embed_dim == EMBED
     assert (cfg.text.width, cfg.text.heads, cfg.text.layers, cfg.text.context_length, cfg.text.vocab_size) == (128, 2, 2, CTX, VOCAB)
     if fmt == "bin":

@@ -16,13 +16,14 @@ transformers is not needed for any of this: configs are read and written as JSON
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from ..models.config import CLIPConfig, TextConfig, VisionConfig
+from ..models.config import CLIPConfig, ConfigError, TextConfig, VisionConfig
 from .io import atomic_save_safetensors, atomic_write_json, load_state_dict_file
 from .openclip import mlp_ratio_for
 from .validate import CheckpointError
@@ -103,45 +104,90 @@ def _int_square(x: Any, what: str, source: str) -> int:
         if len(set(x)) != 1:
             raise CheckpointError(f"{source}: non-square {what} {x} is not supported")
         x = x[0]
-    return int(x)
+    return x   # checked to be a positive int by _checked_section
+
+
+# The fields config_from_hf reads: sizes (positive integers) and numbers, per tower.
+_SIZES = {"text_config": ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                          "max_position_embeddings"),
+          "vision_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                            "num_channels", "image_size", "patch_size")}
+
+
+def _is_size(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _checked_section(hf: Mapping[str, Any], name: str, defaults: dict[str, Any], source: str) -> dict[str, Any]:
+    """One tower's settings (transformers' defaults, then ``name``, then the legacy ``name_dict``), with
+    every field we use checked, so a bad file is one error naming the field, not a ZeroDivisionError."""
+    out = dict(defaults)
+    for key in (name, f"{name}_dict"):   # old configs carry *_config_dict copies, which transformers lets win
+        sub = hf.get(key)
+        if sub is None:
+            continue
+        if not isinstance(sub, Mapping):
+            raise CheckpointError(f"{source}: {key} is a {type(sub).__name__}, expected a mapping of settings")
+        out.update(sub)
+    for field in _SIZES[name]:
+        value = out[field]
+        square = field in ("image_size", "patch_size") and isinstance(value, (list, tuple)) and value
+        if not (all(_is_size(v) for v in value) if square else _is_size(value)):
+            raise CheckpointError(f"{source}: {name}.{field}={value!r} is not a positive integer")
+    if not _is_number(out["layer_norm_eps"]):
+        raise CheckpointError(f"{source}: {name}.layer_norm_eps={out['layer_norm_eps']!r} is not a number")
+    return out
 
 
 def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> CLIPConfig:
     """Our CLIPConfig for an HF ``CLIPConfig`` dict (as stored in config.json)."""
+    if not isinstance(hf, Mapping):
+        raise CheckpointError(f"{source}: expected a JSON object, got {type(hf).__name__}")
     if hf.get("model_type") not in (None, "clip"):
         raise CheckpointError(f"{source}: model_type {hf.get('model_type')!r} is not 'clip' (only CLIPModel is supported)")
-    # Old configs carry ``*_config_dict`` copies, which transformers lets override ``*_config``.
-    t = {**_TEXT_DEFAULTS, **(hf.get("text_config") or {}), **(hf.get("text_config_dict") or {})}
-    v = {**_VISION_DEFAULTS, **(hf.get("vision_config") or {}), **(hf.get("vision_config_dict") or {})}
+    t = _checked_section(hf, "text_config", _TEXT_DEFAULTS, source)
+    v = _checked_section(hf, "vision_config", _VISION_DEFAULTS, source)
+    projection_dim, scale = hf.get("projection_dim", 512), hf.get("logit_scale_init_value", 2.6592)
+    if not _is_size(projection_dim):
+        raise CheckpointError(f"{source}: projection_dim={projection_dim!r} is not a positive integer")
+    if not _is_number(scale):
+        raise CheckpointError(f"{source}: logit_scale_init_value={scale!r} is not a number")
     problems = []
     for name, sub in (("text_config", t), ("vision_config", v)):
-        if sub["hidden_act"] not in _ACTIVATIONS:
+        if not isinstance(sub["hidden_act"], str) or sub["hidden_act"] not in _ACTIVATIONS:
             problems.append(f"{name}.hidden_act={sub['hidden_act']!r} (supported: {sorted(_ACTIVATIONS)})")
         if not abs(float(sub["layer_norm_eps"]) - LAYER_NORM_EPS) <= 1e-12:
             problems.append(f"{name}.layer_norm_eps={sub['layer_norm_eps']} (mmfm uses {LAYER_NORM_EPS})")
         if sub["hidden_size"] % sub["num_attention_heads"]:
-            problems.append(f"{name}: hidden_size {sub['hidden_size']} not divisible by {sub['num_attention_heads']} heads")
+            problems.append(f"{name}: hidden_size {sub['hidden_size']} not divisible by {sub['num_attention_heads']} "
+                            "num_attention_heads")
     if v["num_channels"] != 3:
         problems.append(f"vision_config.num_channels={v['num_channels']} (mmfm expects RGB)")
     if t["hidden_act"] in _ACTIVATIONS and v["hidden_act"] in _ACTIVATIONS and t["hidden_act"] != v["hidden_act"]:
         problems.append(f"different activations per tower ({v['hidden_act']!r} vs {t['hidden_act']!r})")
     eos = t["eos_token_id"]
-    if not isinstance(eos, int):
+    if isinstance(eos, bool) or not isinstance(eos, int) or eos < 0:
         problems.append(f"text_config.eos_token_id={eos!r} (a single integer is needed for pooling)")
     if problems:
         raise CheckpointError(f"{source}: HF CLIP config options mmfm cannot represent: " + "; ".join(problems))
     pool = "argmax" if eos == LEGACY_ARGMAX_EOS else "eot"
-    vision = VisionConfig(kind="vit", image_size=_int_square(v["image_size"], "image_size", source),
-                          patch_size=_int_square(v["patch_size"], "patch_size", source), width=v["hidden_size"],
-                          layers=v["num_hidden_layers"], head_width=v["hidden_size"] // v["num_attention_heads"],
-                          mlp_ratio=mlp_ratio_for(v["intermediate_size"], v["hidden_size"]))
-    text = TextConfig(context_length=t["max_position_embeddings"], vocab_size=t["vocab_size"], width=t["hidden_size"],
-                      heads=t["num_attention_heads"], layers=t["num_hidden_layers"],
-                      mlp_ratio=mlp_ratio_for(t["intermediate_size"], t["hidden_size"]), pool=pool,
-                      eot_token_id=eos if pool == "eot" else TextConfig.eot_token_id)
-    return CLIPConfig(embed_dim=hf.get("projection_dim", 512), vision=vision, text=text,
-                      quick_gelu=_ACTIVATIONS[t["hidden_act"]],
-                      init_logit_scale=float(hf.get("logit_scale_init_value", 2.6592)))
+    try:
+        vision = VisionConfig(kind="vit", image_size=_int_square(v["image_size"], "image_size", source),
+                              patch_size=_int_square(v["patch_size"], "patch_size", source), width=v["hidden_size"],
+                              layers=v["num_hidden_layers"], head_width=v["hidden_size"] // v["num_attention_heads"],
+                              mlp_ratio=mlp_ratio_for(v["intermediate_size"], v["hidden_size"]))
+        text = TextConfig(context_length=t["max_position_embeddings"], vocab_size=t["vocab_size"], width=t["hidden_size"],
+                          heads=t["num_attention_heads"], layers=t["num_hidden_layers"],
+                          mlp_ratio=mlp_ratio_for(t["intermediate_size"], t["hidden_size"]), pool=pool,
+                          eot_token_id=eos if pool == "eot" else TextConfig.eot_token_id)
+        return CLIPConfig(embed_dim=projection_dim, vision=vision, text=text, quick_gelu=_ACTIVATIONS[t["hidden_act"]],
+                          init_logit_scale=float(scale))
+    except ConfigError as e:   # e.g. image_size not a multiple of patch_size
+        raise CheckpointError(f"{source}: {e}") from e
 
 
 def config_to_hf(cfg: CLIPConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
@@ -201,14 +247,20 @@ def hf_weights_file(directory: Path) -> Path:
     raise CheckpointError(f"{directory}: no HF weights file found (looked for {', '.join(WEIGHT_FILES)})")
 
 
-def read_hf_dir(directory: Path) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
-    """(our config, mmfm-named state dict) of an HF ``CLIPModel`` directory."""
+def read_hf_config(directory: Path) -> CLIPConfig:
+    """Our config for an HF ``CLIPModel`` directory's config.json."""
     cfg_path = directory / "config.json"
     try:
         hf_cfg = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {cfg_path}: {e}") from e
-    cfg = config_from_hf(hf_cfg, str(cfg_path))
+    return config_from_hf(hf_cfg, str(cfg_path))
+
+
+def read_hf_dir(directory: Path) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+    """(our config, mmfm-named state dict) of an HF ``CLIPModel`` directory (config first: it is checked
+    before any weight is read)."""
+    cfg = read_hf_config(directory)
     return cfg, hf_to_mmfm(load_state_dict_file(hf_weights_file(directory)))
 
 

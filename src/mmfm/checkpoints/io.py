@@ -54,6 +54,54 @@ def _torchscript_prefix(zf: zipfile.ZipFile) -> str | None:
     return None
 
 
+# A zip record may be deflated: a few hundred KB of zeros inflate to a GB. torch never compresses the
+# records it writes, so a file whose records inflate far beyond its own size is refused before reading.
+MAX_INFLATION = 4
+INFLATION_SLACK = 64 << 20
+
+
+def check_zip_inflation(zf: zipfile.ZipFile, path: Path) -> None:
+    """Raise ``CheckpointError`` if the archive's records add up to more than a few times the file."""
+    size = path.stat().st_size
+    total = sum(info.file_size for info in zf.infolist())
+    if total > MAX_INFLATION * size + INFLATION_SLACK:
+        raise CheckpointError(f"{path}: its zip records would inflate to {total / 2**20:.0f} MiB from a "
+                              f"{size / 2**20:.1f} MiB file (compressed records; torch writes none); refusing to read it")
+
+
+def check_backed_by_file(sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise ``CheckpointError`` if the tensors claim more bytes than their storages hold.
+
+    A pickled tensor is a view (size, stride, offset) of a stored buffer, so a 4-byte storage can be
+    "expanded" to a GB with stride 0, or views can overlap; anything that later copies such a tensor
+    (a transpose, a load into a model built from its shape) allocates the claim. Tensors that are the
+    same view under several names (tied weights) count once.
+    """
+    views, storages = {}, {}
+    for name, t in sd.items():
+        storage = t.untyped_storage()
+        key = (storage.data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        views.setdefault(key, (name, t.numel() * t.element_size()))
+        storages[storage.data_ptr()] = storage.nbytes()
+    claimed, stored = sum(n for _, n in views.values()), sum(storages.values())
+    if claimed > stored:
+        name, nbytes = max(views.values(), key=lambda v: v[1])
+        raise CheckpointError(f"{source}: its tensors claim {claimed:,} bytes, more than the file stores ({stored:,}): "
+                              f"broadcast (stride-0) or overlapping views, e.g. {name!r} ({nbytes:,} bytes); "
+                              "re-save them with .contiguous().clone()")
+
+
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a TorchScript archive (as OpenAI's released ``.pt`` files are)."""
+    if not Path(path).is_file() or not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return _torchscript_prefix(zf) is not None
+    except zipfile.BadZipFile:
+        return False
+
+
 # ------------------------------------------------------------------------------------------
 # TorchScript archives
 _STORAGE_DTYPES = {
@@ -158,6 +206,7 @@ def read_torchscript_archive(path: str | os.PathLike) -> dict[str, torch.Tensor]
             prefix = _torchscript_prefix(zf)
             if prefix is None:
                 raise CheckpointError(f"{path} is not a TorchScript archive (no constants.pkl)")
+            check_zip_inflation(zf, path)
             names = set(zf.namelist())
             if f"{prefix}/byteorder" in names and zf.read(f"{prefix}/byteorder").strip() not in (b"little", b""):
                 raise CheckpointError(f"{path}: big-endian TorchScript archives are not supported")
@@ -177,6 +226,7 @@ def read_torchscript_archive(path: str | os.PathLike) -> dict[str, torch.Tensor]
     _flatten_script_module(root, "", out)
     if not out:
         raise CheckpointError(f"{path}: the TorchScript archive holds no tensors")
+    check_backed_by_file(out, str(path))
     return out
 
 
@@ -205,14 +255,43 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _shard_roots(folder: Path) -> list[Path]:
+    """Where an index's shards may really live: its folder, and for a huggingface_hub cache snapshot
+    (``snapshots/<rev>/<file>`` linking to ``../../blobs/<hash>``) that repo's blobs folder."""
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots":
+        roots.append((folder.parent.parent / "blobs").resolve())
+    return roots
+
+
+def _shard_path(index_path: Path, shard: Any, roots: list[Path]) -> Path:
+    # An index is untrusted: it must not make us read tensors from any other file on the machine.
+    if not isinstance(shard, str) or not shard:
+        raise CheckpointError(f"{index_path}: weight_map values must be shard file names, got {shard!r}")
+    if os.path.isabs(shard) or "\\" in shard or ".." in shard.split("/") or shard.endswith(".index.json"):
+        raise CheckpointError(f"{index_path}: weight_map names {shard!r}, outside its folder or not a shard; "
+                              "shards must be plain file names next to the index")
+    path = index_path.parent / shard
+    real = path.resolve()
+    if not any(real == r or r in real.parents for r in roots):
+        raise CheckpointError(f"{index_path}: shard {shard!r} links to {real}, outside its folder; copy the shard "
+                              "into the folder instead")
+    return path
+
+
 def _load_sharded(index_path: Path) -> dict[str, torch.Tensor]:
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
     except Exception as e:
-        raise CheckpointError(f"cannot read shard index {index_path}: {e}") from e
+        raise CheckpointError(f"cannot read shard index {index_path}: {type(e).__name__}: {e}") from e
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path}: weight_map is a {type(weight_map).__name__}, expected a non-empty mapping "
+                              "of tensor names to shard files")
+    roots = _shard_roots(index_path.parent)
+    shards = {_shard_path(index_path, shard, roots) for shard in weight_map.values()}
     out: dict[str, torch.Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        out.update(load_state_dict_file(index_path.parent / shard))
+    for shard in sorted(shards):
+        out.update(load_state_dict_file(shard))
     missing = sorted(set(weight_map) - set(out))
     if missing:
         raise CheckpointError(f"{index_path}: {len(missing)} tensor(s) listed in the index are in no shard: {missing[:5]}")
@@ -240,21 +319,23 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if not sd:
             raise CheckpointError(f"{path}: the safetensors file holds no tensors")
         return unwrap_state_dict(sd, str(path))
+    if is_torchscript_archive(path):
+        return read_torchscript_archive(path)
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as zf:
-                is_script = _torchscript_prefix(zf) is not None
+                check_zip_inflation(zf, path)
         except zipfile.BadZipFile:
-            is_script = False
-        if is_script:
-            return read_torchscript_archive(path)
+            pass   # torch.load reports it below
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"cannot read checkpoint {path} (truncated, corrupt, or not a weights-only file; "
                               f"arbitrary pickles are never loaded): {type(e).__name__}: {first}") from e
-    return unwrap_state_dict(obj, str(path))
+    sd = unwrap_state_dict(obj, str(path))
+    check_backed_by_file(sd, str(path))
+    return sd
 
 
 # ------------------------------------------------------------------------------------------

@@ -87,9 +87,14 @@ def read_native_dir(directory: Path) -> tuple[Any, dict[str, torch.Tensor]]:
     path = directory / CONFIG_FILE
     try:
         meta = json.loads(path.read_text())
-        cfg = config_from_dict({**meta["config"], "family": meta.get("family", "clip")})
-    except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
+    except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read mmfm config {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{path}: \"config\" is a {type(meta.get('config')).__name__}, expected a mapping of settings")
+    try:
+        cfg = config_from_dict({**meta["config"], "family": meta.get("family", "clip")})
+    except (ConfigError, TypeError) as e:   # TypeError: a family's from_dict meeting a wrongly typed value
+        raise CheckpointError(f"invalid mmfm config {path}: {e}") from e
     return cfg, load_state_dict_file(directory / WEIGHTS_FILE)
 
 

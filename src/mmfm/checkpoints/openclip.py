@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..models.config import CLIPConfig, TextConfig, VisionConfig
+from ..models.config import CLIPConfig, ConfigError, TextConfig, VisionConfig
 from .validate import CheckpointError
 
 # Tensors in open_clip/OpenAI checkpoints that are not weights: the causal mask buffer and the
@@ -144,16 +144,26 @@ def _unsupported(d: dict, used: set[str], neutral: dict, ignored: set[str], wher
     return bad
 
 
-def _square(x: Any, what: str) -> int:
+def _square(x: Any, what: str, source: str) -> Any:
     if isinstance(x, (list, tuple)):
         if len(set(x)) != 1:
-            raise CheckpointError(f"open_clip config: non-square {what} {x} is not supported")
-        return int(x[0])
-    return int(x)
+            raise CheckpointError(f"{source}: non-square {what} {x} is not supported")
+        return x[0]
+    return x   # its type and range are checked by VisionConfig
+
+
+def _real(x: Any) -> Any:
+    """A float for a JSON number; anything else unchanged, for the config's own check to name."""
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x
 
 
 def config_from_openclip(model_cfg: Mapping[str, Any], source: str = "open_clip config") -> CLIPConfig:
     """Our CLIPConfig for an open_clip ``model_cfg``; options we cannot represent are a CheckpointError."""
+    if not isinstance(model_cfg, Mapping):
+        raise CheckpointError(f"{source}: model_cfg is a {type(model_cfg).__name__}, expected a mapping of settings")
+    for key in ("vision_cfg", "text_cfg"):
+        if not isinstance(model_cfg.get(key, {}), Mapping):
+            raise CheckpointError(f"{source}: model_cfg.{key} is a {type(model_cfg[key]).__name__}, expected a mapping")
     vc, tc = dict(model_cfg.get("vision_cfg", {})), dict(model_cfg.get("text_cfg", {}))
     bad = [f"{k}={model_cfg[k]!r}" for k in model_cfg if k not in _TOP_LEVEL]
     bad += _unsupported(vc, {"layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size"},
@@ -166,22 +176,26 @@ def config_from_openclip(model_cfg: Mapping[str, Any], source: str = "open_clip 
         raise CheckpointError(f"{source}: open_clip options mmfm's CLIP cannot represent: {', '.join(bad)}")
     layers = vc.get("layers", 12)
     resnet = isinstance(layers, (list, tuple))
-    vision = VisionConfig(kind="modified_resnet" if resnet else "vit", image_size=_square(vc.get("image_size", 224), "image_size"),
-                          width=vc.get("width", 768), layers=tuple(layers) if resnet else int(layers),
-                          patch_size=32 if resnet else _square(vc.get("patch_size", 16), "patch_size"),
-                          head_width=vc.get("head_width", 64), mlp_ratio=float(vc.get("mlp_ratio", 4.0)))
     pool = "eot" if tc.get("pool_type", "argmax") == "eos" else "argmax"
-    text = TextConfig(context_length=tc.get("context_length", 77), vocab_size=tc.get("vocab_size", 49408),
-                      width=tc.get("width", 512), heads=tc.get("heads", 8), layers=tc.get("layers", 12),
-                      mlp_ratio=float(tc.get("mlp_ratio", 4.0)), pool=pool,
-                      eot_token_id=tc.get("eos_id", 2) if pool == "eot" else TextConfig.eot_token_id)
     kw: dict[str, Any] = {}
     if model_cfg.get("init_logit_scale") is not None:
-        kw["init_logit_scale"] = float(model_cfg["init_logit_scale"])
+        kw["init_logit_scale"] = _real(model_cfg["init_logit_scale"])
     if model_cfg.get("init_logit_bias") is not None:
-        kw["init_logit_bias"] = float(model_cfg["init_logit_bias"])
-    return CLIPConfig(embed_dim=model_cfg.get("embed_dim", 512), vision=vision, text=text,
-                      quick_gelu=bool(model_cfg.get("quick_gelu", False)), **kw)
+        kw["init_logit_bias"] = _real(model_cfg["init_logit_bias"])
+    try:   # the dataclasses check every value (type and range) and name the field
+        vision = VisionConfig(kind="modified_resnet" if resnet else "vit",
+                              image_size=_square(vc.get("image_size", 224), "image_size", source),
+                              width=vc.get("width", 768), layers=tuple(layers) if resnet else layers,
+                              patch_size=32 if resnet else _square(vc.get("patch_size", 16), "patch_size", source),
+                              head_width=vc.get("head_width", 64), mlp_ratio=_real(vc.get("mlp_ratio", 4.0)))
+        text = TextConfig(context_length=tc.get("context_length", 77), vocab_size=tc.get("vocab_size", 49408),
+                          width=tc.get("width", 512), heads=tc.get("heads", 8), layers=tc.get("layers", 12),
+                          mlp_ratio=_real(tc.get("mlp_ratio", 4.0)), pool=pool,
+                          eot_token_id=tc.get("eos_id", 2) if pool == "eot" else TextConfig.eot_token_id)
+        return CLIPConfig(embed_dim=model_cfg.get("embed_dim", 512), vision=vision, text=text,
+                          quick_gelu=bool(model_cfg.get("quick_gelu", False)), **kw)
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: {e} (open_clip's vision_cfg/text_cfg)") from e
 
 
 # ------------------------------------------------------------------------------------------

@@ -79,6 +79,32 @@ def check_shapes(expected: Mapping[str, torch.Size | tuple[int, ...]], state_dic
                               + "\n".join(problems))
 
 
+def _claimed_blocks(d: Any) -> int:
+    """How many blocks a config's ``layers`` settings ask for, in all towers (``layers``: a depth or stage depths)."""
+    if isinstance(d, dict):
+        return sum(_claimed_blocks(v) if k != "layers" else _depth(v) for k, v in d.items())
+    return 0
+
+
+def _depth(v: Any) -> int:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    return sum(x for x in v if isinstance(x, int) and not isinstance(x, bool)) if isinstance(v, (list, tuple)) else 0
+
+
+def check_claimed_depth(cfg: Any, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise ``CheckpointError`` if the config asks for more blocks than the checkpoint has tensors.
+
+    Every block holds at least one weight, so a strictly loaded checkpoint has at least as many tensors
+    as blocks. Checked before ``expected_shapes``: even on the meta device, each block costs tens of KB
+    of Python objects, so a config claiming 10**9 layers must not reach the builder.
+    """
+    blocks = _claimed_blocks(cfg.to_dict()) if hasattr(cfg, "to_dict") else 0
+    if blocks > len(state_dict):
+        raise CheckpointError(f"checkpoint {source}: its config asks for {blocks:,} layers in all, but the file holds only "
+                              f"{len(state_dict):,} tensors; the config does not belong to these weights")
+
+
 def expected_shapes(cfg: Any) -> dict[str, torch.Size]:
     """The state-dict shapes of the model a config describes, without allocating any weights."""
     from ..models.factory import build_model

@@ -25,6 +25,24 @@ def _from_dict(cls, d: dict[str, Any], where: str):
     return cls(**d)
 
 
+def _check_int(obj: Any, where: str, *names: str, minimum: int = 1) -> None:
+    # Configs come from untrusted files too: a string, float or zero size must be this error, not a
+    # ZeroDivisionError or TypeError deep inside a layer (bool is an int in Python, but never a size).
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{where}.{name}: {value!r} is not an integer >= {minimum}")
+
+
+def _check_number(obj: Any, where: str, name: str, positive: bool = False, optional: bool = False) -> None:
+    value = getattr(obj, name)
+    if optional and value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (positive and value <= 0):
+        raise ConfigError(f"{where}.{name}: {value!r} is not a {'positive ' if positive else ''}finite number")
+
+
 @dataclass
 class VisionConfig:
     """Image tower. ``kind='vit'`` is a Vision Transformer, ``'modified_resnet'`` OpenAI's ResNet."""
@@ -42,13 +60,24 @@ class VisionConfig:
             raise ConfigError(f"vision.kind: {self.kind!r} is not one of ['vit', 'modified_resnet']")
         if isinstance(self.layers, list):
             self.layers = tuple(self.layers)
-        if self.kind == "modified_resnet":
-            if isinstance(self.layers, int) or len(self.layers) != 4:
-                raise ConfigError(f"vision.layers: a ModifiedResNet needs 4 stage depths, got {self.layers!r}")
-        elif not isinstance(self.layers, int):
-            raise ConfigError(f"vision.layers: a ViT needs an int depth, got {self.layers!r}")
-        if self.kind == "vit" and self.image_size % self.patch_size:
-            raise ConfigError(f"vision: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        _check_int(self, "vision", "image_size", "width", "patch_size", "head_width")
+        _check_number(self, "vision", "mlp_ratio", positive=True)
+        resnet = self.kind == "modified_resnet"
+        if resnet:
+            if not isinstance(self.layers, tuple) or len(self.layers) != 4 or \
+                    any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.layers):
+                raise ConfigError(f"vision.layers: a ModifiedResNet needs 4 stage depths (integers >= 1), got {self.layers!r}")
+            if self.image_size % 32:
+                raise ConfigError(f"vision.image_size: {self.image_size} is not a multiple of 32 (a ModifiedResNet "
+                                  "downsamples 32x)")
+            if self.width % 2:
+                raise ConfigError(f"vision.width: {self.width} is odd (a ModifiedResNet's stem is width // 2 wide)")
+        else:
+            _check_int(self, "vision", "layers")
+            if self.image_size % self.patch_size:
+                raise ConfigError(f"vision: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.feature_dim % self.head_width:
+            raise ConfigError(f"vision: attention width {self.feature_dim} is not a multiple of head_width {self.head_width}")
 
     @property
     def heads(self) -> int:
@@ -76,6 +105,9 @@ class TextConfig:
     def __post_init__(self):
         if self.pool not in ("argmax", "eot"):
             raise ConfigError(f"text.pool: {self.pool!r} is not one of ['argmax', 'eot']")
+        _check_int(self, "text", "context_length", "vocab_size", "width", "heads", "layers")
+        _check_int(self, "text", "eot_token_id", minimum=0)
+        _check_number(self, "text", "mlp_ratio", positive=True)
         if self.width % self.heads:
             raise ConfigError(f"text: width {self.width} is not divisible by heads {self.heads}")
 
@@ -90,15 +122,24 @@ class CLIPConfig:
     init_logit_bias: float | None = None    # set (e.g. -10) for SigLIP-style training
     family: Literal["clip"] = "clip"
 
+    def __post_init__(self):
+        _check_int(self, "model", "embed_dim")
+        if not isinstance(self.quick_gelu, bool):
+            raise ConfigError(f"model.quick_gelu: {self.quick_gelu!r} is not true or false")
+        _check_number(self, "model", "init_logit_scale")
+        _check_number(self, "model", "init_logit_bias", optional=True)
+        if not isinstance(self.vision, VisionConfig) or not isinstance(self.text, TextConfig):
+            raise ConfigError("model: vision and text must be a VisionConfig and a TextConfig")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CLIPConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"model: expected a mapping, got {type(d).__name__}")
         d = dict(d)
         d.pop("family", None)
         vision = _from_dict(VisionConfig, d.pop("vision", {}), "vision")
         text = _from_dict(TextConfig, d.pop("text", {}), "text")
-        cfg = _from_dict(cls, d, "model")
-        cfg.vision, cfg.text = vision, text
-        return cfg
+        return _from_dict(cls, {**d, "vision": vision, "text": text}, "model")

@@ -33,8 +33,9 @@ def create_model(name: str | Any | None = None, pretrained: str | None = None, d
                  precision: str = "fp32", cache_dir: str | None = None, strict: bool = True) -> nn.Module:
     """Build a model.
 
-    name: a registered config name (``mmfm.list_models()``), a config object, or None to infer the
-        architecture from ``pretrained``.
+    name: a registered config name (``mmfm.list_models()``), a config object, or None to take the
+        architecture from ``pretrained`` (its config, or its shapes when the format fixes the activation:
+        a plain state dict needs a name, e.g. ``ViT-B-32`` for GELU or ``ViT-B-32-quickgelu`` for OpenAI's).
     pretrained: a local checkpoint (our directory, an open_clip/OpenAI ``.pt``/``.bin``/``.safetensors``,
         an OpenAI TorchScript archive, an HF ``CLIPModel`` directory) or an identifier such as
         ``openai``, ``laion2b_s34b_b79k`` (with a name) or ``hf-hub:openai/clip-vit-base-patch32``,
@@ -46,11 +47,20 @@ def create_model(name: str | Any | None = None, pretrained: str | None = None, d
     cfg = get_model_config(name) if isinstance(name, str) else name
     if pretrained is not None:
         from ..checkpoints import load_pretrained
+        from ..checkpoints.validate import (check_claimed_depth, check_shapes, check_state_dict, expected_shapes,
+                                            load_state_dict_strict)
         cfg, state_dict = load_pretrained(pretrained, model_name=name if isinstance(name, str) else None,
                                           config=cfg, cache_dir=cache_dir)
+        # The config may come from an untrusted file: build it on the meta device and check it against the
+        # weights first, so a small folder claiming a huge model is refused before anything real is allocated.
+        source = str(pretrained)
+        if strict:
+            check_claimed_depth(cfg, state_dict, source)
+            check_state_dict(expected_shapes(cfg), state_dict, source)
+        else:   # missing/unexpected keys are logged once, by load_state_dict_strict below
+            check_shapes(expected_shapes(cfg), state_dict, source)
         model = build_model(cfg)
-        from ..checkpoints.validate import load_state_dict_strict
-        load_state_dict_strict(model, state_dict, source=str(pretrained), strict=strict)
+        load_state_dict_strict(model, state_dict, source=source, strict=strict)
     else:
         if cfg is None:
             raise ValueError("create_model needs a model name/config, a pretrained checkpoint, or both")

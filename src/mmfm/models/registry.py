@@ -116,9 +116,14 @@ _BUILTIN: dict[str, tuple[Callable[[], CLIPConfig], str]] = {
                                    dict(context_length=16, width=32, heads=4, layers=2)), "tiny ModifiedResNet for unit tests"),
 }
 
+# Architectures whose shapes alone rebuild them (OpenAI's rules: 64-wide heads, argmax pooling) also get a
+# QuickGELU twin: a bare state dict of one of them is refused without a name, and the refusal names both
+# ("ViT-B-32" for GELU weights, "ViT-B-32-quickgelu" for OpenAI's); tests/checkpoints keep the list complete.
+_QUICKGELU_TWINS = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50", "RN101", "RN-cifar10")
+
 for _name, (_make, _desc) in _BUILTIN.items():
     register_model(_name, _make(), _desc)
-    if _name in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50", "RN101"):
+    if _name in _QUICKGELU_TWINS:
         _cfg = _make()
         _cfg.quick_gelu = True   # what OpenAI's released weights need
-        register_model(f"{_name}-quickgelu", _cfg, _desc + ", QuickGELU (OpenAI weights)")
+        register_model(f"{_name}-quickgelu", _cfg, _desc + ", QuickGELU (OpenAI's activation)")
