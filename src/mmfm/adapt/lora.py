@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..util.weights import bump, meta_copy
+
 ADAPTER_CONFIG = "adapter_config.json"      # PEFT's file names: PeftModel.from_pretrained reads these
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."            # how PeftModel names adapter weights in its files
@@ -165,6 +167,7 @@ def apply_lora(model: nn.Module, preset: str | None = None, *, r: int | None = N
     if hasattr(model, "logit_scale") and isinstance(model.logit_scale, nn.Parameter):
         model.logit_scale.requires_grad_(train_logit_scale)
     model._mmfm_lora = {"preset": preset, "train_logit_scale": train_logit_scale, "frozen_before": frozen}
+    bump()   # new layers compute something else: every weights-derived cache re-checks
     return model
 
 
@@ -189,17 +192,23 @@ def merge_lora(model: nn.Module, safe: bool = True) -> nn.Module:
     layers = _lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA layers to merge")
-    for _, layer in layers:
-        if not layer.merged:
-            layer.merge(safe_merge=safe)
+    try:
+        for _, layer in layers:
+            if not layer.merged:
+                layer.merge(safe_merge=safe)
+    finally:
+        bump()   # PEFT writes through ``.data``: no tensor version changes, so say it here
     return model
 
 
 def unmerge_lora(model: nn.Module) -> nn.Module:
     """Subtract merged adapters from the base weights again (in place), re-activating them."""
-    for _, layer in _lora_layers(model):
-        while layer.merged:
-            layer.unmerge()
+    try:
+        for _, layer in _lora_layers(model):
+            while layer.merged:
+                layer.unmerge()
+    finally:
+        bump()   # PEFT writes through ``.data``: no tensor version changes, so say it here
     return model
 
 
@@ -214,14 +223,17 @@ def unload_lora(model: nn.Module, merge: bool = True) -> nn.Module:
     layers = _lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA layers to unload")
-    for name, layer in layers:
-        if merge and not layer.merged:
-            layer.merge(safe_merge=True)
-        elif not merge:
-            while layer.merged:
-                layer.unmerge()
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, layer.get_base_layer())
+    try:
+        for name, layer in layers:
+            if merge and not layer.merged:
+                layer.merge(safe_merge=True)
+            elif not merge:
+                while layer.merged:
+                    layer.unmerge()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, layer.get_base_layer())
+    finally:
+        bump()   # PEFT writes through ``.data``: no tensor version changes, so say it here
     info = model.__dict__.pop("_mmfm_lora", {})
     model.__dict__.pop("peft_config", None)
     frozen = set(info.get("frozen_before", []))
@@ -331,16 +343,6 @@ def _check_base_config(model: nn.Module, metadata: Mapping[str, str], source: st
     warnings.warn(msg, stacklevel=3)
 
 
-def _meta_copy(model: nn.Module) -> nn.Module:
-    """A structural copy of ``model`` whose tensors all live on the meta device (no memory is copied):
-    deepcopy is handed the meta replacements of every parameter and buffer through its memo."""
-    memo: dict[int, Any] = {}
-    for t in [*model.parameters(), *model.buffers()]:
-        meta = torch.empty_like(t, device="meta")
-        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
-    return copy.deepcopy(model, memo)
-
-
 def _listing(kind: str, keys: list[str], show: int = 5) -> str:
     more = f", ... and {len(keys) - show} more" if len(keys) > show else ""
     return f"  {len(keys)} {kind}: {', '.join(keys[:show])}{more}"
@@ -353,7 +355,7 @@ def _expected_adapter_shapes(model: nn.Module, config: Any, adapter_name: str) -
     check leaves ``model`` untouched.
     """
     from peft import get_peft_model_state_dict, inject_adapter_in_model
-    probe = _meta_copy(model)
+    probe = meta_copy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         inject_adapter_in_model(copy.deepcopy(config), probe, adapter_name=adapter_name)
@@ -400,6 +402,7 @@ def load_lora(model: nn.Module, directory: str | Path, adapter_name: str = DEFAU
         with torch.no_grad():
             model.logit_scale.fill_(float(metadata["mmfm_logit_scale"]))
     model._mmfm_lora = {"preset": metadata.get("mmfm_lora_preset"), "train_logit_scale": False, "frozen_before": frozen}
+    bump()
     return model
 
 
