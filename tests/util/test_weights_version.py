@@ -102,3 +102,31 @@ def test_meta_copy_leaves_the_model_untouched():
     assert after.keys() == before.keys()
     for k, (v, device, grad) in before.items():
         assert torch.equal(after[k], v) and after[k].device == device and after[k].requires_grad == grad, k
+
+
+_FINGERPRINT_SCRIPT = """
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from mmfm.eval import model_fingerprint
+from mmfm.models import create_model
+torch.manual_seed(0)
+model = create_model("ViT-tiny-test")
+# A list of targets, as PEFT-format adapters carry it: PEFT turns it into a set (order varies by hash seed).
+inject_adapter_in_model(LoraConfig(r=2, target_modules=["q_proj", "v_proj", "k_proj", "out_proj"]), model)
+print(model_fingerprint(model))
+"""
+
+
+def test_fingerprints_agree_across_processes():
+    """A disk cache is only shared across runs if a fresh process computes the same fingerprint."""
+    import os
+    import subprocess
+    import sys
+    out = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+        proc = subprocess.run([sys.executable, "-c", _FINGERPRINT_SCRIPT], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out.append(proc.stdout.split()[-1])
+    assert out[0] == out[1]

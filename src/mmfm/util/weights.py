@@ -133,7 +133,12 @@ def architecture_key(model: nn.Module) -> str:
         parts.append({k: (v.to_dict() if hasattr(v, "to_dict") else repr(v)) for k, v in sorted(peft.items())})
     for name, m in model.named_modules():
         parts.append([name, f"{type(m).__module__}.{type(m).__qualname__}", m.extra_repr(), _tuner_state(m)])
-    return json.dumps(parts, sort_keys=True, default=str)
+    return json.dumps(parts, sort_keys=True, default=_stable)
+
+
+def _stable(o: Any) -> Any:
+    """JSON for what json cannot write, the same in every process (a set's order depends on the hash seed)."""
+    return sorted(map(str, o)) if isinstance(o, (set, frozenset)) else str(o)
 
 
 # ---------------------------------------------------------------------------------------------
