@@ -84,3 +84,17 @@ def test_the_fingerprint_follows_writes_through_data_and_dtype_changes():
     assert model_fingerprint(model) == _fresh_fingerprint(model) != fp
     half = model.to(torch.bfloat16)
     assert model_fingerprint(half) == _fresh_fingerprint(half) != fp
+
+
+def test_the_fingerprint_memo_does_not_keep_replaced_weights_alive():
+    """After ``model.cpu()`` (or any ``.data`` swap) the old weights must be freed, not held by the memo."""
+    import gc
+    import weakref
+    torch.manual_seed(0)
+    model = create_model("ViT-tiny-test")
+    fp = model_fingerprint(model)
+    old = weakref.ref(model.visual.proj.untyped_storage())
+    model.visual.proj.data = torch.randn_like(model.visual.proj)   # what Module._apply does on .to(device)
+    gc.collect()
+    assert old() is None
+    assert model_fingerprint(model) == _fresh_fingerprint(model) != fp

@@ -58,7 +58,9 @@ def model_fingerprint(model: nn.Module) -> str:
     hit = _FP_MEMO.get(model)
     if hit is not None and hit[0] == arch and hit[1] == names and hit[2].matches(tensors):
         return hit[3]
-    stamp = Stamp(tensors)   # taken before hashing: a write during the hash invalidates it
+    # Taken before hashing (a write during the hash invalidates it); not holding the storages: the memo must
+    # not keep weights alive (model.cpu() would leave the old GPU copy allocated).
+    stamp = Stamp(tensors, hold=False)
     h = hashlib.blake2b(digest_size=16)
     h.update(arch.encode())
     for name, t in named:

@@ -11,9 +11,9 @@ a freed tensor's address. So a derived value is stamped (:class:`Stamp`) with
   any optimizer, fused or foreach), by ``load_state_dict`` of mmfm models (a post-hook,
   :func:`track_loads`) and by mmfm's own mutators (LoRA inject/load/merge/unmerge/unload, WiSE-FT):
   they call :func:`bump`;
-* per source tensor: its storage (held, so the address cannot be reused), address, ``_version``,
-  dtype, device, shape and, on CPU, a strided sample of ~64 values (~2 us: catches writes that
-  nothing above sees);
+* per source tensor: the tensor object itself (weakly), its address, ``_version``, dtype, device,
+  shape and, on CPU, a strided sample of ~64 values (~2 us: catches writes that nothing above sees);
+  caches that hold derived tensors also hold the sources' storages, so an address cannot be reused;
 
 and the cache is used only while the stamp still matches. That check is cheap enough for the
 inference hot path (``PackedCache`` runs it per projection per forward).
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
+import weakref
 from typing import Any, Iterable
 
 import torch
@@ -76,30 +77,37 @@ def _sample(t: torch.Tensor) -> torch.Tensor:
 
 
 class _Source:
-    """What one source tensor looked like. Holding the storage keeps its address from being reused."""
+    """What one source tensor looked like: the tensor object (weakly), its address, version, dtype, device,
+    shape and a value sample. With ``hold`` the storage is kept too, so its address cannot be reused."""
 
-    __slots__ = ("storage", "ptr", "version", "dtype", "device", "shape", "sample")
+    __slots__ = ("ref", "storage", "ptr", "version", "dtype", "device", "shape", "sample")
 
-    def __init__(self, t: torch.Tensor):
-        self.storage, self.ptr, self.version = t.untyped_storage(), t.data_ptr(), t._version
+    def __init__(self, t: torch.Tensor, hold: bool):
+        self.ref, self.storage = weakref.ref(t), (t.untyped_storage() if hold else None)
+        self.ptr, self.version = t.data_ptr(), t._version
         self.dtype, self.device, self.shape = t.dtype, t.device, t.shape
         # Off the CPU a value check would synchronise with the host: there the counter has to do.
         self.sample = _sample(t).clone() if t.device.type == "cpu" else None
 
     def matches(self, t: torch.Tensor) -> bool:
-        return (t.data_ptr() == self.ptr and t._version == self.version and t.dtype == self.dtype
+        return (self.ref() is t and t.data_ptr() == self.ptr and t._version == self.version and t.dtype == self.dtype
                 and t.device == self.device and t.shape == self.shape
                 and (self.sample is None or torch.equal(_sample(t), self.sample)))
 
 
 class Stamp:
-    """The weights version and the state of the source tensors when a derived value was computed."""
+    """The weights version and the state of the source tensors when a derived value was computed.
+
+    hold: keep the sources' storages alive (their addresses cannot be reused while the stamp lives). Right
+    for a cache that holds derived tensors anyway (packed weights); a memo of a whole model's hash uses
+    ``hold=False``, or after ``model.cpu()`` it would keep the old GPU weights allocated.
+    """
 
     __slots__ = ("version", "sources")
 
-    def __init__(self, tensors: Iterable[torch.Tensor]):
+    def __init__(self, tensors: Iterable[torch.Tensor], hold: bool = True):
         self.version = _VERSION[0]
-        self.sources = [_Source(t) for t in tensors]
+        self.sources = [_Source(t, hold) for t in tensors]
 
     def matches(self, tensors: Iterable[torch.Tensor]) -> bool:
         """Whether values derived then are still valid for ``tensors`` now."""
