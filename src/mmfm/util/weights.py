@@ -20,9 +20,13 @@ inference hot path (``PackedCache`` runs it per projection per forward).
 
 What the stamp does not cover is the architecture: two models with equal weights but different
 configs (GELU vs QuickGELU, a LoRA scale) compute different features. :func:`architecture_key` is the
-part of every cache key that names it (the model's config, PEFT's adapter configs and each module's
-type and ``extra_repr``). Disk caches key on a content hash (weights + architecture), never on the
-stamp, so reloaded weights hit them.
+part of every evaluation cache key that names it (the model's config, PEFT's adapter configs and each
+module's type and ``extra_repr``); packed weights need no such key, they depend on their sources only.
+Disk caches key on a content hash (weights + architecture), never on the stamp, so reloaded weights
+hit them.
+
+Also here, :func:`meta_copy`: what reports on a model (FLOPs, counts with adapters) works on a
+structural copy, so nothing that reports on a model changes it.
 """
 from __future__ import annotations
 
