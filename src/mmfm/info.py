@@ -7,10 +7,12 @@ import torch
 
 from .measure import count_parameters, weight_memory
 from .report import human_bytes, human_count, markdown_table
+from .util.weights import meta_copy
 
 
 def flops_per_image(model) -> int | None:
-    """Forward FLOPs of the image tower for one image, counted on the meta device (no memory, no weights)."""
+    """Forward FLOPs of the image tower for one image, counted on a meta-device copy of it (no memory, no
+    weights; the given model is not touched)."""
     try:
         from torch.utils.flop_counter import FlopCounterMode
         visual = getattr(model, "visual", None)
@@ -19,16 +21,22 @@ def flops_per_image(model) -> int | None:
             return None
         x = torch.empty(1, 3, size, size, device="meta")
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            visual.to("meta")(x)
+            meta_copy(visual)(x)
         return int(counter.get_total_flops())
     except Exception:
         return None
 
 
 def model_info(name: str | None = None, pretrained: str | None = None, model=None, lora: str | None = None) -> dict[str, Any]:
-    """Parameter table (total/trainable/frozen per tower), weight memory per precision, FLOPs per image."""
+    """Parameter table (total/trainable/frozen per tower), weight memory per precision, FLOPs per image.
+
+    A given ``model`` is left exactly as it was (``lora`` is applied to a meta-device copy of it).
+    """
     from .models import build_model, create_model, get_model_config
-    if model is None:
+    if model is not None:
+        # The caller's model is reported on, never changed: adapters go onto a structural copy (meta device).
+        model = meta_copy(model) if lora else model
+    else:
         if pretrained is None:
             # Build on the meta device: ViT-L-14 or an 800M Frozen config costs no memory or time.
             with torch.device("meta"):

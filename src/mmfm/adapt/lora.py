@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 import time
 import warnings
@@ -29,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..util.weights import bump, meta_copy
 
 ADAPTER_CONFIG = "adapter_config.json"      # PEFT's file names: PeftModel.from_pretrained reads these
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -165,6 +168,7 @@ def apply_lora(model: nn.Module, preset: str | None = None, *, r: int | None = N
     if hasattr(model, "logit_scale") and isinstance(model.logit_scale, nn.Parameter):
         model.logit_scale.requires_grad_(train_logit_scale)
     model._mmfm_lora = {"preset": preset, "train_logit_scale": train_logit_scale, "frozen_before": frozen}
+    bump()   # new layers compute something else: every weights-derived cache re-checks
     return model
 
 
@@ -189,17 +193,23 @@ def merge_lora(model: nn.Module, safe: bool = True) -> nn.Module:
     layers = _lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA layers to merge")
-    for _, layer in layers:
-        if not layer.merged:
-            layer.merge(safe_merge=safe)
+    try:
+        for _, layer in layers:
+            if not layer.merged:
+                layer.merge(safe_merge=safe)
+    finally:
+        bump()   # PEFT writes through ``.data``: no tensor version changes, so say it here
     return model
 
 
 def unmerge_lora(model: nn.Module) -> nn.Module:
     """Subtract merged adapters from the base weights again (in place), re-activating them."""
-    for _, layer in _lora_layers(model):
-        while layer.merged:
-            layer.unmerge()
+    try:
+        for _, layer in _lora_layers(model):
+            while layer.merged:
+                layer.unmerge()
+    finally:
+        bump()   # PEFT writes through ``.data``: no tensor version changes, so say it here
     return model
 
 
@@ -214,14 +224,17 @@ def unload_lora(model: nn.Module, merge: bool = True) -> nn.Module:
     layers = _lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA layers to unload")
-    for name, layer in layers:
-        if merge and not layer.merged:
-            layer.merge(safe_merge=True)
-        elif not merge:
-            while layer.merged:
-                layer.unmerge()
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, layer.get_base_layer())
+    try:
+        for name, layer in layers:
+            if merge and not layer.merged:
+                layer.merge(safe_merge=True)
+            elif not merge:
+                while layer.merged:
+                    layer.unmerge()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, layer.get_base_layer())
+    finally:
+        bump()   # PEFT writes through ``.data``: no tensor version changes, so say it here
     info = model.__dict__.pop("_mmfm_lora", {})
     model.__dict__.pop("peft_config", None)
     frozen = set(info.get("frozen_before", []))
@@ -306,6 +319,39 @@ def _read_adapter(directory: Path) -> tuple[Any, dict[str, torch.Tensor], dict[s
     return config, state, metadata
 
 
+def _check_adapter_contents(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str], source: str) -> float | None:
+    """Validate what the adapter file holds besides shapes; return its logit scale (None if it has none).
+
+    Runs before anything touches the model, so a bad file raises here and the model stays as it was.
+    """
+    from ..checkpoints import CheckpointError
+    for k, t in state.items():
+        if not t.is_floating_point():
+            raise CheckpointError(f"LoRA adapter {source}: tensor {k} has dtype {t.dtype}, not a floating-point type; "
+                                  f"the file is corrupt or not a LoRA adapter, re-save it with save_lora")
+        if not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"LoRA adapter {source}: tensor {k} holds NaN or inf values; the adapter diverged "
+                                  f"in training: re-train it or use an earlier checkpoint")
+    if "mmfm_base_config" in metadata:
+        try:
+            if not isinstance(json.loads(metadata["mmfm_base_config"]), dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            raise CheckpointError(f"LoRA adapter {source}: its recorded base config (metadata mmfm_base_config) is "
+                                  f"not a JSON object ({e}); re-save the adapter with save_lora") from None
+    if "mmfm_logit_scale" not in metadata:
+        return None
+    raw = metadata["mmfm_logit_scale"]
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = None
+    if scale is None or not math.isfinite(scale):
+        raise CheckpointError(f"LoRA adapter {source}: its logit scale (metadata mmfm_logit_scale) is {raw!r}, not a "
+                              f"finite number; fix or remove that metadata entry, or re-save the adapter with save_lora")
+    return scale
+
+
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
         return {k2: v2 for k, v in d.items() for k2, v2 in _flat(v, f"{prefix}{k}.").items()}
@@ -331,16 +377,6 @@ def _check_base_config(model: nn.Module, metadata: Mapping[str, str], source: st
     warnings.warn(msg, stacklevel=3)
 
 
-def _meta_copy(model: nn.Module) -> nn.Module:
-    """A structural copy of ``model`` whose tensors all live on the meta device (no memory is copied):
-    deepcopy is handed the meta replacements of every parameter and buffer through its memo."""
-    memo: dict[int, Any] = {}
-    for t in [*model.parameters(), *model.buffers()]:
-        meta = torch.empty_like(t, device="meta")
-        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
-    return copy.deepcopy(model, memo)
-
-
 def _listing(kind: str, keys: list[str], show: int = 5) -> str:
     more = f", ... and {len(keys) - show} more" if len(keys) > show else ""
     return f"  {len(keys)} {kind}: {', '.join(keys[:show])}{more}"
@@ -353,7 +389,7 @@ def _expected_adapter_shapes(model: nn.Module, config: Any, adapter_name: str) -
     check leaves ``model`` untouched.
     """
     from peft import get_peft_model_state_dict, inject_adapter_in_model
-    probe = _meta_copy(model)
+    probe = meta_copy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         inject_adapter_in_model(copy.deepcopy(config), probe, adapter_name=adapter_name)
@@ -364,9 +400,11 @@ def load_lora(model: nn.Module, directory: str | Path, adapter_name: str = DEFAU
               trainable: bool = False) -> nn.Module:
     """Load an adapter saved by :func:`save_lora` (or by ``PeftModel.save_pretrained``) onto a base model.
 
-    Everything is checked before the model is touched: the base model's config against the one the
-    adapter recorded (``strict=False`` turns a difference into a warning), then every adapter tensor's
-    presence and shape against the base model's modules (always an error, naming the keys).
+    Everything is checked before the model is touched: every adapter tensor is floating-point and finite
+    and the recorded metadata (base config, logit scale) is well-formed and finite; the base model's config
+    against the one the adapter recorded (``strict=False`` turns a difference into a warning); every
+    adapter tensor's presence and shape against the base model's modules (always an error, naming the
+    keys). A bad file raises ``CheckpointError`` (a ValueError) and leaves the model as it was.
     trainable: leave the adapter trainable (to continue training) instead of frozen (inference).
     """
     from peft import inject_adapter_in_model, set_peft_model_state_dict
@@ -377,6 +415,7 @@ def load_lora(model: nn.Module, directory: str | Path, adapter_name: str = DEFAU
     if is_lora_model(model):
         raise ValueError("the model already has LoRA adapters; load onto a plain base model")
     config, state, metadata = _read_adapter(directory)
+    logit_scale = _check_adapter_contents(state, metadata, str(directory))
     _check_base_config(model, metadata, str(directory), strict)
     try:
         expected = _expected_adapter_shapes(model, config, adapter_name)
@@ -389,17 +428,26 @@ def load_lora(model: nn.Module, directory: str | Path, adapter_name: str = DEFAU
                     ("adapter tensor(s) for modules the model does not have", unexpected)) if keys]
         raise CheckpointError(f"LoRA adapter {directory} does not fit the model; nothing was loaded:\n" + "\n".join(problems))
     frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
-    inject_adapter_in_model(config, model, adapter_name=adapter_name)
-    result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
-    missing_adapter = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
-    if missing_adapter:   # cannot happen after the checks above, but never return half-loaded adapters silently
-        raise CheckpointError(f"LoRA adapter {directory}: {_listing('tensor(s) not loaded', missing_adapter)}")
+    model._mmfm_lora = {"preset": metadata.get("mmfm_lora_preset"), "train_logit_scale": False, "frozen_before": frozen}
+    try:
+        inject_adapter_in_model(config, model, adapter_name=adapter_name)
+        result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
+        missing_adapter = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+        if missing_adapter:   # cannot happen after the checks above, but never return half-loaded adapters silently
+            raise CheckpointError(f"LoRA adapter {directory}: {_listing('tensor(s) not loaded', missing_adapter)}")
+    except BaseException:
+        # Not expected after the checks above; if it happens anyway, take the half-injected layers out again.
+        if _lora_layers(model):
+            unload_lora(model, merge=False)
+        model.__dict__.pop("_mmfm_lora", None)
+        model.__dict__.pop("peft_config", None)
+        raise
     for n, p in lora_parameters(model).items():
         p.requires_grad_(trainable)
-    if "mmfm_logit_scale" in metadata and hasattr(model, "logit_scale"):
+    if logit_scale is not None and hasattr(model, "logit_scale"):
         with torch.no_grad():
-            model.logit_scale.fill_(float(metadata["mmfm_logit_scale"]))
-    model._mmfm_lora = {"preset": metadata.get("mmfm_lora_preset"), "train_logit_scale": False, "frozen_before": frozen}
+            model.logit_scale.fill_(logit_scale)
+    bump()
     return model
 
 

@@ -17,6 +17,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..util.weights import bump
+
 Evaluation = Callable[[nn.Module], float | Mapping[str, float]]
 
 
@@ -49,6 +51,7 @@ def wise_ft(base_model: nn.Module, finetuned_model: nn.Module, alpha: float) -> 
         merged[k] = torch.lerp(b, f.to(b.dtype), float(alpha)) if b.is_floating_point() else f.clone()
     out = copy.deepcopy(base)
     out.load_state_dict(merged)
+    bump()   # mmfm models bump on load_state_dict themselves; any other module gets it here
     return out
 
 

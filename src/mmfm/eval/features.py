@@ -5,9 +5,9 @@ so it is done in one place, measured (:class:`PerfMeter`) and cached (:class:`Fe
 a linear probe's C sweep, few-shot episodes over many seeds, or a zero-shot run after a linear probe
 on the same weights all reuse the same features.
 
-Cache keys are built from a fingerprint of the model *weights* (not the object identity, so a
-reloaded checkpoint hits the cache and a fine-tuned one misses it), a description of the dataset,
-the feature kind and the image transform.
+Cache keys are built from a fingerprint of the model's *weights and architecture* (not the object
+identity, so a reloaded checkpoint hits the cache and a fine-tuned one, or one with another config,
+misses it), a description of the dataset, the feature kind and the image transform.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import resource
 import sys
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..util.weights import Stamp, architecture_key
 from .results import PerfStats
 
 FeatureKind = Literal["pre_projection", "embedding"]
@@ -36,31 +38,38 @@ FEATURE_KINDS = ("pre_projection", "embedding")
 
 # ---------------------------------------------------------------------------------------------
 # Fingerprints
-_FP_CACHE: "dict[int, tuple[tuple, str]]" = {}
+# Memo per model object (weak: it dies with the model, so a new model at a reused id never hits it).
+_FP_MEMO: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """A hash of every parameter and buffer (names, dtypes, shapes, values).
+    """A hash of the model's architecture and of every parameter and buffer (names, dtypes, shapes, values).
 
-    Two models with equal weights get equal fingerprints whatever their object identity. The hash
-    is memoised per object and recomputed whenever a tensor is modified in place (its ``_version``
-    changes) or replaced, so a model being trained never reuses a stale fingerprint.
+    Two models with equal weights *and* equal architecture (config, module types and settings, LoRA
+    scales: ``mmfm.util.weights.architecture_key``) get equal fingerprints whatever their object identity,
+    so reloaded weights hit a cache; a GELU and a QuickGELU model with equal weights do not share one.
+    The hash is memoised per object and recomputed whenever mmfm's weights-version mechanism says a
+    tensor may have changed (any optimizer step, fused or not; ``load_state_dict``; LoRA and WiSE-FT
+    mutations; a tensor replaced or modified in place), so a model being trained never reuses a stale one.
     """
-    from ..models.layers import optimizer_steps
-    tensors = list(model.state_dict(keep_vars=True).items())
-    # Fused optimizers write parameters without bumping ``_version``: every optimizer step invalidates.
-    key = (optimizer_steps(),) + tuple((n, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for n, t in tensors)
-    hit = _FP_CACHE.get(id(model))
-    if hit is not None and hit[0] == key:
-        return hit[1]
+    arch = architecture_key(model)
+    named = list(model.state_dict(keep_vars=True).items())
+    names, tensors = [n for n, _ in named], [t for _, t in named]
+    hit = _FP_MEMO.get(model)
+    if hit is not None and hit[0] == arch and hit[1] == names and hit[2].matches(tensors):
+        return hit[3]
+    # Taken before hashing (a write during the hash invalidates it); not holding the storages: the memo must
+    # not keep weights alive (model.cpu() would leave the old GPU copy allocated).
+    stamp = Stamp(tensors, hold=False)
     h = hashlib.blake2b(digest_size=16)
-    for name, t in tensors:
+    h.update(arch.encode())
+    for name, t in named:
         t = t.detach()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         # Byte view works for every dtype (bf16 has no numpy equivalent).
         h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     fp = h.hexdigest()
-    _FP_CACHE[id(model)] = (key, fp)
+    _FP_MEMO[model] = (arch, names, stamp, fp)
     return fp
 
 
@@ -303,13 +312,19 @@ class _ImageLabelView(Dataset):
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put the model in eval mode for the block and restore its previous mode afterwards."""
-    was_training = model.training
+    """Put the model in eval mode for the block and restore every module's previous mode afterwards.
+
+    Per module, not just the top flag: ``model.train(True)`` would also switch on submodules the caller
+    had put in eval mode (a locked tower, frozen BatchNorm), and reporting must not change a model.
+    """
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        model.train(modes[0][1])
+        for m, mode in modes:
+            m.training = mode
 
 
 def _forward_images(model: nn.Module, images: torch.Tensor, kind: str) -> torch.Tensor:

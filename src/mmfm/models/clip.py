@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..util.weights import track_loads
 from .config import CLIPConfig
 from .modified_resnet import ModifiedResNet
 from .text import TextTransformer
@@ -32,6 +33,7 @@ class CLIP(nn.Module):
         self.text = TextTransformer(cfg.text, cfg.embed_dim, cfg.quick_gelu)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias))) if cfg.init_logit_bias is not None else None
+        track_loads(self)   # loading weights advances mmfm's weights version (caches re-check)
 
     # Inference -----------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:

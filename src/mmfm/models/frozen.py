@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..util.weights import track_loads
 from .config import ConfigError, VisionConfig
 from .factory import register_builder
 from .registry import register_config_class, register_model
@@ -192,6 +193,7 @@ class FrozenModel(nn.Module):
         self.mapper = nn.Linear(feature_dim, cfg.prefix_length * self.embed_dim)
         self.lm.requires_grad_(False)
         self.lm.eval()
+        track_loads(self)   # loading weights advances mmfm's weights version (caches re-check)
         # The LM's weights are saved with the model only when they cannot be re-read from pretrained_lm
         # (a checkpoint of Frozen on GPT-2 Large is then ~115 MB, not 3 GB).
         self.lm_in_state_dict = cfg.pretrained_lm is None

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..util.weights import track_loads
 from .clip import CLIP
 from .config import ConfigError, TextConfig, _from_dict
 from .factory import register_builder
@@ -194,6 +195,7 @@ class HybridCLIP(CLIP):
         self.text = TextTransformer(cfg.text, cfg.embed_dim, cfg.quick_gelu)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         self.logit_bias = None
+        track_loads(self)   # loading weights advances mmfm's weights version (caches re-check)
         if load:
             if cfg.vision.weights is not None:
                 cfg.initialized_from["vision"] = f"torchvision:{cfg.vision.torchvision_name}:{cfg.vision.weights}"

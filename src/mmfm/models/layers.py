@@ -13,8 +13,9 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.checkpoint import checkpoint
+
+from ..util.weights import Stamp
 
 
 class LayerNorm(nn.LayerNorm):
@@ -49,10 +50,9 @@ def _is_plain_linear(m: nn.Module) -> bool:
 # Inference kernels. When no gradient is needed, fp32 on CPU, the projections run as oneDNN matmuls on
 # weights packed once into oneDNN's blocked layout (what torch.compile's CPU "freezing" does), with GELU
 # fused into the first MLP matmul: 1.3-1.5x faster than addmm on ViT-B-32 shapes at batch 1 and about 1.1x
-# at batch 64, same results to ~1e-6. The packed copies are a cache checked on every use against each
-# weight's identity, version and a sample of its values, and dropped after any optimizer step (see
-# ``PackedCache``); they double weight memory while a model is used for inference. MMFM_PACKED_LINEAR=0 (or
-# ``set_packed_inference(False)``) turns this off.
+# at batch 64, same results to ~1e-6. The packed copies are a cache checked on every use by mmfm's one
+# weights-version mechanism (``mmfm.util.weights``, see ``PackedCache``); they double weight memory while
+# a model is used for inference. MMFM_PACKED_LINEAR=0 (or ``set_packed_inference(False)``) turns this off.
 _PACKED = os.environ.get("MMFM_PACKED_LINEAR", "1") != "0"
 
 
@@ -70,49 +70,6 @@ def _packed_kernels_available() -> bool:
 _HAVE_PACKED = _packed_kernels_available()
 
 
-# Optimizer kernels that write parameters directly (fused AdamW on CPU and CUDA) do not bump a tensor's
-# version counter, and neither do writes through ``.data`` (PEFT merges, hand-written EMA). A derived copy
-# is therefore checked against three things: the identity and version of its sources, a counter that every
-# torch optimizer step advances, and a small strided sample of each source's values.
-_STEPS = [0]
-
-
-def _count_step(*_) -> None:
-    _STEPS[0] += 1
-
-
-register_optimizer_step_post_hook(_count_step)
-
-
-def optimizer_steps() -> int:
-    """How many torch optimizer steps this process has taken (any optimizer, fused or not)."""
-    return _STEPS[0]
-
-
-def _sample(t: torch.Tensor) -> torch.Tensor:
-    """About 64 evenly spaced values of ``t`` (a view; ~2 us, so checking the cache stays cheap)."""
-    t = t.detach()
-    n = t.numel()
-    step = max(1, n // 64)
-    if t.is_contiguous():
-        return t.as_strided(((n + step - 1) // step,), (step,))
-    return t.reshape(-1)[::step]
-
-
-class _Source:
-    """What a derived tensor was built from. Holding the storage keeps its address from being reused."""
-
-    __slots__ = ("storage", "ptr", "version", "sample", "dtype")
-
-    def __init__(self, t: torch.Tensor):
-        self.storage, self.ptr, self.version = t.untyped_storage(), t.data_ptr(), t._version
-        self.sample, self.dtype = _sample(t).clone(), t.dtype
-
-    def matches(self, t: torch.Tensor) -> bool:
-        return (t.data_ptr() == self.ptr and t._version == self.version and t.dtype == self.dtype
-                and torch.equal(_sample(t), self.sample))
-
-
 def use_packed(x: torch.Tensor, *weights: torch.Tensor) -> bool:
     """Whether the oneDNN inference path applies: fp32 CPU tensors and no autograd graph to record."""
     if not (_PACKED and _HAVE_PACKED) or x.device.type != "cpu" or x.dtype != torch.float32:
@@ -125,21 +82,23 @@ def use_packed(x: torch.Tensor, *weights: torch.Tensor) -> bool:
 class PackedCache:
     """Tensors derived from weights (packed or concatenated copies), rebuilt when a source changes.
 
-    Plain attribute of a module, not a buffer: never saved, pickled or deep-copied.
+    "Changes" is decided by mmfm's one weights-version mechanism (``mmfm.util.weights.Stamp``): any
+    optimizer step, ``load_state_dict``, LoRA/WiSE-FT mutation, or a change of a source's identity,
+    version, dtype or sampled values. Plain attribute of a module, not a buffer: never saved, pickled or
+    deep-copied.
     """
 
     def __init__(self):
-        self._entries: dict[str, tuple] = {}
+        self._entries: dict[str, tuple[Stamp, object]] = {}
 
     def derived(self, name: str, build, *sources: torch.Tensor | None):
         sources = [t for t in sources if t is not None]
         hit = self._entries.get(name)
-        if (hit is None or hit[0] != _STEPS[0] or len(hit[1]) != len(sources)
-                or not all(s.matches(t) for s, t in zip(hit[1], sources))):
+        if hit is None or not hit[0].matches(sources):
             with torch.no_grad():
-                hit = (_STEPS[0], [_Source(t) for t in sources], build())
+                hit = (Stamp(sources), build())
             self._entries[name] = hit
-        return hit[2]
+        return hit[1]
 
     def __deepcopy__(self, memo):
         return PackedCache()

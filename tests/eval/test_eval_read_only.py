@@ -1,0 +1,48 @@
+"""Evaluations report on a model and change nothing in it (issue 14 item 4): every parameter and buffer
+(values, devices, dtypes, requires_grad), the module tree and every module's training flag, including a
+submodule whose mode differs from its parent's (a locked tower kept in eval mode while the rest trains).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mmfm.adapt  # noqa: F401  (registers the "lora" few-shot method)
+from mmfm.eval import encode_texts, extract_image_features, few_shot, linear_probe, model_fingerprint, retrieval, zero_shot
+from mmfm.models import create_model
+
+CALLS = {
+    "fingerprint": lambda m, d: model_fingerprint(m),
+    "image features": lambda m, d: extract_image_features(m, d, kind="pre_projection", use_cache=False, progress=False),
+    "text features": lambda m, d: encode_texts(m, ["a red circle", "a blue square"]),
+    "zero-shot": lambda m, d: zero_shot(m, d, task="color", progress=False),
+    "linear probe": lambda m, d: linear_probe(m, d, d, task="color", c_values=[1.0], coarse_to_fine=False,
+                                              progress=False),
+    "few-shot lora": lambda m, d: few_shot(m, d, d, shots=(1,), seeds=(0,), method="lora", task="color",
+                                           method_options={"steps": 2}, progress=False),
+    "retrieval": lambda m, d: retrieval(m, d, progress=False),
+}
+
+
+def full_state(model) -> dict:
+    return {"modules": [(n, type(m).__name__, m.training) for n, m in model.named_modules()],
+            "tensors": {n: (t.detach().clone(), t.dtype, t.device, t.requires_grad)
+                        for n, t in model.state_dict(keep_vars=True).items()}}
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_an_evaluation_leaves_the_model_as_it_was(call, shapes_small):
+    torch.manual_seed(0)
+    model = create_model("ViT-tiny-test")
+    model.train()
+    model.lock_image_tower(unlocked_groups=1)
+    model.visual.transformer.blocks[0].eval()   # a frozen part kept in eval mode while the rest trains
+    before = full_state(model)
+    CALLS[call](model, shapes_small)
+    after = full_state(model)
+    assert after["modules"] == before["modules"]
+    assert after["tensors"].keys() == before["tensors"].keys()
+    for n, (t, dtype, device, grad) in before["tensors"].items():
+        u, dtype2, device2, grad2 = after["tensors"][n]
+        assert (dtype2, device2, grad2) == (dtype, device, grad), n
+        assert torch.equal(u, t), n
