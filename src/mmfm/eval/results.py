@@ -22,6 +22,8 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..report.tables import is_fraction_metric
+
 
 # ---------------------------------------------------------------------------------------------
 # Performance
@@ -461,15 +463,10 @@ def _num(v) -> str:
     return f"{float(v):.1f}"
 
 
-def _is_fraction_metric(name: str) -> bool:
-    """Accuracies and recalls are fractions (shown in %); ranks and C are not."""
-    return "rank" not in name and name != "best_C"
-
-
 def _fmt_metric(name: str, v) -> str:
     if v is None:
         return "–"
-    if not _is_fraction_metric(name):
+    if not is_fraction_metric(name):
         return f"{float(v):.3g}"
     return _pct(v)
 
