@@ -39,7 +39,8 @@ def _cmd_run(args) -> int:
         run_demo(args.out or Path("runs") / cfg.name, cfg, progress=True)
         return 0
     from .experiment import run_experiment
-    run_experiment(args.config, out_dir=args.out, overrides=args.set or [])
+    existing = "resume" if args.resume else "overwrite" if args.overwrite else "refuse"
+    run_experiment(args.config, out_dir=args.out, overrides=args.set or [], existing=existing)
     return 0
 
 
@@ -77,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.add_argument("--out", default=None, help="output folder (default: runs/<name>)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. models.0.train.epochs=2")
+    again = s.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="the output folder holds an experiment with another config: continue its checkpoints with this one")
+    again.add_argument("--overwrite", action="store_true",
+                       help="the output folder holds another experiment: remove its model folders and reports first")
     s.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("eval", help="evaluate a model on a dataset")
