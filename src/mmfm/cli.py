@@ -53,6 +53,25 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+EVAL_CHOICES = ["zeroshot", "linear-probe", "fewshot", "retrieval"]   # = mmfm.eval.registry.cli_choices()
+EVAL_EPILOG = """datasets: {datasets}
+
+examples:
+  mmfm eval zeroshot --model RN-S-64 --pretrained runs/quickstart/clip-rn-s/model --dataset shapes --task color
+  mmfm eval linear-probe --model ViT-B-32 --pretrained openai --dataset flowers102 --data-root ~/data --out out/
+"""
+
+
+class _EvalHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Fills in the dataset names only when help is shown (listing them imports the data package)."""
+
+    def add_text(self, text):
+        if text and "{datasets}" in text:
+            from .data import available_datasets
+            text = text.replace("{datasets}", ", ".join(available_datasets()))
+        super().add_text(text)
+
+
 def _cmd_shards(args) -> int:
     from .data.shards import shards_from_folder
     paths = shards_from_folder(args.images, args.captions, args.out, maxcount=args.maxcount)
@@ -85,13 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the output folder holds another experiment: remove its model folders and reports first")
     s.set_defaults(func=_cmd_run)
 
-    s = sub.add_parser("eval", help="evaluate a model on a dataset")
-    s.add_argument("kind", choices=["zeroshot", "linear-probe", "fewshot", "retrieval"])
-    s.add_argument("--model", default=None)
-    s.add_argument("--pretrained", default=None)
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--data-root", default=None)
-    s.add_argument("--out", default=None)
+    s = sub.add_parser("eval", help="evaluate a model on a dataset", formatter_class=_EvalHelpFormatter,
+                       description="Evaluate a model on a dataset; the same evaluations as an experiment's `evals:`.",
+                       epilog=EVAL_EPILOG)
+    s.add_argument("kind", choices=EVAL_CHOICES)
+    s.add_argument("--model", default=None, help="registered model config (`mmfm models`)")
+    s.add_argument("--pretrained", default=None, help="checkpoint or identifier; without it the weights are random")
+    s.add_argument("--dataset", required=True, help="a dataset name (listed below)")
+    s.add_argument("--data-root", default=None, help="the folder the dataset's files are in (not for shapes/digits)")
+    s.add_argument("--out", default=None, help="folder for results.json/md and the PNG plots (as `mmfm run`)")
     s.add_argument("--task", default=None, help="zero-shot task of the dataset (e.g. color for shapes)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", default=None)

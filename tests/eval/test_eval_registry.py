@@ -113,3 +113,47 @@ def test_headline_is_the_result_types_own(tmp_path, weights):
     r = run_eval("zeroshot", "ViT-tiny-test", weights, "shapes", dataset_kwargs=SHAPES, device="cpu", progress=False)
     assert headline(r) == {k: v for k, v in r.headline().items() if v is not None}
     assert headline(json.loads(r.to_json())) == headline(r)
+
+
+def test_eval_out_writes_the_same_pngs_as_run(tmp_path, weights):
+    data = {"train": {"name": "shapes", "args": {"split": "train", **SHAPES}},
+            "test": {"name": "shapes", "args": {"split": "test", **SHAPES}}}
+    _through_run(tmp_path, weights, data, list(KINDS))
+    from_run = sorted(p.name for p in (tmp_path / "run" / "m" / "eval").glob("*.png"))
+    from_eval = []
+    for kind in KINDS:
+        run_eval(kind, "ViT-tiny-test", weights, "shapes", out_dir=tmp_path / kind, dataset_kwargs=SHAPES,
+                 device="cpu", progress=False, model_label="m", **FAST[kind])
+        from_eval += [p.name for p in (tmp_path / kind).glob("*.png")]
+    assert sorted(from_eval) == from_run and any(n.startswith("retrieval_") for n in from_run)
+    assert not any("None" in n for n in from_run)
+
+
+def test_eval_without_pretrained_warns_and_records_random_weights(tmp_path, capsys):
+    from mmfm.cli import main
+    with pytest.warns(UserWarning, match="random weights"):
+        assert main(["eval", "zeroshot", "--model", "ViT-tiny-test", "--dataset", "shapes", "--out", str(tmp_path),
+                     "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "random weights" in captured.err and "random weights" in captured.out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["results"][0]["config"]["random_weights"] is True
+    assert "random weights" in (tmp_path / "results.md").read_text()
+
+
+def test_eval_help_lists_datasets_and_an_example(capsys):
+    from mmfm.cli import main
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    for name in ("shapes", "digits", "cifar10", "flowers102", "dtd", "flickr30k"):
+        assert name in out
+    assert "example" in out.lower() and "mmfm eval zeroshot --model" in out
+    for kind in ("zeroshot", "linear-probe", "fewshot", "retrieval"):
+        assert kind in out
+
+
+def test_cli_eval_choices_are_the_registrys():
+    from mmfm.cli import EVAL_CHOICES
+    from mmfm.eval.registry import cli_choices
+    assert EVAL_CHOICES == cli_choices()

@@ -208,9 +208,17 @@ class EvalResult:
         return f"{_KIND_TITLES.get(self.kind, self.kind)}: {self.model} on {self.dataset}{task}"
 
     def to_markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| metric | value |", "|---|---:|"]
+        lines = [f"### {self.title}", ""]
+        if self.config.get("random_weights"):
+            lines += ["**Warning: random weights** (no pretrained checkpoint, no training): these numbers describe "
+                      "an untrained model.", ""]
+        lines += ["| metric | value |", "|---|---:|"]
         for k, v in self.headline().items():
             lines.append(f"| {k} | {_fmt_metric(k, v)} |")
+        skipped = self.config.get("skipped_images") or []
+        if skipped:
+            more = " ..." if len(skipped) > 20 else ""
+            lines += ["", f"{len(skipped)} unreadable image(s) skipped: {'; '.join(skipped[:20])}{more}"]
         if self.perf:
             lines += ["", _perf_line(self.perf.to_dict())]
         extra = self._markdown_extra()
@@ -357,6 +365,11 @@ RESULT_CLASSES: dict[str, type[EvalResult]] = {c.kind: c for c in
 
 # ---------------------------------------------------------------------------------------------
 # Side-by-side report
+def skipped_names(*feature_sets) -> list[str]:
+    """The unreadable images of feature passes, as ``"<index>: <why>"`` (the reason names the file)."""
+    return [f"{i}: {why}" for fs in feature_sets if fs is not None for i, why in sorted(fs.skipped.items())]
+
+
 def result_to_dict(r: EvalResult | Mapping[str, Any]) -> dict[str, Any]:
     return r.to_dict() if isinstance(r, EvalResult) else dict(r)
 
