@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,11 +73,9 @@ def headline(result: EvalResult | Mapping[str, Any]) -> dict[str, float]:
 
 def warn_random_weights(result: EvalResult, label: str) -> None:
     """Record in the result, and say loudly, that the model was never trained nor loaded."""
-    result.config["random_weights"] = True
-    msg = (f"WARNING: {label} has random weights (no --pretrained / `pretrained:` and no training): "
-           f"its numbers describe an untrained model")
-    warnings.warn(msg, stacklevel=2)
-    print(msg, file=sys.stderr)
+    result.config["random_weights"] = True       # the result's markdown then opens with a warning
+    warnings.warn(f"{label} has random weights (no --pretrained / `pretrained:` and no training): its numbers "
+                  f"describe an untrained model", stacklevel=3)
 
 
 def evaluate(kind: str | EvalKind, model, test, train=None, val=None, *, label: str | None = None,
