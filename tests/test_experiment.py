@@ -96,8 +96,7 @@ TRAIN2 = {
              "test": {"name": "shapes", "args": {"split": "test", "size": 16, "image_size": 32}}},
     "val_data": None,
     "models": [{"label": "m", "model": "ViT-tiny-test",
-                "train": {"max_steps": 2, "batch_size": 8, "lr": 1e-3, "progress": False, "tensorboard": False,
-                          "ckpt_every": 1}}],
+                "train": {"max_steps": 2, "batch_size": 8, "lr": 1e-3, "progress": False, "tensorboard": False}}],
     "evals": [{"kind": "zeroshot", "task": "shape"}],
 }
 

@@ -198,9 +198,8 @@ def _val_dataset(spec: EvalSpec, datasets: dict, data_specs: dict[str, DatasetSp
     from .data import get_dataset
     from .eval import official_val_split
     train_spec = (data_specs or {}).get(spec.train_dataset)
-    if train_spec is None or official_val_split(train_spec.name) is None:
-        return None
-    return get_dataset(train_spec.name, **{**train_spec.args, "split": official_val_split(train_spec.name)})
+    split = official_val_split(train_spec.name) if train_spec is not None else None
+    return get_dataset(train_spec.name, **{**train_spec.args, "split": split}) if split else None
 
 
 def run_eval_spec(spec: EvalSpec, model, datasets: dict, label: str, out_dir: Path, device, num_workers: int = 0,
@@ -277,7 +276,7 @@ def check_run_folder(cfg: ExperimentConfig, out: Path, existing: str = "refuse")
 
 
 def clear_run_folder(cfg: ExperimentConfig, out: Path) -> None:
-    """``--overwrite``: remove what the previous experiment wrote (its model folders and reports), nothing else."""
+    """``--overwrite``: remove the model folders of the old and the new config and the reports; other files stay."""
     labels = {m.label for m in cfg.models}
     try:
         old = yaml.safe_load((out / "config.resolved.yaml").read_text())

@@ -14,7 +14,7 @@ from mmfm.experiment import run_experiment
 SHAPES = {"size": 40, "image_size": 32}
 FAST = {"linear_probe": {"c_values": [0.1, 10.0], "coarse_to_fine": False},
         "fewshot": {"shots": [1, 2], "seeds": [0, 1], "method": "nearest_centroid"},
-        "zeroshot": {}, "retrieval": {}}
+        "zeroshot": {}, "retrieval": {"num_examples": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +68,22 @@ def _same(a: dict, b: dict):
         assert a.get(key) == b.get(key), key
 
 
-def test_every_kind_same_numbers_through_eval_and_run_on_shapes(tmp_path, weights):
+def test_every_kind_same_numbers_and_pngs_through_eval_and_run_on_shapes(tmp_path, weights):
     data = {"train": {"name": "shapes", "args": {"split": "train", **SHAPES}},
             "test": {"name": "shapes", "args": {"split": "test", **SHAPES}}}
     via_run = _through_run(tmp_path, weights, data, list(KINDS), task="color")
     assert set(via_run) == set(KINDS)
+    from_eval = []
     for kind in KINDS:
-        r = run_eval(kind, "ViT-tiny-test", weights, "shapes", dataset_kwargs=SHAPES, device="cpu", progress=False,
-                     task="color" if kind == "zeroshot" else None, **FAST[kind])
+        r = run_eval(kind, "ViT-tiny-test", weights, "shapes", out_dir=tmp_path / kind, dataset_kwargs=SHAPES,
+                     device="cpu", progress=False, model_label="m", task="color" if kind == "zeroshot" else None,
+                     **FAST[kind])
         _same(r.to_dict(), via_run[kind])
+        from_eval += [p.name for p in (tmp_path / kind).glob("*.png")]
+    # `mmfm eval --out` writes the same figures as `mmfm run` (retrieval's too), none named "None".
+    from_run = sorted(p.name for p in (tmp_path / "run" / "m" / "eval").glob("*.png"))
+    assert sorted(from_eval) == from_run and any(n.startswith("retrieval_") for n in from_run)
+    assert not any("None" in n for n in from_run)
 
 
 def test_benchmark_linear_probe_uses_the_official_val_split_both_ways(tmp_path, weights, dtd_root):
@@ -115,26 +122,11 @@ def test_headline_is_the_result_types_own(tmp_path, weights):
     assert headline(json.loads(r.to_json())) == headline(r)
 
 
-def test_eval_out_writes_the_same_pngs_as_run(tmp_path, weights):
-    data = {"train": {"name": "shapes", "args": {"split": "train", **SHAPES}},
-            "test": {"name": "shapes", "args": {"split": "test", **SHAPES}}}
-    _through_run(tmp_path, weights, data, list(KINDS))
-    from_run = sorted(p.name for p in (tmp_path / "run" / "m" / "eval").glob("*.png"))
-    from_eval = []
-    for kind in KINDS:
-        run_eval(kind, "ViT-tiny-test", weights, "shapes", out_dir=tmp_path / kind, dataset_kwargs=SHAPES,
-                 device="cpu", progress=False, model_label="m", **FAST[kind])
-        from_eval += [p.name for p in (tmp_path / kind).glob("*.png")]
-    assert sorted(from_eval) == from_run and any(n.startswith("retrieval_") for n in from_run)
-    assert not any("None" in n for n in from_run)
-
-
-def test_eval_without_pretrained_warns_and_records_random_weights(tmp_path, capsys):
-    from mmfm.cli import main
+def test_eval_without_pretrained_warns_and_records_random_weights(tmp_path):
     with pytest.warns(UserWarning, match="random weights"):
-        assert main(["eval", "zeroshot", "--model", "ViT-tiny-test", "--dataset", "shapes", "--out", str(tmp_path),
-                     "--device", "cpu"]) == 0
-    assert "Warning: random weights" in capsys.readouterr().out
+        r = run_eval("zeroshot", "ViT-tiny-test", None, "shapes", out_dir=tmp_path, dataset_kwargs=SHAPES,
+                     device="cpu", progress=False)
+    assert "Warning: random weights" in r.to_markdown()          # what `mmfm eval` prints
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["results"][0]["config"]["random_weights"] is True
     assert "random weights" in (tmp_path / "results.md").read_text()
