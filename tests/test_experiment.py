@@ -86,3 +86,189 @@ def test_bundled_configs_validate(path):
     for m in cfg.models:
         if m.model:
             get_model_config(m.model)   # every referenced model config exists
+
+
+# ---------------------------------------------------------------------------------------------
+# One experiment per run folder, one run at a time.
+TRAIN2 = {
+    "name": "two",
+    "data": {"train": {"name": "shapes", "args": {"split": "train", "size": 32, "image_size": 32}},
+             "test": {"name": "shapes", "args": {"split": "test", "size": 16, "image_size": 32}}},
+    "val_data": None,
+    "models": [{"label": "m", "model": "ViT-tiny-test",
+                "train": {"max_steps": 2, "batch_size": 8, "lr": 1e-3, "progress": False, "tensorboard": False}}],
+    "evals": [{"kind": "zeroshot", "task": "shape"}],
+}
+
+
+def _cfg(**changes):
+    cfg = json.loads(json.dumps(TRAIN2))
+    for key, value in changes.items():
+        node = cfg
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node[p]
+        node[last] = value
+    return cfg
+
+
+def test_other_experiment_into_same_folder_is_refused_then_resumed_or_overwritten(tmp_path, capsys):
+    out = tmp_path / "out"
+    first = run_experiment(_write(tmp_path, _cfg()), out_dir=out)
+    assert first["models"][0]["train"]["resumed_from_step"] is None
+    # Other lr and other data: not the experiment in the folder.
+    other = _write(tmp_path, _cfg(**{"models.0.train.lr": 5e-3, "data.train.args.size": 48}))
+    with pytest.raises(ValueError) as e:
+        run_experiment(other, out_dir=out)
+    msg = str(e.value)
+    assert "holds another experiment" in msg and "models.0.train.lr" in msg and "data.train.args.size" in msg
+    assert "--resume" in msg and "--overwrite" in msg and "\n" not in msg
+    capsys.readouterr()
+    assert main(["run", str(other), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--overwrite" in err
+    assert yaml.safe_load((out / "config.resolved.yaml").read_text())["models"][0]["train"]["lr"] == 1e-3
+    # --resume continues the first experiment's checkpoint with the new config ...
+    resumed = run_experiment(other, out_dir=out, existing="resume")
+    assert resumed["models"][0]["train"]["resumed_from_step"] == 2
+    # ... --overwrite starts over.
+    fresh = run_experiment(_write(tmp_path, _cfg(**{"models.0.train.lr": 2e-3})), out_dir=out, existing="overwrite")
+    assert fresh["models"][0]["train"]["resumed_from_step"] is None
+    assert yaml.safe_load((out / "config.resolved.yaml").read_text())["models"][0]["train"]["lr"] == 2e-3
+
+
+def test_same_config_and_other_evaluations_resume(tmp_path):
+    out = tmp_path / "out"
+    run_experiment(_write(tmp_path, _cfg()), out_dir=out)
+    again = run_experiment(_write(tmp_path, _cfg(evals=[{"kind": "retrieval"}], num_workers=0)), out_dir=out)
+    assert again["models"][0]["train"]["resumed_from_step"] == 2
+    assert "retrieval i2t_R@1" in again["models"][0]["metrics"]
+
+
+def test_overwrite_removes_only_what_the_old_experiment_wrote(tmp_path):
+    out = tmp_path / "out"
+    eval_only = {**TINY, "models": [{"label": "a", "model": "ViT-tiny-test"}], "evals": [{"kind": "zeroshot", "task": "shape"}]}
+    run_experiment(_write(tmp_path, eval_only), out_dir=out)
+    (out / "notes.txt").write_text("mine")
+    other = {**eval_only, "seed": 1, "models": [{"label": "b", "model": "ViT-tiny-test"}]}
+    run_experiment(_write(tmp_path, other), out_dir=out, existing="overwrite")
+    assert not (out / "a").exists() and (out / "b").is_dir() and (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("label", ["../x", "/abs", "", "a/b", ".", "..", " m", ".hidden"])
+def test_labels_that_are_not_folder_names_are_refused(tmp_path, label):
+    cfg = _cfg(**{"models.0.label": label})
+    with pytest.raises(ValueError, match="models.0.label"):
+        load_experiment(_write(tmp_path, cfg))
+
+
+def test_name_must_be_a_folder_name(tmp_path):
+    with pytest.raises(ValueError, match="name"):
+        load_experiment(_write(tmp_path, _cfg(name="../../etc")))
+
+
+def test_duplicate_labels_are_refused(tmp_path):
+    cfg = _cfg()
+    cfg["models"].append(dict(cfg["models"][0]))
+    with pytest.raises(ValueError, match=r"duplicate model label\(s\) \['m'\]"):
+        load_experiment(_write(tmp_path, cfg))
+
+
+def test_lock_stops_a_second_run_on_the_same_folder(tmp_path):
+    from mmfm.experiment import run_lock
+    out = tmp_path / "out"
+    with run_lock(out):
+        # A second open file description conflicts with the first, as a second process's would.
+        with pytest.raises(ValueError, match=f"in use by another `mmfm run` \\(pid {__import__('os').getpid()}"):
+            run_experiment(_write(tmp_path, _cfg()), out_dir=out)
+    with run_lock(out):      # released on exit
+        pass
+
+
+def test_lock_is_released_when_the_holder_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mmfm.experiment import run_lock
+    out = tmp_path / "out"
+    code = ("import os, signal, sys; from pathlib import Path; from mmfm.experiment import run_lock\n"
+            f"with run_lock(Path({str(out)!r})):\n"
+            "    print('locked', flush=True); sys.stdin.readline()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match="in use"):
+            with run_lock(out):
+                pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        with run_lock(out):
+            pass
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_threads_key_sets_torch_threads(tmp_path):
+    import torch
+    before = torch.get_num_threads()
+    try:
+        cfg = {**TINY, "threads": 1, "models": [{"label": "a", "model": "ViT-tiny-test"}],
+               "evals": [{"kind": "zeroshot", "task": "shape"}]}
+        run_experiment(_write(tmp_path, cfg), out_dir=tmp_path / "out")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads"):
+        load_experiment(_write(tmp_path, {**TINY, "threads": 0}))
+
+
+def test_models_without_training_are_evaluated_by_rank_0_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    cfg = {**TINY, "models": [{"label": "a", "model": "ViT-tiny-test"}], "evals": [{"kind": "zeroshot", "task": "shape"}]}
+    assert run_experiment(_write(tmp_path, cfg), out_dir=tmp_path / "out") == {}
+    assert not (tmp_path / "out" / "a").exists() and not (tmp_path / "out" / "report.md").exists()
+    assert not (tmp_path / "out" / "config.resolved.yaml").exists()
+
+
+def test_random_weights_wall_time_and_atomic_reports(tmp_path, monkeypatch):
+    cfg = {**TINY, "models": [{"label": "a", "model": "ViT-tiny-test"}],
+           "evals": [{"kind": "zeroshot", "task": "shape"}, {"kind": "retrieval"}]}
+    with pytest.warns(UserWarning, match="random weights"):
+        summary = run_experiment(_write(tmp_path, cfg), out_dir=tmp_path / "out")
+    out = tmp_path / "out"
+    report = (out / "report.md").read_text()
+    assert "a (random weights)" in report and "Whole job:" in report and "s wall time" in report
+    assert "MiB" in report and " MB" not in report and summary["models"][0]["random_weights"] is True
+    assert json.loads((out / "report.json").read_text())["models"][0]["evaluations"][0]["config"]["random_weights"]
+    header = next(line for line in report.splitlines() if line.startswith("| model"))
+    assert header.index("i2t_R@1 ") < header.index("i2t_R@5 ") < header.index("i2t_R@10 ")
+    # A crash while a report is being replaced leaves the previous one whole.
+    before = {f: (out / f).read_text() for f in ("report.md", "report.json", "results.json", "results.md")}
+    import os
+
+    import mmfm.util.atomic as atomic
+    real_replace = os.replace
+
+    def crash(src, dst):
+        if os.path.basename(dst) in before:
+            raise OSError("disk full")
+        real_replace(src, dst)
+    monkeypatch.setattr(atomic.os, "replace", crash)
+    with pytest.raises(OSError):
+        run_experiment(_write(tmp_path, cfg), out_dir=out)
+    assert {f: (out / f).read_text() for f in before} == before
+
+
+def test_cli_resume_and_overwrite_flags(tmp_path, monkeypatch):
+    import mmfm.experiment as E
+    seen = []
+    monkeypatch.setattr(E, "run_experiment", lambda *a, existing="refuse", **k: seen.append(existing) or {})
+    cfg = str(_write(tmp_path, TINY))
+    assert [main(["run", cfg]), main(["run", cfg, "--resume"]), main(["run", cfg, "--overwrite"])] == [0, 0, 0]
+    assert seen == ["refuse", "resume", "overwrite"]
+    with pytest.raises(SystemExit):
+        main(["run", cfg, "--resume", "--overwrite"])

@@ -49,7 +49,8 @@ def _cmd_run(args) -> int:
         run_demo(args.out or Path("runs") / cfg.name, cfg, progress=True)
         return 0
     from .experiment import run_experiment
-    run_experiment(args.config, out_dir=args.out, overrides=args.set or [])
+    existing = "resume" if args.resume else "overwrite" if args.overwrite else "refuse"
+    run_experiment(args.config, out_dir=args.out, overrides=args.set or [], existing=existing)
     return 0
 
 
@@ -80,6 +81,15 @@ def _user_path(path: str, root: str | None) -> str:
     return str(Path(path).absolute()) if "{" not in path else path   # "{split}.csv" is resolved per split
 
 
+EVAL_CHOICES = ["zeroshot", "linear-probe", "fewshot", "retrieval"]   # = mmfm.eval.registry.cli_choices()
+EVAL_EPILOG = """datasets: {datasets}
+
+examples:
+  mmfm eval zeroshot --model RN-S-64 --pretrained runs/quickstart/clip-rn-s/model --dataset shapes --task color
+  mmfm eval linear-probe --model ViT-B-32 --pretrained openai --dataset flowers102 --data-root ~/data --out out/
+"""
+
+
 def _cmd_shards(args) -> int:
     from .data.shards import shards_from_folder
     label_column = None if args.label_column.lower() == "none" else args.label_column
@@ -98,6 +108,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False, argparse.SUPPRESS) or "default" in help:
             return help
         return super()._get_help_string(action)
+
+
+class _EvalHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """Fills in the dataset names only when help is shown (listing them imports the data package)."""
+
+    def add_text(self, text):
+        if text and "{datasets}" in text:
+            from .data import available_datasets
+            text = text.replace("{datasets}", ", ".join(available_datasets()))
+        super().add_text(text)
 
 
 def _version() -> str:
@@ -129,15 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.add_argument("--out", default=None, help="output folder (default: runs/<name>)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. models.0.train.epochs=2")
+    again = s.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="the output folder holds an experiment with another config: continue its checkpoints with this one")
+    again.add_argument("--overwrite", action="store_true",
+                       help="the output folder holds another experiment: remove its model folders and reports first")
     s.set_defaults(func=_cmd_run)
 
-    s = sub.add_parser("eval", help="evaluate a model on a dataset")
-    s.add_argument("kind", choices=["zeroshot", "linear-probe", "fewshot", "retrieval"])
-    s.add_argument("--model", default=None)
-    s.add_argument("--pretrained", default=None)
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--data-root", default=None)
-    s.add_argument("--out", default=None)
+    s = sub.add_parser("eval", help="evaluate a model on a dataset", formatter_class=_EvalHelpFormatter,
+                       description="Evaluate a model on a dataset; the same evaluations as an experiment's `evals:`.",
+                       epilog=EVAL_EPILOG)
+    s.add_argument("kind", choices=EVAL_CHOICES)
+    s.add_argument("--model", default=None, help="registered model config (`mmfm models`)")
+    s.add_argument("--pretrained", default=None, help="checkpoint or identifier; without it the weights are random")
+    s.add_argument("--dataset", required=True, help="a dataset name (listed below)")
+    s.add_argument("--data-root", default=None, help="the folder the dataset's files are in (not for shapes/digits)")
+    s.add_argument("--out", default=None, help="folder for results.json/md and the PNG plots (as `mmfm run`)")
     s.add_argument("--task", default=None, help="zero-shot task of the dataset (e.g. color for shapes)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", default=None)
@@ -164,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="custom data: the CSV/JSONL annotations file (default: <split>.csv or captions.csv in --data-root; "
              "'{split}.csv' names one file per split)")
     for name, s in sub.choices.items():
-        s.formatter_class = HelpFormatter
+        if not issubclass(s.formatter_class, HelpFormatter):
+            s.formatter_class = HelpFormatter
         s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of an error (also: MMFM_DEBUG=1)")
         if name in ("run", "eval", "caption", "vqa"):

@@ -3,14 +3,17 @@ evaluate one or several models, with one comparison table (markdown + JSON) at t
 """
 from __future__ import annotations
 
-import json
+import fcntl
+import os
+import shutil
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .train.config import Strict, TrainConfig
 
@@ -27,16 +30,28 @@ class AugmentSpec(Strict):
     pad_crop: int = Field(0, ge=0, description="CIFAR-style random crop with this padding (replaces resized crop)")
 
 
+def _path_part(value: str, what: str) -> str:
+    """A name used as one folder name under the run folder: nothing that could leave it or hit its root."""
+    if not value or value != value.strip() or value in (".", "..") or any(c in value for c in "/\\\0") \
+            or value.startswith("."):
+        raise ValueError(f"{what} {value!r} must be a plain folder name (not empty, no '/', '\\', leading '.' "
+                         f"or surrounding spaces), e.g. 'clip-rn-s'")
+    return value
+
+
 class EvalSpec(Strict):
     kind: Literal["zeroshot", "retrieval", "linear_probe", "fewshot"]
     dataset: str = Field("test", description="key of `data` to evaluate on")
     train_dataset: str = Field("train", description="key of `data` the probe is fitted on (linear_probe, fewshot)")
+    val_dataset: str | None = Field("auto", description="linear_probe: key of `data` its C is chosen on; 'auto' = "
+                                    "the official val split of flowers102/dtd (as `mmfm eval`), else carved from "
+                                    "train; null = always carve")
     task: str | None = Field(None, description="zero-shot task, e.g. shape / color for shapes")
     args: dict[str, Any] = Field(default_factory=dict)
 
 
 class ModelSpec(Strict):
-    label: str
+    label: str = Field(description="the model's name in reports and its folder under the run folder")
     model: str | None = Field(None, description="registered model config (`mmfm models`)")
     pretrained: str | None = None
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
@@ -44,11 +59,17 @@ class ModelSpec(Strict):
     train: TrainConfig | None = None
     evals: list[EvalSpec] | None = Field(None, description="evaluations for this model (default: the experiment's)")
 
+    @field_validator("label")
+    @classmethod
+    def _label_is_a_folder_name(cls, v: str) -> str:
+        return _path_part(v, "label")
+
 
 class ExperimentConfig(Strict):
     name: str
     seed: int = 0
     device: str | None = None
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (torch.set_num_threads); default torch's")
     num_workers: int = Field(0, ge=0, description="data loader workers for evaluation")
     data: dict[str, DatasetSpec]
     train_data: str = "train"
@@ -58,6 +79,19 @@ class ExperimentConfig(Strict):
     evals: list[EvalSpec] = Field(default_factory=list)
     eval_during_training: list[EvalSpec] = Field(default_factory=list,
                                                  description="cheap evaluations run at every validation")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, v: str) -> str:
+        return _path_part(v, "name")
+
+    @model_validator(mode="after")
+    def _labels_are_unique(self):
+        labels = [m.label for m in self.models]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"duplicate model label(s) {dup}: each model needs its own label (its folder and row)")
+        return self
 
 
 def _explain(e: ValidationError, where: str) -> str:
@@ -155,51 +189,177 @@ def _views(cfg, model, datasets, train: TrainConfig):
     return train_view, val_view
 
 
-def run_eval_spec(spec: EvalSpec, model, datasets: dict, label: str, out_dir: Path, device, num_workers: int = 0,
-                  progress: bool = True):
-    import inspect
+def _val_dataset(spec: EvalSpec, datasets: dict, data_specs: dict[str, DatasetSpec] | None):
+    """The linear probe's C-sweep set: the same rule as `mmfm eval` (:func:`mmfm.eval.official_val_split`)."""
+    if spec.kind != "linear_probe" or spec.val_dataset is None:
+        return None
+    if spec.val_dataset != "auto":
+        return datasets[spec.val_dataset]
+    from .data import get_dataset
+    from .eval import official_val_split
+    train_spec = (data_specs or {}).get(spec.train_dataset)
+    split = official_val_split(train_spec.name) if train_spec is not None else None
+    return get_dataset(train_spec.name, **{**train_spec.args, "split": split}) if split else None
 
-    from . import eval as ev
-    for key in (spec.dataset,) + ((spec.train_dataset,) if spec.kind in ("linear_probe", "fewshot") else ()):
+
+def run_eval_spec(spec: EvalSpec, model, datasets: dict, label: str, out_dir: Path, device, num_workers: int = 0,
+                  progress: bool = True, data_specs: dict[str, DatasetSpec] | None = None,
+                  random_weights: bool = False):
+    """One configured evaluation, through the same :func:`mmfm.eval.evaluate` as `mmfm eval`."""
+    from .eval import evaluate, get_kind
+    kind = get_kind(spec.kind)
+    keys = (spec.dataset,) + ((spec.train_dataset,) if kind.needs_train else ()) + \
+        ((spec.val_dataset,) if kind.name == "linear_probe" and spec.val_dataset not in (None, "auto") else ())
+    for key in keys:
         if key not in datasets:
             raise ValueError(f"evaluation {spec.kind}: dataset {key!r} is not a key of data ({sorted(datasets)})")
-    ds = datasets[spec.dataset]
-    fn = {"zeroshot": ev.zero_shot, "retrieval": ev.retrieval, "linear_probe": ev.linear_probe,
-          "fewshot": ev.few_shot}[spec.kind]
-    accepted = inspect.signature(fn).parameters
-    unknown = sorted(set(spec.args) - set(accepted))
-    if unknown:
-        raise ValueError(f"evaluation {spec.kind}: unknown argument(s) {unknown}; allowed: "
-                         f"{sorted(k for k in accepted if k not in ('model', 'dataset'))}")
-    common = {k: v for k, v in dict(device=device, model_name=label, out_dir=out_dir, num_workers=num_workers,
-                                     progress=progress, task=spec.task).items() if k in accepted}
-    common.update(spec.args)
-    if common.get("method") == "lora":
-        import mmfm.adapt  # noqa: F401  registers the LoRA few-shot method
-    if spec.kind in ("zeroshot", "retrieval"):
-        return fn(model, ds, **common)
-    return fn(model, datasets[spec.train_dataset], ds, **common)
+    train = datasets[spec.train_dataset] if kind.needs_train else None
+    return evaluate(kind, model, datasets[spec.dataset], train, _val_dataset(spec, datasets, data_specs),
+                    label=label, out_dir=out_dir, device=device, num_workers=num_workers, progress=progress,
+                    task=spec.task, random_weights=random_weights, **spec.args)
 
 
-def _headline(result) -> dict[str, float]:
-    d = result.to_dict() if hasattr(result, "to_dict") else dict(result)
-    m = d.get("metrics", d)
-    keys = ("top1", "accuracy", "image_to_text_R@1", "text_to_image_R@1", "i2t_R@1", "t2i_R@1")
-    return {k: v for k, v in m.items() if isinstance(v, (int, float)) and (k in keys or "R@" in k or "top" in k)}
+def eval_tag(spec: EvalSpec) -> str:
+    """How an evaluation is named in the report's columns, e.g. ``zeroshot[shape]`` or ``retrieval@val``."""
+    return spec.kind + (f"[{spec.task}]" if spec.task else "") + (f"@{spec.dataset}" if spec.dataset != "test" else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder: one experiment per folder, one run at a time.
+LOCK_NAME = ".mmfm-run.lock"
+REPORT_FILES = ("report.md", "report.json", "results.json", "results.md", "config.resolved.yaml")
+#: Settings that do not change what a run trains: evaluations and how fast/where it runs.
+_NOT_IDENTITY = {"evals", "eval_during_training", "num_workers", "device", "threads"}
+_NOT_IDENTITY_MODEL = {"evals"}
+_NOT_IDENTITY_TRAIN = {"progress", "tensorboard", "num_workers", "device", "log_every"}
+
+
+def _identity(d: dict) -> dict:
+    d = {k: v for k, v in d.items() if k not in _NOT_IDENTITY}
+    models = []
+    for m in d.get("models") or []:
+        m = {k: v for k, v in m.items() if k not in _NOT_IDENTITY_MODEL} if isinstance(m, dict) else m
+        if isinstance(m, dict) and isinstance(m.get("train"), dict):
+            m["train"] = {k: v for k, v in m["train"].items() if k not in _NOT_IDENTITY_TRAIN}
+        models.append(m)
+    d["models"] = models
+    return d
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _differences(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{prefix}.{i}")]
+    return [] if a == b else [prefix or "(config)"]
+
+
+def check_run_folder(cfg: ExperimentConfig, out: Path, existing: str = "refuse") -> None:
+    """Refuse to run into a folder that holds another experiment (its config differs in more than its
+    evaluations), unless ``existing`` is ``"resume"`` (continue it with this config) or ``"overwrite"``."""
+    if existing not in ("refuse", "resume", "overwrite"):
+        raise ValueError(f"existing must be 'refuse', 'resume' or 'overwrite', got {existing!r}")
+    previous = out / "config.resolved.yaml"
+    if existing != "refuse" or not previous.is_file():
+        return
+    try:
+        old = yaml.safe_load(previous.read_text())
+    except yaml.YAMLError:
+        old = None
+    diff = _differences(_identity(old), _identity(cfg.model_dump(mode="json"))) if isinstance(old, dict) \
+        else ["(unreadable config.resolved.yaml)"]
+    if diff:
+        shown = ", ".join(diff[:5]) + (f" and {len(diff) - 5} more" if len(diff) > 5 else "")
+        raise ValueError(f"{out} holds another experiment (config differs in {shown}); pass --resume to continue "
+                         f"it with this config, --overwrite to replace it, or choose another --out")
+
+
+def clear_run_folder(cfg: ExperimentConfig, out: Path) -> None:
+    """``--overwrite``: remove the model folders of the old and the new config and the reports; other files stay."""
+    labels = {m.label for m in cfg.models}
+    try:
+        old = yaml.safe_load((out / "config.resolved.yaml").read_text())
+        labels |= {m["label"] for m in old.get("models", []) if isinstance(m, dict) and isinstance(m.get("label"), str)}
+    except (OSError, yaml.YAMLError, AttributeError):
+        pass
+    for label in sorted(labels):
+        try:
+            _path_part(label, "label")        # never follow a hand-edited '../x' out of the folder
+        except ValueError:
+            continue
+        if (out / label).is_dir():
+            shutil.rmtree(out / label)
+    for name in REPORT_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+@contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.mmfm-run.lock`` (flock) for the run: a second run on the same folder stops at once. The
+    kernel drops the lock when the process exits, however it exits."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise ValueError(f"{out} is in use by another `mmfm run` (pid {holder}, lock {path}); wait for it to "
+                             f"finish or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+    finally:
+        f.close()
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain process (before the trainer initialises the process group,
+    torchrun's RANK variable is all there is)."""
+    from .train import dist_info
+    info = dist_info()
+    return info.is_main if info.enabled else int(os.environ.get("RANK", "0")) == 0
 
 
 def run_experiment(config: str | Path | ExperimentConfig, out_dir: str | Path | None = None,
-                   overrides: list[str] | None = None) -> dict[str, Any]:
-    from .eval import write_report
+                   overrides: list[str] | None = None, existing: str = "refuse") -> dict[str, Any]:
+    """Train and evaluate every model of ``config`` into ``out_dir`` (default ``runs/<name>``).
+
+    existing: what to do when ``out_dir`` holds an experiment with a different config (evaluation
+        settings aside): ``"refuse"`` (a ValueError naming the differences), ``"resume"`` (continue its
+        checkpoints with this config) or ``"overwrite"`` (remove its model folders and reports first).
+        The same config always resumes.
+    """
+    from .util.atomic import atomic_write_text
+
+    started = time.perf_counter()
+    cfg = config if isinstance(config, ExperimentConfig) else load_experiment(config, overrides)
+    out = Path(out_dir or Path("runs") / cfg.name)
+    main = _is_main_process()
+    with run_lock(out) if main else nullcontext():
+        check_run_folder(cfg, out, existing)
+        if main:
+            if existing == "overwrite":
+                clear_run_folder(cfg, out)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "config.resolved.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return _run(cfg, out, started)
+
+
+def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
+    from .eval import headline, write_report
     from .measure import count_parameters, timer
     from .models import create_model
     from .report.run_report import model_row, write_experiment_report
-    from .train import Trainer, dist_info
+    from .train import Trainer
 
-    cfg = config if isinstance(config, ExperimentConfig) else load_experiment(config, overrides)
-    out = Path(out_dir or Path("runs") / cfg.name)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.resolved.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     datasets = _build_datasets(cfg)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -222,12 +382,13 @@ def run_experiment(config: str | Path | ExperimentConfig, out_dir: str | Path | 
                 def eval_fn(m, during=during):
                     metrics = {}
                     for e in during:
-                        r = run_eval_spec(e, m, datasets, spec.label, mdir / "during", device, progress=False)
-                        for k, v in _headline(r).items():
+                        r = run_eval_spec(e, m, datasets, spec.label, mdir / "during", device, progress=False,
+                                          data_specs=cfg.data)
+                        for k, v in headline(r).items():
                             metrics[f"{e.kind}{'_' + e.task if e.task else ''}_{k}"] = v
                     return metrics
             train_result = Trainer(model, train_view, tcfg, mdir, val_data=val_view, eval_fn=eval_fn).fit()
-            if not dist_info().is_main:
+            if not _is_main_process():
                 continue   # under torchrun, rank 0 alone evaluates and writes the reports
             from .adapt import export_merged, is_lora_model, save_lora
             from .checkpoints import save_pretrained
@@ -236,18 +397,24 @@ def run_experiment(config: str | Path | ExperimentConfig, out_dir: str | Path | 
                 export_merged(model, mdir / "model")
             else:
                 save_pretrained(model, mdir / "model")
+        elif not _is_main_process():
+            continue       # nothing to train: rank 0 alone evaluates it (every rank would write the same files)
         model.eval().to(device)
-        results, tags = [], []
+        random_weights = spec.pretrained is None and spec.train is None
+        evals = spec.evals if spec.evals is not None else cfg.evals
+        results = []
         with timer() as eval_time:
-            for e in (spec.evals if spec.evals is not None else cfg.evals):
-                results.append(run_eval_spec(e, model, datasets, spec.label, mdir / "eval", device, cfg.num_workers))
-                tags.append(e.kind + (f"[{e.task}]" if e.task else "") + (f"@{e.dataset}" if e.dataset != "test" else ""))
+            for e in evals:
+                results.append(run_eval_spec(e, model, datasets, spec.label, mdir / "eval", device, cfg.num_workers,
+                                             data_specs=cfg.data, random_weights=random_weights))
         all_results += results
-        rows.append(model_row(spec.label, spec.model, count_parameters(model), train_result, results, eval_time(), tags))
-    if not dist_info().is_main:
+        metrics = {f"{eval_tag(e)} {k}": v for e, r in zip(evals, results) for k, v in headline(r).items()}
+        rows.append(model_row(spec.label, spec.model, count_parameters(model), train_result,
+                              [r.to_dict() for r in results], metrics, eval_time(), random_weights=random_weights))
+    if not _is_main_process():
         return {}
     write_report(all_results, out)
-    summary = write_experiment_report(cfg.name, rows, out)
+    summary = write_experiment_report(cfg.name, rows, out, wall_time_s=time.perf_counter() - started)
     print("\n" + summary["markdown"])
     print(f"\nresults in {out}/ (report.md, report.json, results.md, curves and plots per model)")
     return summary

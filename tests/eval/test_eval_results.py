@@ -99,6 +99,26 @@ def test_report_lays_models_side_by_side(tmp_path):
     assert len(merged) == len(results)
     assert comparison_table(merged)["rows"] == table["rows"]
     write_report(merged + [results[0]], tmp_path / "merged")
+    assert "peak RSS (MiB)" in md and "MiB" in results[0].to_markdown() and " MB" not in md
+
+
+def test_report_is_replaced_atomically(tmp_path, monkeypatch):
+    """A crash while results.json/md are replaced leaves the previous report whole, and no temporaries."""
+    import os
+
+    import mmfm.util.atomic as atomic
+    write_report(_results()[:1], tmp_path)
+    before = {f: (tmp_path / f).read_text() for f in ("results.json", "results.md")}
+
+    def crash(src, dst):
+        raise OSError("disk full")
+    monkeypatch.setattr(atomic.os, "replace", crash)
+    with pytest.raises(OSError):
+        write_report(_results(), tmp_path)
+    with pytest.raises(OSError):
+        _results()[0].save(tmp_path, stem="results")
+    assert {f: (tmp_path / f).read_text() for f in before} == before
+    assert sorted(os.listdir(tmp_path)) == ["results.json", "results.md"]
 
 
 def test_result_to_dict_is_json_and_complete():

@@ -139,6 +139,7 @@ def test_end_to_end_on_captioned_data(tiny_clip, shapes_small):
 
 def test_retrieval_reports_mean_matched_cosine_and_example_png(tmp_path):
     import torch
+
     from mmfm.data import get_dataset
     from mmfm.data.pipeline import all_captions
     from mmfm.eval import retrieval
@@ -157,3 +158,38 @@ def test_retrieval_reports_mean_matched_cosine_and_example_png(tmp_path):
         txt = model.encode_text(tokenize(captions, context_length=16), normalize=True)
     expected = (img[torch.tensor(owner)] * txt).sum(1).mean().item()
     assert abs(r.metrics["mean_matched_cosine"] - expected) < 1e-4
+
+
+def test_example_png_marks_a_caption_with_the_right_text_as_right_and_has_a_legend(tmp_path, monkeypatch):
+    """Two images share a caption word for word: retrieving the other image's copy is still right."""
+    import PIL.Image
+
+    from mmfm.data.base import MultimodalDataset, Sample
+    from mmfm.eval import plots
+
+    class Twins(MultimodalDataset):
+        name = "twins"
+
+        def __len__(self):
+            return 2
+
+        def get_sample(self, i):
+            return Sample(image=PIL.Image.new("RGB", (8, 8), (40 * i, 0, 0)), captions=self.get_captions(i))
+
+        def get_captions(self, i):
+            return ["a red square"]
+
+    seen, figures = [], []
+    real_plot, real_save = plots.plot_retrieval_examples, plots._save
+    monkeypatch.setattr(plots, "plot_retrieval_examples", lambda ex, *a, **k: seen.append(ex) or real_plot(ex, *a, **k))
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or real_save(fig, path))
+    from mmfm.models import create_model
+    torch.manual_seed(0)
+    model = create_model("ViT-tiny-test").eval()
+    retrieval(model, Twins(), progress=False, out_dir=tmp_path)
+    assert (tmp_path / "retrieval_twins.png").is_file()
+    for image, tops in seen[0]:
+        assert all(right for _, _, right in tops)      # both texts are every image's own caption
+    legend = figures[0].legends[0]
+    assert {t.get_text() for t in legend.get_texts()} == {"✓ one of the image's own captions",
+                                                          "✗ another image's caption"}

@@ -28,6 +28,7 @@ from .features import (FeatureCache, FeatureSet, PerfMeter, encode_texts, extrac
                        model_fingerprint)
 from .few_shot import FEW_SHOT_METHODS, FewShotEpisode, few_shot, register_few_shot_method, sample_k_shot
 from .linear_probe import fit_linear_probe, linear_probe, sweep_c
+from .registry import ALIASES, KINDS, OFFICIAL_VAL_SPLITS, EvalKind, evaluate, get_kind, headline, official_val_split
 from .results import (ClassificationMetrics, EvalResult, FewShotResult, LinearProbeResult, PerfStats,
                       RetrievalResult, ZeroShotResult, comparison_table, load_results, write_report)
 from .retrieval import retrieval, retrieval_metrics, retrieval_ranks
@@ -39,23 +40,15 @@ __all__ = [
     "build_zero_shot_classifier", "comparison_table", "encode_texts", "extract_image_features", "few_shot",
     "fit_linear_probe", "linear_probe", "load_results", "model_fingerprint", "register_few_shot_method",
     "retrieval", "retrieval_metrics", "retrieval_ranks", "run_eval", "sample_k_shot", "sweep_c", "write_report",
-    "zero_shot", "EVAL_KINDS",
+    "zero_shot", "EVAL_KINDS", "EvalKind", "KINDS", "evaluate", "get_kind", "headline", "official_val_split",
 ]
 
-#: CLI spellings -> evaluation kind.
-EVAL_KINDS = {"zeroshot": "zeroshot", "zero-shot": "zeroshot", "zero_shot": "zeroshot",
-              "linear-probe": "linear_probe", "linear_probe": "linear_probe", "linearprobe": "linear_probe",
-              "fewshot": "fewshot", "few-shot": "fewshot", "few_shot": "fewshot",
-              "retrieval": "retrieval"}
-
-#: Datasets whose official validation split the linear probe uses for its C sweep (as the CLIP paper).
-OFFICIAL_VAL_SPLITS = {"flowers102", "dtd"}
+#: CLI spellings -> evaluation kind (kept for callers of the old name; the registry is the source).
+EVAL_KINDS = dict(ALIASES)
 
 
 def _load_dataset(name: str, data_root: str | Path | None, split: str, dataset_kwargs: dict[str, Any]):
     from ..data import get_dataset
-    from ..data.benchmarks import register_benchmark_datasets
-    register_benchmark_datasets()   # idempotent; makes cifar10, flickr30k... available by name
     kw = dict(dataset_kwargs)
     if data_root is not None:
         kw["root"] = data_root
@@ -70,8 +63,9 @@ def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset:
              cache_dir: str | Path | None = None, progress: bool = True, **kw) -> EvalResult:
     """Build the model and dataset(s) by name, run one evaluation, write its report.
 
-    kind: ``zeroshot`` | ``linear-probe`` | ``fewshot`` | ``retrieval`` (``EVAL_KINDS`` lists spellings).
-    model_name / pretrained: as ``mmfm.models.create_model`` (a config name and/or a checkpoint).
+    kind: ``zeroshot`` | ``linear-probe`` | ``fewshot`` | ``retrieval`` (``registry.ALIASES`` lists spellings).
+    model_name / pretrained: as ``mmfm.models.create_model`` (a config name and/or a checkpoint); without
+        ``pretrained`` the model has random weights, which is warned about and recorded in the result.
     dataset / data_root: a registered dataset name (``mmfm.data.available_datasets()``) and the folder
         its files are in (omitted for the embedded ``shapes`` / ``digits``).
     val_split: linear probe only; ``"auto"`` uses the official validation split of Flowers-102 and DTD
@@ -82,35 +76,23 @@ def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset:
     """
     import torch
     from ..models import create_model
-    try:
-        kind_ = EVAL_KINDS[kind.lower()]
-    except KeyError:
-        raise ValueError(f"unknown evaluation {kind!r}; choose one of {sorted(set(EVAL_KINDS))}") from None
+    k = get_kind(kind)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if kw.get("method") == "lora":
-        import mmfm.adapt  # noqa: F401  registers the LoRA few-shot method
     model = create_model(model_name, pretrained=pretrained, device=device, precision=precision)
     label = kw.pop("model_label", None) or (model_name or Path(str(pretrained)).name) + \
         (f" ({pretrained})" if pretrained and model_name else "")
     dkw = dict(dataset_kwargs or {})
-    common = dict(model_name=label, batch_size=batch_size, num_workers=num_workers, device=device, cache=cache_dir,
-                  progress=progress)
-    plots = {"out_dir": out_dir} if out_dir is not None else {}
-
-    if kind_ == "zeroshot":
-        result = zero_shot(model, _load_dataset(dataset, data_root, test_split, dkw), task=task, **common, **plots, **kw)
-    elif kind_ == "retrieval":
-        result = retrieval(model, _load_dataset(dataset, data_root, test_split, dkw), **common, **kw)
-    else:
+    test = _load_dataset(dataset, data_root, test_split, dkw)
+    train = val = None
+    if k.needs_train:
         train = _load_dataset(dataset, data_root, train_split, dkw)
-        test = _load_dataset(dataset, data_root, test_split, dkw)
-        if kind_ == "linear_probe":
-            use_val = val_split if val_split != "auto" else ("val" if dataset.lower() in OFFICIAL_VAL_SPLITS else None)
+        if k.name == "linear_probe":
+            use_val = official_val_split(dataset, val_split)
             val = _load_dataset(dataset, data_root, use_val, dkw) if use_val else None
-            result = linear_probe(model, train, test, val_dataset=val, task=task, **common, **plots, **kw)
-        else:
-            result = few_shot(model, train, test, task=task, **common, **plots, **kw)
+    result = evaluate(k, model, test, train, val, label=label, out_dir=out_dir, device=device,
+                      num_workers=num_workers, progress=progress, task=task, random_weights=pretrained is None,
+                      batch_size=batch_size, cache=cache_dir, **kw)
     if out_dir is not None:
         write_report([result], out_dir)
     return result

@@ -17,10 +17,11 @@ import resource
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
@@ -266,6 +267,7 @@ class FeatureSet:
     labels: torch.Tensor            # int64, CPU, [N]
     perf: PerfStats | None = None
     key: str = ""
+    skipped: dict[int, str] = field(default_factory=dict)   # unreadable images: index -> why (zero row, label -1)
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -305,9 +307,22 @@ class _ImageLabelView(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        sample = self.dataset[i]
+        try:   # the transform too: lazily decoded images only fail there
+            sample = self.dataset[i]
+            image = self.transform(sample.image)
+        except OSError as exc:   # ImageLoadError, truncated files: skipped and named, as training does
+            return None, -1, i, str(exc)
         label = sample.label if self.attribute is None else sample.attributes.get(self.attribute)
-        return self.transform(sample.image), -1 if label is None else int(label)
+        return image, -1 if label is None else int(label), i, None
+
+
+def _collate_readable(batch):
+    """Stack the readable items; hand the unreadable ones' (index, reason) on separately."""
+    ok = [b for b in batch if b[0] is not None]
+    images = torch.stack([b[0] for b in ok]) if ok else None
+    labels = torch.tensor([b[1] for b in ok], dtype=torch.long)
+    index = torch.tensor([b[2] for b in ok], dtype=torch.long)
+    return images, labels, index, [(b[2], b[3]) for b in batch if b[0] is None]
 
 
 @contextmanager
@@ -360,28 +375,43 @@ def extract_image_features(model: nn.Module, dataset, *, kind: FeatureKind = "em
             perf = PerfStats.from_dict(json.loads(hit.metadata["perf"])) if "perf" in hit.metadata else None
             if perf is not None:
                 perf.cached = True
-            return FeatureSet(hit.tensors["features"], hit.tensors["labels"], perf, key)
+            skipped = {int(i): why for i, why in json.loads(hit.metadata.get("skipped", "{}")).items()}
+            return FeatureSet(hit.tensors["features"], hit.tensors["labels"], perf, key, skipped)
 
     loader = DataLoader(_ImageLabelView(dataset, transform, attribute), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+                        persistent_workers=False, collate_fn=_collate_readable)
     dtype = model_dtype(model)
-    feats, labels = [], []
+    feats, labels, indices, skipped = [], [], [], {}
     meter = PerfMeter(device)
     from tqdm.auto import tqdm
     with eval_mode(model), torch.inference_mode(), meter:
-        for images, y in tqdm(loader, desc=desc or f"{kind} features", disable=not progress, leave=False):
+        for images, y, index, failed in tqdm(loader, desc=desc or f"{kind} features", disable=not progress,
+                                             leave=False):
+            for i, why in failed:
+                warnings.warn(f"skipping unreadable image {i} of {getattr(dataset, 'name', 'the dataset')}: {why}")
+                skipped[i] = why
+            if images is None:
+                continue
             with meter.batch(len(y)):
                 out = _forward_images(model, images.to(device, dtype, non_blocking=True), kind)
                 feats.append(out.float().cpu())
             labels.append(y)
-    features = torch.cat(feats) if feats else torch.empty(0, 0)
-    labels_t = torch.cat(labels).long() if labels else torch.empty(0, dtype=torch.long)
+            indices.append(index)
+    # Rows stay in dataset order; an unreadable image keeps a zero row and label -1 (ignored as unlabelled).
+    dim = feats[0].shape[1] if feats else 0
+    features = torch.zeros(len(dataset), dim)
+    labels_t = torch.full((len(dataset),), -1, dtype=torch.long)
+    if feats:
+        index_t = torch.cat(indices)
+        features[index_t] = torch.cat(feats)
+        labels_t[index_t] = torch.cat(labels).long()
     perf = meter.stats()
     if use_cache:
-        meta = {"perf": json.dumps(perf.to_dict()), "kind": kind, "dataset": dataset_key(dataset)[:500]}
+        meta = {"perf": json.dumps(perf.to_dict()), "kind": kind, "dataset": dataset_key(dataset)[:500],
+                "skipped": json.dumps(skipped)}
         store.put(key, {"features": features, "labels": labels_t}, metadata=meta)
-    return FeatureSet(features, labels_t, perf, key)
+    return FeatureSet(features, labels_t, perf, key, skipped)
 
 
 # ---------------------------------------------------------------------------------------------

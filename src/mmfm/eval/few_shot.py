@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .features import FeatureCache, FeatureKind, FeatureSet, extract_image_features, model_device
-from .results import FewShotResult, PerfStats, _slug
+from .results import FewShotResult, PerfStats, _slug, skipped_names
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,6 +142,8 @@ def nearest_centroid_method(episode: FewShotEpisode) -> np.ndarray:
 
 register_few_shot_method("linear_probe", linear_probe_method)
 register_few_shot_method("nearest_centroid", nearest_centroid_method)
+#: Methods that classify from the feature pass (their labels come from it too).
+FEATURE_METHODS = frozenset({"linear_probe", "nearest_centroid"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,10 +197,13 @@ def few_shot(model: nn.Module, train_dataset, test_dataset, shots: Sequence[int]
                 desc=f"{getattr(ds, 'name', '')} {split} features")
         return computed[split]
 
-    train_labels = dataset_labels(train_dataset, attribute)
+    # The built-in methods read the features anyway: take the labels from that pass, where an unreadable
+    # image is unlabelled (-1), so it is neither drawn as a shot nor counted in the test accuracy.
+    feature_based = isinstance(method, str) and method in FEATURE_METHODS
+    train_labels = None if feature_based else dataset_labels(train_dataset, attribute)
     if train_labels is None:
         train_labels = get_features("train").labels.numpy()
-    test_labels = dataset_labels(test_dataset, attribute)
+    test_labels = None if feature_based else dataset_labels(test_dataset, attribute)
     if test_labels is None:
         test_labels = get_features("test").labels.numpy()
     if classnames is None:
@@ -237,7 +242,8 @@ def few_shot(model: nn.Module, train_dataset, test_dataset, shots: Sequence[int]
         task=task_name, perf=PerfStats.combine([fs.perf for fs in computed.values()]), method=method_name,
         per_shot=per_shot,
         config={"features": features, "shots": list(shots), "seeds": list(seeds), "num_test": int(labelled.sum()),
-                "num_classes": len(classnames), "method_options": method_options or {}})
+                "num_classes": len(classnames), "method_options": method_options or {},
+                "skipped_images": skipped_names(*computed.values())})
     if out_dir is not None:
         from .plots import plot_few_shot
         stem = _slug(f"{result.model}_{result.dataset}_{method_name}")

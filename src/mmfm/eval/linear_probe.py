@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .features import FeatureCache, FeatureKind, extract_image_features
-from .results import ClassificationMetrics, LinearProbeResult, PerfStats, _slug
+from .results import ClassificationMetrics, LinearProbeResult, PerfStats, _slug, skipped_names
 
 C_RANGE = (1e-6, 1e6)
 
@@ -180,7 +180,8 @@ def linear_probe(model: nn.Module, train_dataset, test_dataset, *, val_dataset=N
         metrics=metrics, best_c=best_c, sweep=sweep, num_train=n_tr, num_val=n_val,
         config={"features": features, "feature_dim": int(x_tr.shape[1]), "val_fraction": val_fraction,
                 "coarse_to_fine": coarse_to_fine, "fine_per_decade": fine_per_decade, "max_iter": max_iter,
-                "seed": seed, "num_test": int(len(y_te)), "official_val_split": val_dataset is not None})
+                "seed": seed, "num_test": len(y_te), "official_val_split": val_dataset is not None,
+                "skipped_images": skipped_names(tr, te, va)})
     if out_dir is not None:
         from .plots import plot_c_sweep, plot_confusion_matrix
         stem = _slug(f"{result.model}_{result.dataset}" + (f"_{task_name}" if task_name else ""))

@@ -95,21 +95,32 @@ def plot_few_shot(per_shot: Mapping[int, Mapping[str, float]], path: str | Path,
     return _save(fig, path)
 
 
+RIGHT_COLOUR, WRONG_COLOUR = "green", "darkred"
+
+
 def plot_retrieval_examples(examples, path: str | Path, title: str = "") -> Path:
-    """Images next to their top retrieved captions with cosine similarities (green: a true caption)."""
+    """Images with their top retrieved captions and cosine similarities, one line per caption: green when
+    the caption is one of the image's own (same text), dark red otherwise; a legend says so.
+
+    examples: ``[(image, [(caption, similarity, is_right), ...]), ...]``.
+    """
+    from matplotlib.patches import Patch
     n = len(examples)
     cols = 4
-    rows = (n + cols - 1) // cols
-    fig = _figure((4.2 * cols, 4.0 * rows))
+    rows = max(1, (n + cols - 1) // cols)
+    fig = _figure((4.2 * cols, 4.4 * rows))
     plt_axes = np.atleast_1d(fig.subplots(rows, cols)).reshape(-1)
     for ax in plt_axes:
         ax.axis("off")
     for ax, (image, tops) in zip(plt_axes, examples):
         ax.imshow(image)
-        text = "\n".join(f"{sim:.3f}  {cap[:52]}" for cap, sim, _ in tops)
-        color = "green" if tops and tops[0][2] else "darkred"
-        ax.set_title(text, fontsize=7.5, loc="left", color=color)
+        for line, (cap, sim, right) in enumerate(reversed(tops)):   # best caption on top
+            ax.text(0.0, 1.02 + 0.075 * line, f"{'✓' if right else '✗'} {sim:.3f}  {cap[:48]}", fontsize=7.5,
+                    transform=ax.transAxes, color=RIGHT_COLOUR if right else WRONG_COLOUR, va="bottom")
+    fig.legend(handles=[Patch(color=RIGHT_COLOUR, label="✓ one of the image's own captions"),
+                        Patch(color=WRONG_COLOUR, label="✗ another image's caption")],
+               loc="lower center", ncol=2, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return _save(fig, path)

@@ -22,6 +22,9 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..report.tables import is_fraction_metric
+from ..util.atomic import atomic_write_json, atomic_write_text
+
 
 # ---------------------------------------------------------------------------------------------
 # Performance
@@ -205,9 +208,17 @@ class EvalResult:
         return f"{_KIND_TITLES.get(self.kind, self.kind)}: {self.model} on {self.dataset}{task}"
 
     def to_markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| metric | value |", "|---|---:|"]
+        lines = [f"### {self.title}", ""]
+        if self.config.get("random_weights"):
+            lines += ["**Warning: random weights** (no pretrained checkpoint, no training): these numbers describe "
+                      "an untrained model.", ""]
+        lines += ["| metric | value |", "|---|---:|"]
         for k, v in self.headline().items():
             lines.append(f"| {k} | {_fmt_metric(k, v)} |")
+        skipped = self.config.get("skipped_images") or []
+        if skipped:
+            more = " ..." if len(skipped) > 20 else ""
+            lines += ["", f"{len(skipped)} unreadable image(s) skipped: {'; '.join(skipped[:20])}{more}"]
         if self.perf:
             lines += ["", _perf_line(self.perf.to_dict())]
         extra = self._markdown_extra()
@@ -224,8 +235,8 @@ class EvalResult:
         out.mkdir(parents=True, exist_ok=True)
         stem = stem or _slug(f"{self.kind}_{self.model}_{self.dataset}" + (f"_{self.task}" if self.task else ""))
         path = out / f"{stem}.json"
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        (out / f"{stem}.md").write_text(self.to_markdown())
+        atomic_write_json(path, self.to_dict())
+        atomic_write_text(out / f"{stem}.md", self.to_markdown())
         return path
 
 
@@ -354,6 +365,11 @@ RESULT_CLASSES: dict[str, type[EvalResult]] = {c.kind: c for c in
 
 # ---------------------------------------------------------------------------------------------
 # Side-by-side report
+def skipped_names(*feature_sets) -> list[str]:
+    """The unreadable images of feature passes, as ``"<index>: <why>"`` (the reason names the file)."""
+    return [f"{i}: {why}" for fs in feature_sets if fs is not None for i, why in sorted(fs.skipped.items())]
+
+
 def result_to_dict(r: EvalResult | Mapping[str, Any]) -> dict[str, Any]:
     return r.to_dict() if isinstance(r, EvalResult) else dict(r)
 
@@ -395,14 +411,14 @@ def write_report(results: Sequence[EvalResult | Mapping[str, Any]], out_dir: str
     dicts = [result_to_dict(r) for r in results]
     table = comparison_table(dicts)
     json_path = out / "results.json"
-    json_path.write_text(json.dumps({"results": dicts, "table": table}, indent=2))
+    atomic_write_json(json_path, {"results": dicts, "table": table})
 
     lines = [f"# {title}", ""]
     lines += _markdown_table(table["columns"], table["rows"], fmt=_fmt_metric_col)
     perf = [d for d in dicts if d.get("perf")]
     if perf:
         lines += ["", "## Throughput and memory", "",
-                  "| model | dataset | evaluation | images/s | model images/s | batch latency (ms, mean) | peak RSS (MB) | peak CUDA (MB) | device |",
+                  "| model | dataset | evaluation | images/s | model images/s | batch latency (ms, mean) | peak RSS (MiB) | peak CUDA (MiB) | device |",
                   "|---|---|---|---:|---:|---:|---:|---:|---|"]
         for d in perf:
             p = d["perf"]
@@ -419,7 +435,7 @@ def write_report(results: Sequence[EvalResult | Mapping[str, Any]], out_dir: str
             lines += [f"### {d['kind']}: {d['model']} on {d['dataset']}", ""] + \
                      [f"- {k}: {_fmt_metric(k, v)}" for k, v in d.get("headline", {}).items()] + [""]
     md_path = out / "results.md"
-    md_path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(md_path, "\n".join(lines) + "\n")
     return json_path, md_path
 
 
@@ -448,8 +464,8 @@ def _pct(v) -> str:
 
 def _perf_line(p: Mapping[str, Any]) -> str:
     lat = p.get("batch_latency_ms") or {}
-    mem = f"peak RSS {_num(p.get('peak_rss_mb'))} MB" + \
-        (f", peak CUDA {_num(p.get('peak_cuda_mb'))} MB" if p.get("peak_cuda_mb") is not None else "")
+    mem = f"peak RSS {_num(p.get('peak_rss_mb'))} MiB" + \
+        (f", peak CUDA {_num(p.get('peak_cuda_mb'))} MiB" if p.get("peak_cuda_mb") is not None else "")
     return (f"Throughput: {_num(p.get('items_per_s'))} images/s end-to-end ({_num(p.get('model_items_per_s'))} in the "
             f"model) on {p.get('device')}, {p.get('num_items')} images, batch latency {_num(lat.get('mean'))} ms mean; "
             f"{mem}" + (" (features from cache; numbers of the original pass)" if p.get("cached") else "") + ".")
@@ -461,15 +477,10 @@ def _num(v) -> str:
     return f"{float(v):.1f}"
 
 
-def _is_fraction_metric(name: str) -> bool:
-    """Accuracies and recalls are fractions (shown in %); ranks and C are not."""
-    return "rank" not in name and name != "best_C"
-
-
 def _fmt_metric(name: str, v) -> str:
     if v is None:
         return "–"
-    if not _is_fraction_metric(name):
+    if not is_fraction_metric(name):
         return f"{float(v):.3g}"
     return _pct(v)
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from .features import (FeatureCache, PerfMeter, cache_key, encode_texts, extract_image_features, get_cache,
                        get_text_tokenizer, model_device, model_fingerprint)
-from .results import RetrievalResult
+from .results import RetrievalResult, skipped_names
 
 TieRule = Literal["optimistic", "pessimistic"]
 
@@ -137,7 +137,17 @@ def retrieval(model: nn.Module, dataset, *, ks: Sequence[int] = (1, 5, 10), ties
     feats = extract_image_features(model, dataset, kind="embedding", batch_size=batch_size,
                                    num_workers=num_workers, device=device, transform=transform, cache=cache,
                                    progress=progress, desc=f"retrieval {getattr(dataset, 'name', '')} images")
-    img = feats.features / feats.features.norm(dim=1, keepdim=True)
+    if feats.skipped:   # unreadable images leave the candidate set, and their captions with them
+        keep = torch.ones(len(feats.features), dtype=torch.bool)
+        keep[list(feats.skipped)] = False
+        new_index = torch.cumsum(keep.long(), 0) - 1
+        image_ids = torch.nonzero(keep).flatten().tolist()
+        pairs = [(c, int(new_index[o])) for c, o in zip(captions, owner) if keep[o]]
+        captions, owner = [c for c, _ in pairs], [o for _, o in pairs]
+        image_feats = feats.features[keep]
+    else:
+        image_ids, image_feats = list(range(len(feats.features))), feats.features
+    img = image_feats / image_feats.norm(dim=1, keepdim=True)
     text_meter = PerfMeter(device)
     with text_meter:
         txt = text_embeddings(model, captions, tokenizer=tokenizer, batch_size=text_batch_size, device=device,
@@ -153,9 +163,14 @@ def retrieval(model: nn.Module, dataset, *, ks: Sequence[int] = (1, 5, 10), ties
         n = min(num_examples, int(img.shape[0]))
         sims = img[:n] @ txt.T
         top = sims.topk(min(3, sims.shape[1]), dim=1)
-        examples = [(dataset.get_sample(i).image,
-                     [(captions[j], float(v), owner[j] == i) for v, j in zip(top.values[i].tolist(), top.indices[i].tolist())])
-                    for i in range(n)]
+        examples = []
+        for i in range(n):
+            # Right when the retrieved text is one of this image's captions, even if another image owns that
+            # copy of the text (two images can share a caption word for word).
+            truth = {c for c, o in zip(captions, owner) if o == i}
+            examples.append((dataset.get_sample(image_ids[i]).image,
+                             [(captions[j], float(v), captions[j] in truth)
+                              for v, j in zip(top.values[i].tolist(), top.indices[i].tolist())]))
         plot_retrieval_examples(examples, Path(out_dir) / f"retrieval_{_slug(getattr(dataset, 'name', 'data'))}.png",
                                 title=f"{model_label(model, model_name)}: top captions per image")
     return RetrievalResult(
@@ -163,4 +178,5 @@ def retrieval(model: nn.Module, dataset, *, ks: Sequence[int] = (1, 5, 10), ties
         perf=feats.perf, metrics=metrics, image_ranks=image_ranks if keep_ranks else None,
         text_ranks=text_ranks if keep_ranks else None, num_images=int(img.shape[0]), num_texts=len(captions),
         ties=ties, tied_queries=tied,
-        config={"ks": list(ks), "text_perf": text_meter.stats().to_dict() if text_meter.num_items else None})
+        config={"ks": list(ks), "text_perf": text_meter.stats().to_dict() if text_meter.num_items else None,
+                "skipped_images": skipped_names(feats)})

@@ -20,6 +20,7 @@ from torch import nn
 
 from .features import (FeatureCache, cache_key, encode_texts, extract_image_features, get_cache, get_text_tokenizer,
                        model_device, model_fingerprint)
+from .results import skipped_names
 from .results import ClassificationMetrics, ZeroShotResult, _slug
 
 Template = str | Callable[[str], str]
@@ -144,11 +145,13 @@ def zero_shot(model: nn.Module, dataset, *, task=None, classnames: Sequence[str]
         task=zs_task.name if zs_task.attribute is not None else None, perf=feats.perf, metrics=metrics,
         templates=[t if isinstance(t, str) else repr(t) for t in zs_task.templates],
         config={"task": zs_task.name, "num_classes": len(zs_task.classnames), "num_templates": len(zs_task.templates),
-                "attribute": zs_task.attribute, "skipped_unlabelled": int((~keep).sum()),
+                "attribute": zs_task.attribute, "skipped_unlabelled": int((~keep).sum()) - len(feats.skipped),
+                "skipped_images": skipped_names(feats),
                 "classifier_s": classifier_s, "batch_size": batch_size})
     if out_dir is not None:
         from .plots import plot_confusion_matrix
-        path = Path(out_dir) / f"confusion_{_slug(f'{result.model}_{result.dataset}_{result.task}')}.png"
+        stem = _slug("_".join(p for p in (result.model, result.dataset, result.task) if p))   # no "None" part
+        path = Path(out_dir) / f"confusion_{stem}.png"
         plot_confusion_matrix(metrics.confusion, metrics.classnames, path, title=result.title)
         result.plots["confusion_matrix"] = str(path)
     return result

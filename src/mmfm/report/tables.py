@@ -20,6 +20,11 @@ def fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def is_fraction_metric(name: str) -> bool:
+    """Accuracies and recalls are fractions (shown in %); ranks, C and counts are not."""
+    return "rank" not in name and name != "best_C"
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[fmt(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
