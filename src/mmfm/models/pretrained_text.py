@@ -21,6 +21,7 @@ cheap at any context length.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -124,8 +125,9 @@ class PretrainedTextTower(nn.Module):
         # On the meta device (parameter counts, validation) or when weights come from a checkpoint later,
         # only the architecture is needed.
         if load_weights and torch.empty(0).device.type != "meta":
-            self.encoder = AutoModel.from_pretrained(where, add_pooling_layer=False) \
-                if _accepts_pooling_flag(hf_cfg) else AutoModel.from_pretrained(where)
+            kw = {"add_pooling_layer": False} if _accepts_pooling_flag(hf_cfg) else {}
+            with _quiet_transformers():   # its load report lists the unused pooler weights we leave out
+                self.encoder = AutoModel.from_pretrained(where, **kw)
         else:
             self.encoder = AutoModel.from_config(hf_cfg, add_pooling_layer=False) \
                 if _accepts_pooling_flag(hf_cfg) else AutoModel.from_config(hf_cfg)
@@ -152,8 +154,11 @@ class PretrainedTextTower(nn.Module):
         n = int(mask.sum(1).max()) if ids.numel() else ids.shape[1]
         if 0 < n < ids.shape[1] and bool(mask[:, n:].logical_not().all()):
             ids, mask = ids[:, :n], mask[:, :n]       # right padding only: dropping it is exact
-        hidden = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        return pool(hidden, mask, self.pooling)
+        # A locked encoder needs no graph: its features are constants to whatever trains after it.
+        frozen = not any(p.requires_grad for p in self.encoder.parameters())
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            hidden = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+            return pool(hidden, mask, self.pooling)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.proj(features)
@@ -206,6 +211,17 @@ def _accepts_pooling_flag(hf_cfg) -> bool:
     # BERT-like models have an optional pooler (an extra dense layer on [CLS]) that sentence embeddings
     # never use; leaving it out keeps it from counting as a (frozen, unused) parameter.
     return getattr(hf_cfg, "model_type", "") in {"bert", "roberta", "xlm-roberta", "camembert"}
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _encoder_layers(encoder: nn.Module) -> list[nn.Module]:
