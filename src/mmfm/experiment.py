@@ -176,7 +176,7 @@ def _views(cfg, model, datasets, train: TrainConfig):
     from .data.transforms import image_transform
     from .tokenizer import get_tokenizer
     size = model.config.vision.image_size
-    tok = get_tokenizer(model.config.text.context_length)
+    tok = model.get_tokenizer() if hasattr(model, "get_tokenizer") else get_tokenizer(model.context_length)
     a = cfg.augment
     train_tf = image_transform(size, train=True, scale=a.random_resized_crop or (1.0, 1.0), hflip=a.hflip,
                                pad_crop=a.pad_crop)

@@ -15,6 +15,7 @@ from .lora import (LORA_PRESETS, LoraPreset, apply_lora, config_fingerprint, exp
                    load_lora, lora_few_shot, lora_parameters, merge_lora, merged_copy, save_lora, unload_lora,
                    unmerge_lora)
 from .wise_ft import sweep_table, wise_ft, wise_ft_sweep, zero_shot_metric
+from . import fewshot  # noqa: E402,F401  registers coop, clip_adapter, tip_adapter(_f), zero_shot
 
 __all__ = ["LORA_PRESETS", "LoraPreset", "apply_lora", "config_fingerprint", "export_merged", "is_lora_model",
            "load_lora", "lora_few_shot", "lora_parameters", "merge_lora", "merged_copy", "save_lora", "unload_lora",

@@ -420,6 +420,8 @@ def get_text_tokenizer(model: nn.Module, tokenizer: Callable | None = None) -> C
     """The given tokenizer, or mmfm's CLIP BPE tokenizer at the model's context length."""
     if tokenizer is not None:
         return tokenizer
+    if hasattr(model, "get_tokenizer"):      # a model whose text tower has its own vocabulary
+        return model.get_tokenizer()
     from ..tokenizer import get_tokenizer   # imported lazily: only text evaluations need it
     return get_tokenizer(model.context_length)
 

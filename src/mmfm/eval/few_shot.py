@@ -176,6 +176,8 @@ def few_shot(model: nn.Module, train_dataset, test_dataset, shots: Sequence[int]
     from .linear_probe import _task_labels
     from .zero_shot import model_label
     if isinstance(method, str) and method not in FEW_SHOT_METHODS:
+        import mmfm.adapt  # noqa: F401  registers the adaptation methods (lora, coop, tip_adapter, ...)
+    if isinstance(method, str) and method not in FEW_SHOT_METHODS:
         raise KeyError(f"unknown few-shot method {method!r}; registered: {sorted(FEW_SHOT_METHODS)}")
     fn = FEW_SHOT_METHODS[method] if isinstance(method, str) else method
     method_name = method if isinstance(method, str) else getattr(method, "__name__", repr(method))

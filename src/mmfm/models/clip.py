@@ -92,6 +92,11 @@ class CLIP(nn.Module):
     def context_length(self) -> int:
         return self.config.text.context_length
 
+    def get_tokenizer(self):
+        """``tokenizer(list[str]) -> LongTensor[N, context_length]`` for this model's text tower."""
+        from ..tokenizer import get_tokenizer
+        return get_tokenizer(self.context_length)
+
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay: gains, biases, embeddings, temperature."""
         names = set()

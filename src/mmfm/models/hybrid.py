@@ -31,6 +31,7 @@ from ..util.weights import track_loads
 from .clip import CLIP
 from .config import ConfigError, TextConfig, _from_dict
 from .factory import register_builder
+from .pretrained_text import PretrainedTextConfig, PretrainedTextTower
 from .registry import get_model_config, register_config_class, register_model
 from .text import TextTransformer
 
@@ -52,7 +53,12 @@ class HybridConfig:
     vision: HybridVisionConfig = field(default_factory=HybridVisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     text_pretrained: str | None = None   # a CLIP checkpoint (anything create_model reads) for the text tower
+    # A pretrained transformers encoder as the text tower instead of ``text`` (see pretrained_text.py).
+    text_encoder: PretrainedTextConfig | None = None
     lock_text: bool = True               # the published setup trains the image side only
+    # Text groups left trainable when locked; None: 0 for a CLIP text tower, 1 (its new projection) for
+    # a pretrained encoder, whose projection starts random.
+    text_unlocked_groups: int | None = None
     quick_gelu: bool = False             # the text tower's activation (True for OpenAI's weights)
     init_logit_scale: float = math.log(1 / 0.07)
     initialized_from: dict[str, str] = field(default_factory=dict)   # provenance, filled at build time
@@ -68,8 +74,10 @@ class HybridConfig:
             raise ConfigError("HybridConfig.from_dict: family must be 'hybrid'")
         vision = _from_dict(HybridVisionConfig, d.pop("vision", {}), "vision")
         text = _from_dict(TextConfig, d.pop("text", {}), "text")
+        enc = d.pop("text_encoder", None)
+        enc = _from_dict(PretrainedTextConfig, enc, "text_encoder") if enc is not None else None
         cfg = _from_dict(cls, d, "model")
-        cfg.vision, cfg.text = vision, text
+        cfg.vision, cfg.text, cfg.text_encoder = vision, text, enc
         return cfg
 
 
@@ -192,7 +200,13 @@ class HybridCLIP(CLIP):
         load = (not _on_meta_device()) if load_initial_weights is None else load_initial_weights
         self.config = cfg
         self.visual = TorchvisionTower(cfg.vision, cfg.embed_dim, weights=cfg.vision.weights if load else None)
-        self.text = TextTransformer(cfg.text, cfg.embed_dim, cfg.quick_gelu)
+        if cfg.text_encoder is not None:
+            if cfg.text_pretrained is not None:
+                raise ConfigError("text_pretrained (a CLIP text tower) and text_encoder (a transformers encoder) "
+                                  "both name the text tower: keep one")
+            self.text = PretrainedTextTower(cfg.text_encoder, cfg.embed_dim, load_weights=load)
+        else:
+            self.text = TextTransformer(cfg.text, cfg.embed_dim, cfg.quick_gelu)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         self.logit_bias = None
         track_loads(self)   # loading weights advances mmfm's weights version (caches re-check)
@@ -204,7 +218,17 @@ class HybridCLIP(CLIP):
                 load_text_tower(self, cfg.text_pretrained)
                 cfg.text_pretrained = None
         if cfg.lock_text:
-            self.lock_text_tower(0)
+            default = 1 if cfg.text_encoder is not None else 0
+            self.lock_text_tower(default if cfg.text_unlocked_groups is None else cfg.text_unlocked_groups)
+
+    @property
+    def context_length(self) -> int:
+        return self.text.context_length if self.config.text_encoder is not None else self.config.text.context_length
+
+    def get_tokenizer(self):
+        if self.config.text_encoder is not None:
+            return self.text.tokenizer
+        return super().get_tokenizer()
 
 
 def _differences(a: Any, b: Any) -> list[str]:
