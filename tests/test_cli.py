@@ -232,3 +232,15 @@ def test_task_colour_is_accepted_where_color_is():
     assert resolve_task(shapes, "colour").name == "color" and "colour" in shapes.zero_shot_tasks()
     with pytest.raises(KeyError, match="no zero-shot task 'flavour'"):
         resolve_task(shapes, "flavour")
+
+
+def test_eval_fewshot_method_shots_and_seeds(tmp_path, capsys):
+    code = main(["eval", "fewshot", "--model", "ViT-tiny-test", "--dataset", "digits", "--method", "tip_adapter",
+                 "--shots", "2", "4", "--seeds", "0", "1", "--out", str(tmp_path)])
+    assert code == 0
+    import json
+    result = json.loads((tmp_path / "results.json").read_text())["results"][0]
+    assert result["method"] == "tip_adapter"
+    assert sorted(result["per_shot"]) == ["2", "4"] and result["per_shot"]["4"]["seeds"] == [0, 1]
+    assert main(["eval", "zeroshot", "--model", "ViT-tiny-test", "--dataset", "digits", "--method", "coop"]) == 2
+    assert "only apply to `mmfm eval fewshot`" in capsys.readouterr().err

@@ -58,9 +58,17 @@ def _cmd_eval(args) -> int:
     from .eval import run_eval
     result = run_eval(args.kind, model_name=args.model, pretrained=args.pretrained, dataset=args.dataset,
                       data_root=args.data_root, out_dir=args.out, batch_size=args.batch_size, device=args.device,
-                      task=args.task, dataset_kwargs=_dataset_kwargs(args))
+                      task=args.task, dataset_kwargs=_dataset_kwargs(args), **_fewshot_kwargs(args))
     print(result.to_markdown() if hasattr(result, "to_markdown") else json.dumps(result.to_dict(), indent=2, default=str))
     return 0
+
+
+def _fewshot_kwargs(args) -> dict:
+    """``--method/--shots/--seeds`` for ``mmfm eval fewshot`` (refused by name for the other kinds)."""
+    kw = {k: v for k, v in (("method", args.method), ("shots", args.shots), ("seeds", args.seeds)) if v is not None}
+    if kw and args.kind != "fewshot":
+        raise ValueError(f"--{'/--'.join(kw)} only apply to `mmfm eval fewshot`, not {args.kind}")
+    return kw
 
 
 def _dataset_kwargs(args) -> dict | None:
@@ -169,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", default=None)
     s.add_argument("--download", action="store_true", help="download the dataset through torchvision if missing")
+    s.add_argument("--method", default=None,
+                   help="fewshot: linear_probe (default), zero_shot, lora, coop, clip_adapter, tip_adapter, tip_adapter_f")
+    s.add_argument("--shots", type=positive_int, nargs="+", default=None, metavar="K",
+                   help="fewshot: examples per class (default: 1 2 4 8 16)")
+    s.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S", help="fewshot: seeds (default: 0 1 2)")
     s.set_defaults(func=_cmd_eval)
 
     from .frozen.cli import add_caption_parser, add_vqa_parser
