@@ -23,7 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..measure import count_parameters, measure_latency, track_memory
-from .checkpointing import (atomic_torch_save, latest_valid_checkpoint, prune_checkpoints, rng_state, set_rng_state)
+from ..util.atomic import atomic_write_text
+from .checkpointing import (latest_valid_checkpoint, prune_checkpoints, remove_stale_temporaries, rng_state,
+                            save_checkpoint, set_rng_state)
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from .objectives import ContrastiveObjective, Objective, batch_size, split_batch, unwrap
@@ -78,6 +80,22 @@ def apply_freezing(model: nn.Module, cfg: TrainConfig) -> None:
         for n, p in model.named_parameters():
             if any(n == pre or n.startswith(pre + ".") for pre in cfg.freeze):
                 p.requires_grad_(False)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the rows of steps <= ``step`` (the one resumed from): the steps after it are about to be
+    run again, and a kill may have left a torn last line. One row per step after any number of resumes."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
 
 
 def default_collate(batch: list) -> dict:
@@ -159,6 +177,9 @@ class Trainer:
         state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "samples_seen": 0, "train_time_s": 0.0,
                  "history": [], "val_history": [], "best": None, "skipped": 0}
         resumed_from = None
+        if info.is_main:
+            for stale in remove_stale_temporaries(self.ckpt_dir):
+                print(f"removed {stale.name}, left by a run killed while saving")
         if cfg.resume and (found := latest_valid_checkpoint(self.ckpt_dir)):
             path, ckpt = found
             changed = {k for k, v in self.cfg.model_dump().items()
@@ -191,7 +212,9 @@ class Trainer:
         def backward(loss: torch.Tensor):
             (scaler.scale(loss) if scaler is not None else loss).backward()
 
-        writer = self._tensorboard() if info.is_main else None
+        if info.is_main:
+            truncate_metrics(self.out_dir / "metrics.jsonl", state["step"])
+        writer = self._tensorboard(state["step"]) if info.is_main else None
         metrics_file = open(self.out_dir / "metrics.jsonl", "a") if info.is_main else None
         progress = None
         if info.is_main and cfg.progress:
@@ -303,14 +326,15 @@ class Trainer:
     def _due(every: int | None, step: int) -> bool:
         return bool(every) and step % every == 0
 
-    def _tensorboard(self):
+    def _tensorboard(self, step: int):
         if not self.cfg.tensorboard:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             return None
-        return SummaryWriter(str(self.out_dir / "tensorboard"))
+        # purge_step: events past the resumed step are dropped, so resumed curves do not double back
+        return SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=step + 1 if step else None)
 
     @staticmethod
     def _log(rec: dict, writer, metrics_file, split: str) -> None:
@@ -353,14 +377,14 @@ class Trainer:
             if better:
                 state["best"] = {"metric": self.best_metric, "value": metric, "step": state["step"]}
                 if info.is_main:
-                    atomic_torch_save({"model": unwrap(model).state_dict(), "best": state["best"]},
-                                      self.ckpt_dir / "best.pt")
+                    save_checkpoint({"model": unwrap(model).state_dict(), "best": state["best"]},
+                                    self.ckpt_dir / "best.pt")
 
     def _save(self, model, optimizer, scheduler, scaler, state) -> None:
         ckpt = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": rng_state(), "state": {k: v for k, v in state.items()}, "config": self.cfg.model_dump()}
-        atomic_torch_save(ckpt, self.ckpt_dir / f"ckpt-{state['step']:08d}.pt")
+        save_checkpoint(ckpt, self.ckpt_dir / f"ckpt-{state['step']:08d}.pt")
         prune_checkpoints(self.ckpt_dir, self.cfg.keep_last)
 
     def _latency(self, model, device, autocast) -> dict:
