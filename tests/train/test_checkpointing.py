@@ -1,7 +1,9 @@
 """Checkpoint folder hygiene: pruning counts only checkpoints that load, incomplete ones are skipped,
-temporaries a kill left are removed, and a failed write says where and how much space is free."""
+temporaries a kill left are removed, a failed write says where and how much space is free, and Ctrl-C
+saves a checkpoint the run resumes from exactly."""
 import errno
 import json
+import signal
 
 import pytest
 import torch
@@ -67,22 +69,45 @@ def test_failed_write_names_folder_and_free_space_and_keeps_old_checkpoints(tmp_
 
 
 class Pairs(torch.utils.data.Dataset):
-    def __init__(self, n=16):
+    def __init__(self, n=16, sigint_at=0):
         g = torch.Generator().manual_seed(0)
         self.images, self.texts = torch.randn(n, 3, 32, 32, generator=g), torch.randint(1, 1000, (n, 16), generator=g)
+        self.calls, self.sigint_at = 0, sigint_at
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
-        return {"image": self.images[i], "text": self.texts[i]}
+        self.calls += 1
+        if self.calls == self.sigint_at:
+            signal.raise_signal(signal.SIGINT)      # Ctrl-C while the loader is busy
+        return {"image": self.images[i] + 0.1 * torch.randn(3, 32, 32), "text": self.texts[i]}
 
 
-def _fit(out, steps, **kw):
+def _fit(out, steps, data=None, **kw):
     torch.manual_seed(0)
-    cfg = TrainConfig(max_steps=steps, batch_size=4, lr=1e-3, ckpt_every=1, keep_last=2, log_every=1,
-                      progress=False, tensorboard=False, **kw)
-    return Trainer(create_model("ViT-tiny-test"), Pairs(), cfg, out).fit()
+    kw = {"ckpt_every": 1, "keep_last": 2, **kw}
+    cfg = TrainConfig(max_steps=steps, batch_size=4, lr=1e-3, log_every=1, progress=False, tensorboard=False, **kw)
+    return Trainer(create_model("ViT-tiny-test"), data or Pairs(), cfg, out).fit()
+
+
+def _weights(out):
+    return latest_valid_checkpoint(out / "checkpoints")[1]["model"]
+
+
+def test_ctrl_c_saves_a_checkpoint_says_how_to_resume_and_resume_is_exact(tmp_path, capsys):
+    ref = tmp_path / "ref"
+    _fit(ref, 5, ckpt_every=None)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        _fit(run, 5, Pairs(sigint_at=10), ckpt_every=None)     # item 10 is fetched for step 3
+    assert "interrupted at step 2; resume with the same command" in capsys.readouterr().err
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [2]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # the handler is put back
+    assert _fit(run, 5, ckpt_every=None).resumed_from_step == 2
+    a, b = _weights(ref), _weights(run)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
 def test_resume_removes_stale_temporaries_and_metrics_keep_one_row_per_step(tmp_path):

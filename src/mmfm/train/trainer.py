@@ -10,9 +10,12 @@ import json
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +30,7 @@ from ..util.atomic import atomic_write_text
 from .checkpointing import (latest_valid_checkpoint, prune_checkpoints, remove_stale_temporaries, rng_state,
                             save_checkpoint, set_rng_state)
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from .distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, init_distributed
 from .objectives import ContrastiveObjective, Objective, batch_size, split_batch, unwrap
 from .sampler import ResumableBatchSampler, SeededItems
 from .schedule import build_optimizer, build_scheduler
@@ -224,22 +227,24 @@ class Trainer:
         last_loss = None
         prior_time, t_start = state["train_time_s"], time.perf_counter()
         t_window, n_window = time.perf_counter(), 0
+        saved_step = resumed_from
+        interrupted = False
         try:
-            with track_memory() as mem:
+            with track_memory() as mem, self._deferred_sigint():
                 while state["step"] < total_steps:
-                    if sampler is not None:
-                        sampler.set_epoch(state["epoch"], state["step_in_epoch"])
-                        items.set_epoch(state["epoch"])
+                    self._start_epoch(sampler, items, state)
                     model.train()
-                    for batch in loader:
-                        state["skipped"] += int(batch.pop("n_skipped", 0))
-                        if batch_size(batch) < cfg.batch_size * cfg.accum_steps:
-                            # corrupt images were dropped: micro-batches must stay equal, so trim
-                            n = (batch_size(batch) // cfg.accum_steps) * cfg.accum_steps
-                            if n == 0:
-                                state["step_in_epoch"] += 1
-                                continue
-                            batch = {k: (v[:n] if torch.is_tensor(v) and v.ndim else v) for k, v in batch.items()}
+                    for batch in self._batches(loader):
+                        batch, n_skipped = self._trim(batch)
+                        # One small all-reduce keeps the ranks in step: they stop together on Ctrl-C, skip a
+                        # step together when one rank lost its whole batch, and count every rank's samples.
+                        interrupted, n_skipped, n, any_empty = self._agree(batch, n_skipped, device, info)
+                        if interrupted:
+                            break
+                        state["skipped"] += n_skipped
+                        if any_empty:
+                            state["step_in_epoch"] += 1
+                            continue
                         batch = self._to_device(batch, device)
                         micro = split_batch(batch, cfg.accum_steps)
                         optimizer.zero_grad(set_to_none=True)
@@ -265,7 +270,6 @@ class Trainer:
                         else:
                             optimizer.step()
                         scheduler.step()
-                        n = batch_size(batch) * info.world_size
                         state["step"] += 1
                         state["step_in_epoch"] += 1
                         state["samples_seen"] += n
@@ -291,6 +295,7 @@ class Trainer:
                         if (self._due(cfg.ckpt_every, step) or last_step) and info.is_main:
                             state["train_time_s"] = prior_time + time.perf_counter() - t_start
                             self._save(model, optimizer, scheduler, scaler, state)
+                            saved_step = step
                         if last_step:
                             break
                     else:  # the epoch ran out
@@ -298,6 +303,18 @@ class Trainer:
                         state["step_in_epoch"] = 0
                         continue
                     break
+                if interrupted:
+                    # Between steps, so the checkpoint is exactly the one ckpt_every would have written here.
+                    if info.is_main and state["step"] and saved_step != state["step"]:
+                        state["train_time_s"] = prior_time + time.perf_counter() - t_start
+                        self._save(model, optimizer, scheduler, scaler, state)
+                    barrier()   # no rank exits (and makes torchrun kill the others) before the save is done
+                    message = f"interrupted at step {state['step']}; resume with the same command"
+                    if info.is_main:
+                        if progress is not None:
+                            progress.close()
+                        print(message, file=sys.stderr, flush=True)
+                    raise KeyboardInterrupt(message)
         finally:
             if progress is not None:
                 progress.close()
@@ -320,6 +337,79 @@ class Trainer:
             from ..report.plots import plot_training_curves
             plot_training_curves(state["history"], state["val_history"], self.out_dir / "curves.png")
         return result
+
+    # -- the loop's pieces ------------------------------------------------------------------------
+    @contextmanager
+    def _deferred_sigint(self):
+        """Ctrl-C sets a flag that the loop reads between steps (then it saves and stops); a second
+        Ctrl-C interrupts at once. Only the main thread may install signal handlers."""
+        self._interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum, frame):
+            self._interrupted = True
+            signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _batches(self, loader):
+        """The loader's batches; ``None`` if Ctrl-C came while waiting (its workers die of it too)."""
+        it = iter(loader)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except Exception:
+                if self._interrupted:
+                    yield None
+                    return
+                raise
+            yield batch
+
+    def _trim(self, batch: dict | None) -> tuple[dict | None, int]:
+        """Drop the skipped-sample count from the batch; cut a short batch to whole micro-batches."""
+        if batch is None:
+            return None, 0
+        n_skipped = int(batch.pop("n_skipped", 0))
+        k = self.cfg.accum_steps
+        n = batch_size(batch)
+        if n < self.cfg.batch_size * k and n % k:
+            # corrupt images were dropped: micro-batches must stay equal, so trim
+            n = (n // k) * k
+            batch = {key: (v[:n] if torch.is_tensor(v) and v.ndim else v) for key, v in batch.items()}
+        return batch, n_skipped
+
+    def _agree(self, batch: dict | None, n_skipped: int, device, info: DistInfo) -> tuple[bool, int, int, bool]:
+        """(stop, samples skipped, samples in the step, some rank has none) over all ranks."""
+        n = batch_size(batch) if batch is not None else 0
+        local = torch.tensor([int(self._interrupted or batch is None), n_skipped, n, int(n == 0)],
+                             dtype=torch.int64, device=device if info.enabled else "cpu")
+        stop, skipped, total, empty = (int(v) for v in all_reduce_sum(local).cpu())
+        return bool(stop), skipped, total, bool(empty)
+
+    def _start_epoch(self, sampler, items, state) -> None:
+        """Point the data at (epoch, step in epoch): map-style data through the sampler, a stream by
+        skipping the records of the batches already trained on."""
+        epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
+        if sampler is not None:
+            sampler.set_epoch(epoch, step_in_epoch)
+            items.set_epoch(epoch)
+            return
+        data = self.train_data
+        if hasattr(data, "set_epoch"):
+            data.set_epoch(epoch)
+        if hasattr(data, "resume_at"):
+            data.resume_at(step_in_epoch, self.cfg.batch_size * self.cfg.accum_steps, self.cfg.num_workers)
+        elif step_in_epoch:
+            warnings.warn(f"{type(data).__name__} cannot start a stream mid-epoch (it has no resume_at): epoch "
+                          f"{epoch} restarts from its first sample, so {step_in_epoch} batches are seen twice")
 
     # -- pieces ---------------------------------------------------------------------------------
     @staticmethod
