@@ -160,3 +160,21 @@ def test_bad_records_are_skipped_counted_and_named_by_shard_and_key(tmp_path, to
     samples = ShardDataset(shard)
     assert [s.captions for s in samples] == [["a red square"], [], ["a cat"], ["a blue circle"]]
     assert samples.skipped == 3                                  # the undecodable ones
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("done", [3, 4])
+def test_resume_at_continues_the_stream_at_the_exact_record(tmp_path, tokenizer, workers, done):
+    """A resumed epoch yields exactly the batches an uninterrupted one had left, whatever batch it stopped
+    at (odd or even: the DataLoader takes batch k from worker k % W) and with a seeded shuffle buffer."""
+    write_shards(Shapes(size=40, image_size=8), tmp_path, maxcount=10)
+    stream = ShardDataset(tmp_path, shuffle_shards=True, shuffle_buffer=6, seed=2).with_transforms(None, tokenizer)
+    loader = DataLoader(stream, batch_size=4, num_workers=workers, collate_fn=collate_skip_none, drop_last=True)
+    stream.set_epoch(1)
+    full = [b["index"].tolist() for b in loader]
+    assert sorted(i for b in full for i in b) == list(range(40))
+    stream.set_epoch(1)
+    stream.resume_at(done, 4)
+    assert [b["index"].tolist() for b in loader] == full[done:]
+    stream.set_epoch(2)                                   # the next epoch starts at its beginning again
+    assert len(list(loader)) == len(full)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import glob
 import io
+import itertools
 import json
 import logging
 import os
@@ -328,6 +329,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.split_by_worker = split_by_worker
         self.resampled = resampled
         self.epoch = 0
+        self.start_batches, self.batch_size = 0, 1
         self.skipped = 0
         meta = json.loads(Path(metadata).read_text()) if metadata else _find_metadata(self.urls[0])
         self.metadata = meta
@@ -340,8 +342,29 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.num_samples: int | None = meta.get("num_samples")
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch used by the shuffles (and caption draws)."""
+        """Select the epoch used by the shuffles (and caption draws); it starts at its beginning."""
         self.epoch = int(epoch)
+        self.start_batches = 0
+
+    def resume_at(self, batches: int, batch_size: int) -> None:
+        """Start this epoch's stream after ``batches`` batches of ``batch_size``
+        records, as a DataLoader (with any number of workers) delivered them.
+
+        A DataLoader takes batch ``k`` from worker ``k % W``, each worker
+        batching its own stream. So worker ``l`` had made ``ceil((batches - l) / W)``
+        of them, and the resumed loader's worker ``p`` must act as worker
+        ``(p + batches) % W`` (shards, shuffle seed) and skip that many records,
+        before anything is decoded. Exact while no worker has run out of
+        records (uneven shards can make one finish early in the epoch's last
+        rounds). ``set_epoch`` starts the next epoch at its beginning.
+        """
+        self.start_batches, self.batch_size = int(batches), int(batch_size)
+
+    def _logical_worker(self, worker: int, num_workers: int) -> tuple[int, int]:
+        """(the worker of an uninterrupted epoch this one stands for, records it already delivered)."""
+        logical = (worker + self.start_batches) % num_workers
+        made = max(0, -(-(self.start_batches - logical) // num_workers))
+        return logical, made * self.batch_size
 
     def zero_shot_tasks(self) -> dict[str, ZeroShotTask]:
         # Same rule as map-style datasets; that method only reads the
@@ -351,9 +374,11 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def _pipeline(self):
         import webdataset as wds
 
-        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        rank, _, worker, num_workers = wds.utils.pytorch_worker_info()
+        worker, skip = self._logical_worker(worker, num_workers)
         if self.resampled:
-            stages: list = [wds.ResampledShards(self.urls, seed=self.seed * 100_003 + self.epoch, deterministic=True)]
+            stages: list = [wds.ResampledShards(self.urls, seed=self.seed * 100_003 + self.epoch, deterministic=True,
+                                                worker_seed=lambda: rank * 1000 + worker)]
         else:
             urls = list(self.urls)
             if self.shuffle_shards:
@@ -361,14 +386,16 @@ class ShardDataset(torch.utils.data.IterableDataset):
             stages = [wds.SimpleShardList(urls)]
             if self.split_by_node:
                 stages.append(wds.split_by_node)
-            if self.split_by_worker:
-                stages.append(wds.split_by_worker)
+            if self.split_by_worker and num_workers > 1:
+                stages.append(lambda src: itertools.islice(src, worker, None, num_workers))
         # warn_and_continue: an unreadable *tar* (truncated download) is
         # reported and skipped rather than killing the run.
         stages.append(wds.tarfile_to_samples(handler=wds.warn_and_continue))
         if self.shuffle_buffer > 1:
             rng = random.Random(f"mmfm-samples/{self.seed}/{self.epoch}/{rank}/{worker}")
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng))
+        if skip:   # resumed mid-epoch: drop what was trained on, undecoded
+            stages.append(lambda src: itertools.islice(src, skip, None))
         return wds.DataPipeline(*stages)
 
     def located_samples(self) -> Iterator[tuple[int, Sample | None, str]]:
@@ -435,6 +462,9 @@ class ShardImageTextView(torch.utils.data.IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.shards.set_epoch(epoch)
+
+    def resume_at(self, batches: int, batch_size: int) -> None:
+        self.shards.resume_at(batches, batch_size)
 
     def zero_shot_tasks(self) -> dict[str, ZeroShotTask]:
         return self.shards.zero_shot_tasks()

@@ -406,7 +406,7 @@ class Trainer:
         if hasattr(data, "set_epoch"):
             data.set_epoch(epoch)
         if hasattr(data, "resume_at"):
-            data.resume_at(step_in_epoch, self.cfg.batch_size * self.cfg.accum_steps, self.cfg.num_workers)
+            data.resume_at(step_in_epoch, self.cfg.batch_size * self.cfg.accum_steps)
         elif step_in_epoch:
             warnings.warn(f"{type(data).__name__} cannot start a stream mid-epoch (it has no resume_at): epoch "
                           f"{epoch} restarts from its first sample, so {step_in_epoch} batches are seen twice")
