@@ -28,6 +28,8 @@ from ..util.atomic import atomic_torch_save, stale_temporaries  # atomic_torch_s
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
 TRAINING_KEYS = ("model", "optimizer", "scheduler", "rng", "state")
+# how torch.save's C++ writer reports a short write (a full disk)
+_SHORT_WRITE = ("unexpected pos", "write failed", "iostream error")
 
 
 def rng_state() -> dict[str, Any]:
@@ -128,7 +130,7 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
     except (OSError, RuntimeError) as e:
         if isinstance(e, OSError) and e.errno:
             code = e.errno
-        elif "unexpected pos" in str(e) or "write failed" in str(e):   # torch's words for a short write
+        elif any(words in str(e) for words in _SHORT_WRITE):
             code = errno.ENOSPC
         else:
             raise
