@@ -1,8 +1,13 @@
 """One trainer for every model family: anything an ``Objective`` can turn into a loss.
 
 What it adds around the objective: AdamW + warmup/cosine, clipping, freezing by config, bf16/fp16
-autocast, gradient checkpointing, torch.compile, DDP, atomic checkpoints with exact resume, NaN
-guard, progress bar + JSONL + TensorBoard + PNG curves, and the measurement report.
+autocast, gradient checkpointing, torch.compile, DDP, atomic checkpoints with exact resume (map-style
+data and streams alike), NaN guard, progress bar + JSONL + TensorBoard + PNG curves, and the
+measurement report.
+
+Nothing is lost to a fault: Ctrl-C saves a checkpoint between steps and re-raises KeyboardInterrupt;
+a SIGKILL loses at most the steps since the last checkpoint (the same command resumes, and the logs
+keep one row per step); unreadable samples are skipped and counted on every rank alike.
 """
 from __future__ import annotations
 
