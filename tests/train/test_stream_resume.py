@@ -2,6 +2,7 @@
 weights of an uninterrupted run, as test_resume.py checks for map-style data."""
 import signal
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,3 +50,24 @@ def test_interrupted_stream_resumes_at_the_exact_sample(tmp_path):
     b = latest_valid_checkpoint(tmp_path / "run" / "checkpoints")[1]["model"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_stream_shorter_than_one_batch_is_a_clear_error_not_an_endless_loop(tmp_path):
+    write_shards(Shapes(size=3, image_size=32), tmp_path / "shards")
+    with pytest.raises(ValueError, match="no full batch"):
+        _fit(tmp_path / "shards", tmp_path / "run", Tokenize(), steps=2)
+
+
+STREAM_WORKER = Path(__file__).with_name("ddp_stream_worker.py")
+
+
+@pytest.mark.slow
+def test_ranks_end_stream_epochs_together(tmp_path, run_ranks):
+    """With uneven shards per rank, the rank whose stream ends first ends the epoch for all (it used to run
+    ahead into the next epoch, and a rank with no shard at all spun forever while the others waited)."""
+    write_shards(Shapes(size=12, image_size=32), tmp_path / "uneven", maxcount=4)   # rank 0: 8 pairs, rank 1: 4
+    out = run_ranks(STREAM_WORKER, tmp_path / "uneven.pt", 2, tmp_path / "uneven", 5, timeout=240)
+    assert out["epochs"] == [2.5, 2.5] and out["steps"] == [5, 5]    # 2 steps an epoch: rank 1's 4 pairs / 2
+    write_shards(Shapes(size=4, image_size=32), tmp_path / "one", maxcount=4)       # rank 1 gets no shard
+    out = run_ranks(STREAM_WORKER, tmp_path / "one.pt", 2, tmp_path / "one", 5, timeout=240)
+    assert all("no full batch" in e for e in out["errors"]), out

@@ -41,6 +41,9 @@ from .sampler import ResumableBatchSampler, SeededItems
 from .schedule import build_optimizer, build_scheduler
 
 
+_EPOCH_END = object()   # what Trainer._batches yields after a loader's last batch
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -104,6 +107,13 @@ def truncate_metrics(path: Path, step: int) -> None:
         if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
             kept.append(line + "\n")
     atomic_write_text(path, "".join(kept))
+
+
+def epochs_done(state: dict, steps_per_epoch: int | None) -> float:
+    """Epochs trained, with the fraction of the current one where its length is known (a stream's only
+    after its first epoch; before that, whole epochs)."""
+    per_epoch = steps_per_epoch or state.get("epoch_steps")
+    return state["epoch"] + (state["step_in_epoch"] / per_epoch if per_epoch else 0.0)
 
 
 def default_collate(batch: list) -> dict:
@@ -240,11 +250,13 @@ class Trainer:
                     self._start_epoch(sampler, items, state)
                     model.train()
                     for batch in self._batches(loader):
-                        batch, n_skipped = self._trim(batch)
-                        # One small all-reduce keeps the ranks in step: they stop together on Ctrl-C, skip a
-                        # step together when one rank lost its whole batch, and count every rank's samples.
-                        interrupted, n_skipped, n, any_empty = self._agree(batch, n_skipped, device, info)
-                        if interrupted:
+                        ended = batch is _EPOCH_END
+                        batch, n_skipped = self._trim(None if ended else batch)
+                        # One small all-reduce keeps the ranks in step: they stop together on Ctrl-C, end the
+                        # epoch together when one rank's stream runs out, skip a step together when one rank
+                        # lost its whole batch, and count every rank's samples.
+                        interrupted, ended, n_skipped, n, any_empty = self._agree(batch, ended, n_skipped, device, info)
+                        if interrupted or ended:
                             break
                         state["skipped"] += n_skipped
                         if any_empty:
@@ -286,7 +298,7 @@ class Trainer:
                         step = state["step"]
                         if step % cfg.log_every == 0 or step == total_steps:
                             now = time.perf_counter()
-                            rec = {"step": step, "epoch": state["epoch"] + state["step_in_epoch"] / (steps_per_epoch or 1),
+                            rec = {"step": step, "epoch": epochs_done(state, steps_per_epoch),
                                    "loss": float(all_reduce_mean(torch.tensor(loss))), "lr": scheduler.get_last_lr()[0],
                                    "samples_per_s": n_window / max(now - t_window, 1e-9), "grad_norm": grad_norm}
                             if out.get("logit_scale") is not None:
@@ -303,11 +315,16 @@ class Trainer:
                             saved_step = step
                         if last_step:
                             break
-                    else:  # the epoch ran out
-                        state["epoch"] += 1
-                        state["step_in_epoch"] = 0
-                        continue
-                    break
+                    if interrupted or state["step"] >= total_steps:
+                        break
+                    if state["step_in_epoch"] == 0:   # the next epoch would give nothing either
+                        raise ValueError(
+                            f"epoch {state['epoch']} gave no full batch of {cfg.batch_size * cfg.accum_steps} samples "
+                            f"on some rank: the training data is shorter than one batch per rank (for shards: "
+                            f"fewer shards than ranks x DataLoader workers?); use more data or a smaller batch")
+                    state["epoch"] += 1   # the epoch ran out
+                    state["epoch_steps"] = state["step_in_epoch"]   # a stream's epoch length, now known
+                    state["step_in_epoch"] = 0
                 if interrupted:
                     # Between steps, so the checkpoint is exactly the one ckpt_every would have written here.
                     if info.is_main and state["step"] and saved_step != state["step"]:
@@ -331,7 +348,7 @@ class Trainer:
         wall = prior_time + time.perf_counter() - t_start
         result = TrainResult(
             out_dir=str(self.out_dir), steps=state["step"],
-            epochs=state["epoch"] + state["step_in_epoch"] / (steps_per_epoch or 1),
+            epochs=epochs_done(state, steps_per_epoch),
             samples_seen=state["samples_seen"], wall_time_s=wall,
             samples_per_s=state["samples_seen"] / max(wall, 1e-9), final_loss=last_loss,
             skipped_samples=state["skipped"], params=count_parameters(model).to_dict(), memory=mem.to_dict(),
@@ -364,12 +381,14 @@ class Trainer:
             signal.signal(signal.SIGINT, previous)
 
     def _batches(self, loader):
-        """The loader's batches; ``None`` if Ctrl-C came while waiting (its workers die of it too)."""
+        """The loader's batches, then ``_EPOCH_END``; ``None`` if Ctrl-C came while waiting (its workers
+        die of it too). Ending with a marker lets a rank whose data ran out tell the others."""
         it = iter(loader)
         while True:
             try:
                 batch = next(it)
             except StopIteration:
+                yield _EPOCH_END
                 return
             except Exception:
                 if self._interrupted:
@@ -391,13 +410,14 @@ class Trainer:
             batch = {key: (v[:n] if torch.is_tensor(v) and v.ndim else v) for key, v in batch.items()}
         return batch, n_skipped
 
-    def _agree(self, batch: dict | None, n_skipped: int, device, info: DistInfo) -> tuple[bool, int, int, bool]:
-        """(stop, samples skipped, samples in the step, some rank has none) over all ranks."""
+    def _agree(self, batch: dict | None, ended: bool, n_skipped: int, device,
+               info: DistInfo) -> tuple[bool, bool, int, int, bool]:
+        """(stop, epoch over, samples skipped, samples in the step, some rank has none) over all ranks."""
         n = batch_size(batch) if batch is not None else 0
-        local = torch.tensor([int(self._interrupted or batch is None), n_skipped, n, int(n == 0)],
-                             dtype=torch.int64, device=device if info.enabled else "cpu")
-        stop, skipped, total, empty = (int(v) for v in all_reduce_sum(local).cpu())
-        return bool(stop), skipped, total, bool(empty)
+        local = torch.tensor([int(self._interrupted or (batch is None and not ended)), int(ended), n_skipped, n,
+                              int(n == 0)], dtype=torch.int64, device=device if info.enabled else "cpu")
+        stop, over, skipped, total, empty = (int(v) for v in all_reduce_sum(local).cpu())
+        return bool(stop), bool(over), skipped, total, bool(empty)
 
     def _start_epoch(self, sampler, items, state) -> None:
         """Point the data at (epoch, step in epoch): map-style data through the sampler, a stream by
