@@ -122,3 +122,13 @@ def test_resume_removes_stale_temporaries_and_metrics_keep_one_row_per_step(tmp_
     assert not list(ckpts.glob("*.tmp"))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3]
+
+
+class Unreadable(Pairs):
+    def __getitem__(self, i):
+        return None                                    # as ImageTextView returns for a file it cannot decode
+
+
+def test_data_that_is_all_unreadable_is_a_clear_error_not_an_endless_loop(tmp_path):
+    with pytest.raises(ValueError, match="no readable batch"):
+        _fit(tmp_path, 3, Unreadable())

@@ -249,6 +249,7 @@ class Trainer:
                 while state["step"] < total_steps:
                     self._start_epoch(sampler, items, state)
                     model.train()
+                    step_at_start, batches = state["step"], 0
                     for batch in self._batches(loader):
                         ended = batch is _EPOCH_END
                         batch, n_skipped = self._trim(None if ended else batch)
@@ -259,6 +260,7 @@ class Trainer:
                         if interrupted or ended:
                             break
                         state["skipped"] += n_skipped
+                        batches += 1
                         if any_empty:
                             state["step_in_epoch"] += 1
                             continue
@@ -322,6 +324,9 @@ class Trainer:
                             f"epoch {state['epoch']} gave no full batch of {cfg.batch_size * cfg.accum_steps} samples "
                             f"on some rank: the training data is shorter than one batch per rank (for shards: "
                             f"fewer shards than ranks x DataLoader workers?); use more data or a smaller batch")
+                    if batches and state["step"] == step_at_start:   # and so would every later one
+                        raise ValueError(f"epoch {state['epoch']} had no readable batch ({state['skipped']} samples "
+                                         f"skipped so far, see the warnings): check the data")
                     state["epoch"] += 1   # the epoch ran out
                     state["epoch_steps"] = state["step_in_epoch"]   # a stream's epoch length, now known
                     state["step_in_epoch"] = 0
