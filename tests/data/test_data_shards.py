@@ -126,3 +126,55 @@ def test_write_from_plain_sample_iterable(tmp_path):
     written = write_shards(samples, tmp_path, image_format="png")
     assert written.count == 4 and len(written.paths) == 1
     assert [s.captions for s in ShardDataset(written.paths)] == [Shapes(size=4)[i].captions for i in range(4)]
+
+
+def _png(image) -> bytes:
+    buf = __import__("io").BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_bad_records_are_skipped_counted_and_named_by_shard_and_key(tmp_path, tokenizer, caplog):
+    """One bad record must not kill a streaming run, and the warning must say where it is."""
+    image = _png(Shapes(size=1, image_size=16)[0].image)
+    records = [
+        {"json": json.dumps({"captions": ["a red square"], "index": 0})},
+        {},                                                   # no caption, no label: nothing to train on
+        {"json": b'{"captions": ["unterminated'},             # bad JSON
+        {"txt": b"caf\xe9 au lait"},                          # .txt that is not UTF-8
+        {"cls": b"cat"},                                      # .cls that is not an integer
+        {"json": json.dumps({"captions": "a cat", "index": 5})},   # one caption given as a string
+        {"json": json.dumps({"captions": ["a blue circle"], "index": 6})},
+    ]
+    shard = tmp_path / "bad-000000.tar"
+    with wds.TarWriter(str(shard)) as sink:
+        for i, extra in enumerate(records):
+            sink.write({"__key__": f"{i:09d}", "png": image, **extra})
+    stream = ShardDataset(shard).with_transforms(None, tokenizer)
+    with caplog.at_level("WARNING"):
+        (batch,) = list(DataLoader(stream, batch_size=7, collate_fn=collate_skip_none))
+    assert batch["n_skipped"] == 4 and batch["index"].tolist() == [0, 5, 6]
+    assert torch.equal(batch["text"][1], tokenizer(["a cat"])[0])      # not 'a', ' ', 'c', 'a', 't'
+    for key in ("000000001", "000000002", "000000003", "000000004"):
+        assert any(key in r.getMessage() and str(shard) in r.getMessage() for r in caplog.records), key
+    samples = ShardDataset(shard)
+    assert [s.captions for s in samples] == [["a red square"], [], ["a cat"], ["a blue circle"]]
+    assert samples.skipped == 3                                  # the undecodable ones
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("done", [3, 4])
+def test_resume_at_continues_the_stream_at_the_exact_record(tmp_path, tokenizer, workers, done):
+    """A resumed epoch yields exactly the batches an uninterrupted one had left, whatever batch it stopped
+    at (odd or even: the DataLoader takes batch k from worker k % W) and with a seeded shuffle buffer."""
+    write_shards(Shapes(size=40, image_size=8), tmp_path, maxcount=10)
+    stream = ShardDataset(tmp_path, shuffle_shards=True, shuffle_buffer=6, seed=2).with_transforms(None, tokenizer)
+    loader = DataLoader(stream, batch_size=4, num_workers=workers, collate_fn=collate_skip_none, drop_last=True)
+    stream.set_epoch(1)
+    full = [b["index"].tolist() for b in loader]
+    assert sorted(i for b in full for i in b) == list(range(40))
+    stream.set_epoch(1)
+    stream.resume_at(done, 4)
+    assert [b["index"].tolist() for b in loader] == full[done:]
+    stream.set_epoch(2)                                   # the next epoch starts at its beginning again
+    assert len(list(loader)) == len(full)

@@ -1,4 +1,5 @@
 """Checkpoints: a run killed with SIGKILL and resumed ends with the weights of an uninterrupted run."""
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmfm.train.checkpointing import atomic_torch_save, latest_valid_checkpoint, list_checkpoints
+from mmfm.train.checkpointing import TRAINING_KEYS, atomic_torch_save, latest_valid_checkpoint, list_checkpoints
 
 WORKER = Path(__file__).with_name("train_worker.py")
 STEPS = 12
@@ -55,6 +56,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    # issue 14: the steps run again after the kill are logged once, not twice
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, STEPS + 1))
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_path):
@@ -71,11 +75,12 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
 
 
 def test_atomic_save_and_corrupt_checkpoint_is_skipped(tmp_path):
-    atomic_torch_save({"x": torch.ones(3)}, tmp_path / "ckpt-00000001.pt")
-    atomic_torch_save({"x": torch.zeros(3)}, tmp_path / "ckpt-00000002.pt")
+    ckpt = {k: {} for k in TRAINING_KEYS}
+    atomic_torch_save(ckpt | {"model": {"x": torch.ones(3)}}, tmp_path / "ckpt-00000001.pt")
+    atomic_torch_save(ckpt | {"model": {"x": torch.zeros(3)}}, tmp_path / "ckpt-00000002.pt")
     data = (tmp_path / "ckpt-00000002.pt").read_bytes()
     (tmp_path / "ckpt-00000002.pt").write_bytes(data[: len(data) // 2])     # torn write from another tool
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.warns(UserWarning, match="skipping unreadable checkpoint"):
         path, ckpt = latest_valid_checkpoint(tmp_path)
-    assert path.name == "ckpt-00000001.pt" and ckpt["x"].sum() == 3
+    assert path.name == "ckpt-00000001.pt" and ckpt["model"]["x"].sum() == 3

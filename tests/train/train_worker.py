@@ -1,4 +1,8 @@
-"""Run as a subprocess by test_resume.py: a small deterministic training run that checkpoints often."""
+"""Run as a subprocess by test_resume.py and test_faults.py: a small deterministic training run that
+checkpoints often. ``MMFM_TEST_SLOW_SAVE=<seconds>`` makes every torch.save write half the file, pause,
+then write the rest, so a test can kill the process in the middle of a checkpoint write."""
+import io
+import os
 import sys
 import time
 
@@ -27,7 +31,24 @@ class Synthetic(torch.utils.data.Dataset):
         return {"image": self.images[i] + 0.1 * torch.randn(3, 32, 32), "text": self.texts[i]}
 
 
+def slow_saves(pause: float) -> None:
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kwargs)
+        data = buf.getvalue()
+        with open(f, "wb") as out:
+            out.write(data[: len(data) // 2])
+            out.flush()
+            time.sleep(pause)
+            out.write(data[len(data) // 2:])
+    torch.save = save
+
+
 def main(out_dir: str, delay: float, steps: int, nan_at: int = 0) -> None:
+    if os.environ.get("MMFM_TEST_SLOW_SAVE"):
+        slow_saves(float(os.environ["MMFM_TEST_SLOW_SAVE"]))
     torch.manual_seed(0)
     model = create_model("ViT-tiny-test")
     if nan_at:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import glob
 import io
+import itertools
 import json
 import logging
 import os
@@ -237,7 +238,9 @@ def record_to_sample(record: dict[str, Any]) -> Sample:
 
     Accepts our own layout and common third-party ones (img2dataset: ``jpg`` +
     ``txt`` + ``json``; classification shards: ``cls``).  Raises ``OSError``
-    if the image cannot be decoded.
+    if the image cannot be decoded and ``ValueError`` if the rest cannot
+    (bad JSON, non-UTF-8 ``.txt``, non-integer ``.cls``, mistyped fields).
+    ``"captions": "a cat"`` is read as one caption.
     """
     img_key = next((k for k in _IMAGE_KEYS if k in record), None)
     if img_key is None:
@@ -247,14 +250,24 @@ def record_to_sample(record: dict[str, Any]) -> Sample:
             image = img.convert("RGB")
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... on bad bytes
         raise OSError(f"cannot decode image of record {record.get('__key__')!r}: {exc}") from exc
-    meta = json.loads(record["json"]) if "json" in record else {}
-    captions = meta.get("captions") if isinstance(meta, dict) else None
+    meta = json.loads(record["json"]) if "json" in record else {}   # ValueError on bad JSON
+    if not isinstance(meta, dict):
+        raise ValueError(f"its .json is a {type(meta).__name__}, not an object")
+    captions = meta.get("captions")
     if captions is None:
-        captions = [record["txt"].decode("utf-8").strip()] if "txt" in record else []
-    label = meta.get("label") if isinstance(meta, dict) else None
+        captions = [record["txt"].decode("utf-8").strip()] if "txt" in record else []   # ValueError if not UTF-8
+    if isinstance(captions, str):   # one caption; list("a cat") would be five one-character captions
+        captions = [captions]
+    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+        raise ValueError(f"'captions' must be a list of strings, got {captions!r:.80}")
+    label = meta.get("label")
     if label is None and "cls" in record:
-        label = int(record["cls"].decode("ascii").strip())
-    attributes = meta.get("attributes", {}) if isinstance(meta, dict) else {}
+        label = int(record["cls"].decode("ascii").strip())            # ValueError if not an integer
+    if label is not None and (not isinstance(label, int) or isinstance(label, bool)):
+        raise ValueError(f"'label' must be an integer, got {label!r:.80}")
+    attributes = meta.get("attributes", {})
+    if not isinstance(attributes, dict):
+        raise ValueError(f"'attributes' must be an object, got {attributes!r:.80}")
     return Sample(image=image, captions=[c for c in captions if c], label=label, attributes=attributes)
 
 
@@ -289,8 +302,10 @@ class ShardDataset(torch.utils.data.IterableDataset):
         metadata: explicit ``<prefix>.json`` path; by default looked up next to
             the first shard.
 
-    Corrupt images are skipped with a warning (count in ``self.skipped`` when
-    iterating in the main process; through :meth:`with_transforms` and
+    Records that cannot be decoded (corrupt image, bad JSON, non-UTF-8 text,
+    bad ``.cls``; and, through :meth:`with_transforms`, samples with neither a
+    caption nor a label) are skipped with a warning naming the shard and key
+    (count in ``self.skipped`` when iterating in the main process; through :meth:`with_transforms` and
     :func:`~mmfm.data.pipeline.collate_skip_none` they are counted per batch).
     """
 
@@ -314,6 +329,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.split_by_worker = split_by_worker
         self.resampled = resampled
         self.epoch = 0
+        self.start_batches, self.batch_size = 0, 1
         self.skipped = 0
         meta = json.loads(Path(metadata).read_text()) if metadata else _find_metadata(self.urls[0])
         self.metadata = meta
@@ -326,8 +342,29 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.num_samples: int | None = meta.get("num_samples")
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch used by the shuffles (and caption draws)."""
+        """Select the epoch used by the shuffles (and caption draws); it starts at its beginning."""
         self.epoch = int(epoch)
+        self.start_batches = 0
+
+    def resume_at(self, batches: int, batch_size: int) -> None:
+        """Start this epoch's stream after ``batches`` batches of ``batch_size``
+        records, as a DataLoader (with any number of workers) delivered them.
+
+        A DataLoader takes batch ``k`` from worker ``k % W``, each worker
+        batching its own stream. So worker ``l`` had made ``ceil((batches - l) / W)``
+        of them, and the resumed loader's worker ``p`` must act as worker
+        ``(p + batches) % W`` (shards, shuffle seed) and skip that many records,
+        before anything is decoded. Exact while no worker has run out of
+        records (uneven shards can make one finish early in the epoch's last
+        rounds). ``set_epoch`` starts the next epoch at its beginning.
+        """
+        self.start_batches, self.batch_size = int(batches), int(batch_size)
+
+    def _logical_worker(self, worker: int, num_workers: int) -> tuple[int, int]:
+        """(the worker of an uninterrupted epoch this one stands for, records it already delivered)."""
+        logical = (worker + self.start_batches) % num_workers
+        made = max(0, -(-(self.start_batches - logical) // num_workers))
+        return logical, made * self.batch_size
 
     def zero_shot_tasks(self) -> dict[str, ZeroShotTask]:
         # Same rule as map-style datasets; that method only reads the
@@ -337,9 +374,11 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def _pipeline(self):
         import webdataset as wds
 
-        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        rank, _, worker, num_workers = wds.utils.pytorch_worker_info()
+        worker, skip = self._logical_worker(worker, num_workers)
         if self.resampled:
-            stages: list = [wds.ResampledShards(self.urls, seed=self.seed * 100_003 + self.epoch, deterministic=True)]
+            stages: list = [wds.ResampledShards(self.urls, seed=self.seed * 100_003 + self.epoch, deterministic=True,
+                                                worker_seed=lambda: rank * 1000 + worker)]
         else:
             urls = list(self.urls)
             if self.shuffle_shards:
@@ -347,25 +386,34 @@ class ShardDataset(torch.utils.data.IterableDataset):
             stages = [wds.SimpleShardList(urls)]
             if self.split_by_node:
                 stages.append(wds.split_by_node)
-            if self.split_by_worker:
-                stages.append(wds.split_by_worker)
+            if self.split_by_worker and num_workers > 1:
+                stages.append(lambda src: itertools.islice(src, worker, None, num_workers))
         # warn_and_continue: an unreadable *tar* (truncated download) is
         # reported and skipped rather than killing the run.
         stages.append(wds.tarfile_to_samples(handler=wds.warn_and_continue))
         if self.shuffle_buffer > 1:
             rng = random.Random(f"mmfm-samples/{self.seed}/{self.epoch}/{rank}/{worker}")
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng))
+        if skip:   # resumed mid-epoch: drop what was trained on, undecoded
+            stages.append(lambda src: itertools.islice(src, skip, None))
         return wds.DataPipeline(*stages)
 
-    def indexed_samples(self) -> Iterator[tuple[int, Sample | None]]:
-        """``(index, sample)`` pairs; ``sample`` is ``None`` for a corrupt image."""
+    def located_samples(self) -> Iterator[tuple[int, Sample | None, str]]:
+        """``(index, sample, where)``; ``sample`` is ``None`` for a record that
+        cannot be decoded, ``where`` names its shard and key for messages."""
         for record in self._pipeline():
             index = _record_index(record)
+            where = f"record {record.get('__key__')!r} of shard {record.get('__url__')}"
             try:
-                yield index, record_to_sample(record)
-            except OSError as exc:
-                logger.warning("skipping shard record %s: %s", record.get("__key__"), exc)
-                yield index, None
+                yield index, record_to_sample(record), where
+            except (OSError, ValueError) as exc:   # one bad record must not end a days-long run
+                logger.warning("skipping %s: %s", where, exc)
+                yield index, None, where
+
+    def indexed_samples(self) -> Iterator[tuple[int, Sample | None]]:
+        """``(index, sample)`` pairs; ``sample`` is ``None`` for a corrupt record."""
+        for index, sample, _ in self.located_samples():
+            yield index, sample
 
     def __iter__(self) -> Iterator[Sample]:
         for _, sample in self.indexed_samples():
@@ -415,10 +463,20 @@ class ShardImageTextView(torch.utils.data.IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.shards.set_epoch(epoch)
 
+    def resume_at(self, batches: int, batch_size: int) -> None:
+        self.shards.resume_at(batches, batch_size)
+
     def zero_shot_tasks(self) -> dict[str, ZeroShotTask]:
         return self.shards.zero_shot_tasks()
 
     def __iter__(self) -> Iterator[dict[str, Any] | None]:
-        for index, sample in self.shards.indexed_samples():
+        for index, sample, where in self.shards.located_samples():
             # None travels to collate_skip_none, which drops and counts it
-            yield None if sample is None else self.encoder(sample, index, self.shards.epoch)
+            if sample is None:
+                yield None
+                continue
+            try:
+                yield self.encoder(sample, index, self.shards.epoch)
+            except (OSError, ValueError, IndexError) as exc:   # no caption or label, label out of range...
+                logger.warning("skipping %s: %s", where, exc)
+                yield None

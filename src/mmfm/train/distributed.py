@@ -55,6 +55,36 @@ def all_gather_no_grad(x: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def all_gather_sizes(n: int, device=None) -> list[int]:
+    """Every rank's local batch size (ranks differ when one skipped an unreadable sample)."""
+    info = dist_info()
+    if not info.enabled:
+        return [n]
+    return [int(t) for t in all_gather_no_grad(torch.tensor([n], device=device))]
+
+
+def all_gather_variable(x: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """Every rank's tensor when their first dimensions differ (``sizes``, from :func:`all_gather_sizes`).
+
+    Collectives need equal shapes, so each rank pads to the largest size and the padding is cut off again.
+    """
+    if len(sizes) == 1:
+        return [x.detach()]
+    longest = max(sizes)
+    padded = torch.zeros((longest, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    padded[:x.shape[0]] = x.detach()
+    return [t[:n] for t, n in zip(all_gather_no_grad(padded), sizes)]
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    info = dist_info()
+    if not info.enabled:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     info = dist_info()
     if not info.enabled:

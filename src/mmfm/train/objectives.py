@@ -19,7 +19,7 @@ from typing import Callable, ContextManager
 import torch
 from torch import nn
 
-from .distributed import all_gather_no_grad, dist_info
+from .distributed import all_gather_sizes, all_gather_variable, dist_info
 from .losses import clip_loss, siglip_loss
 
 Backward = Callable[[torch.Tensor], None]
@@ -154,11 +154,13 @@ class ContrastiveObjective(Objective):
             _restore_buffers(snapshot)
             local_img = torch.cat([f[0] for f in feats])
             local_txt = torch.cat([f[1] for f in feats])
-        all_img = torch.cat(all_gather_no_grad(local_img.float()))
-        all_txt = torch.cat(all_gather_no_grad(local_txt.float()))
-        local_n = local_img.shape[0]
+        # Ranks may hold different numbers of pairs (one skipped an unreadable image): gather the sizes,
+        # so every rank agrees where each rank's pairs sit in the global batch.
+        rank_sizes = all_gather_sizes(local_img.shape[0], local_img.device)
+        all_img = torch.cat(all_gather_variable(local_img.float(), rank_sizes))
+        all_txt = torch.cat(all_gather_variable(local_txt.float(), rank_sizes))
         value = None
-        offset = info.rank * local_n
+        offset = sum(rank_sizes[:info.rank])
         for i, mb in enumerate(micro_batches):
             if live_out is None or i > 0:
                 torch.set_rng_state(rng[i])

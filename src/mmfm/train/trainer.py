@@ -1,8 +1,13 @@
 """One trainer for every model family: anything an ``Objective`` can turn into a loss.
 
 What it adds around the objective: AdamW + warmup/cosine, clipping, freezing by config, bf16/fp16
-autocast, gradient checkpointing, torch.compile, DDP, atomic checkpoints with exact resume, NaN
-guard, progress bar + JSONL + TensorBoard + PNG curves, and the measurement report.
+autocast, gradient checkpointing, torch.compile, DDP, atomic checkpoints with exact resume (map-style
+data and streams alike), NaN guard, progress bar + JSONL + TensorBoard + PNG curves, and the
+measurement report.
+
+Nothing is lost to a fault: Ctrl-C saves a checkpoint between steps and re-raises KeyboardInterrupt;
+a SIGKILL loses at most the steps since the last checkpoint (the same command resumes, and the logs
+keep one row per step); unreadable samples are skipped and counted on every rank alike.
 """
 from __future__ import annotations
 
@@ -10,9 +15,12 @@ import json
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,12 +31,17 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..measure import count_parameters, measure_latency, track_memory
-from .checkpointing import (atomic_torch_save, latest_valid_checkpoint, prune_checkpoints, rng_state, set_rng_state)
+from ..util.atomic import atomic_write_text
+from .checkpointing import (latest_valid_checkpoint, prune_checkpoints, remove_stale_temporaries, rng_state,
+                            save_checkpoint, set_rng_state)
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from .distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, init_distributed
 from .objectives import ContrastiveObjective, Objective, batch_size, split_batch, unwrap
 from .sampler import ResumableBatchSampler, SeededItems
 from .schedule import build_optimizer, build_scheduler
+
+
+_EPOCH_END = object()   # what Trainer._batches yields after a loader's last batch
 
 
 class TrainingDiverged(RuntimeError):
@@ -78,6 +91,29 @@ def apply_freezing(model: nn.Module, cfg: TrainConfig) -> None:
         for n, p in model.named_parameters():
             if any(n == pre or n.startswith(pre + ".") for pre in cfg.freeze):
                 p.requires_grad_(False)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the rows of steps <= ``step`` (the one resumed from): the steps after it are about to be
+    run again, and a kill may have left a torn last line. One row per step after any number of resumes."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
+
+
+def epochs_done(state: dict, steps_per_epoch: int | None) -> float:
+    """Epochs trained, with the fraction of the current one where its length is known (a stream's only
+    after its first epoch; before that, whole epochs)."""
+    per_epoch = steps_per_epoch or state.get("epoch_steps")
+    return state["epoch"] + (state["step_in_epoch"] / per_epoch if per_epoch else 0.0)
 
 
 def default_collate(batch: list) -> dict:
@@ -159,6 +195,9 @@ class Trainer:
         state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "samples_seen": 0, "train_time_s": 0.0,
                  "history": [], "val_history": [], "best": None, "skipped": 0}
         resumed_from = None
+        if info.is_main:
+            for stale in remove_stale_temporaries(self.ckpt_dir):
+                print(f"removed {stale.name}, left by a run killed while saving")
         if cfg.resume and (found := latest_valid_checkpoint(self.ckpt_dir)):
             path, ckpt = found
             changed = {k for k, v in self.cfg.model_dump().items()
@@ -191,7 +230,9 @@ class Trainer:
         def backward(loss: torch.Tensor):
             (scaler.scale(loss) if scaler is not None else loss).backward()
 
-        writer = self._tensorboard() if info.is_main else None
+        if info.is_main:
+            truncate_metrics(self.out_dir / "metrics.jsonl", state["step"])
+        writer = self._tensorboard(state["step"]) if info.is_main else None
         metrics_file = open(self.out_dir / "metrics.jsonl", "a") if info.is_main else None
         progress = None
         if info.is_main and cfg.progress:
@@ -201,22 +242,28 @@ class Trainer:
         last_loss = None
         prior_time, t_start = state["train_time_s"], time.perf_counter()
         t_window, n_window = time.perf_counter(), 0
+        saved_step = resumed_from
+        interrupted = False
         try:
-            with track_memory() as mem:
+            with track_memory() as mem, self._deferred_sigint():
                 while state["step"] < total_steps:
-                    if sampler is not None:
-                        sampler.set_epoch(state["epoch"], state["step_in_epoch"])
-                        items.set_epoch(state["epoch"])
+                    self._start_epoch(sampler, items, state)
                     model.train()
-                    for batch in loader:
-                        state["skipped"] += int(batch.pop("n_skipped", 0))
-                        if batch_size(batch) < cfg.batch_size * cfg.accum_steps:
-                            # corrupt images were dropped: micro-batches must stay equal, so trim
-                            n = (batch_size(batch) // cfg.accum_steps) * cfg.accum_steps
-                            if n == 0:
-                                state["step_in_epoch"] += 1
-                                continue
-                            batch = {k: (v[:n] if torch.is_tensor(v) and v.ndim else v) for k, v in batch.items()}
+                    step_at_start, batches = state["step"], 0
+                    for batch in self._batches(loader):
+                        ended = batch is _EPOCH_END
+                        batch, n_skipped = self._trim(None if ended else batch)
+                        # One small all-reduce keeps the ranks in step: they stop together on Ctrl-C, end the
+                        # epoch together when one rank's stream runs out, skip a step together when one rank
+                        # lost its whole batch, and count every rank's samples.
+                        interrupted, ended, n_skipped, n, any_empty = self._agree(batch, ended, n_skipped, device, info)
+                        if interrupted or ended:
+                            break
+                        state["skipped"] += n_skipped
+                        batches += 1
+                        if any_empty:
+                            state["step_in_epoch"] += 1
+                            continue
                         batch = self._to_device(batch, device)
                         micro = split_batch(batch, cfg.accum_steps)
                         optimizer.zero_grad(set_to_none=True)
@@ -242,7 +289,6 @@ class Trainer:
                         else:
                             optimizer.step()
                         scheduler.step()
-                        n = batch_size(batch) * info.world_size
                         state["step"] += 1
                         state["step_in_epoch"] += 1
                         state["samples_seen"] += n
@@ -254,7 +300,7 @@ class Trainer:
                         step = state["step"]
                         if step % cfg.log_every == 0 or step == total_steps:
                             now = time.perf_counter()
-                            rec = {"step": step, "epoch": state["epoch"] + state["step_in_epoch"] / (steps_per_epoch or 1),
+                            rec = {"step": step, "epoch": epochs_done(state, steps_per_epoch),
                                    "loss": float(all_reduce_mean(torch.tensor(loss))), "lr": scheduler.get_last_lr()[0],
                                    "samples_per_s": n_window / max(now - t_window, 1e-9), "grad_norm": grad_norm}
                             if out.get("logit_scale") is not None:
@@ -268,13 +314,34 @@ class Trainer:
                         if (self._due(cfg.ckpt_every, step) or last_step) and info.is_main:
                             state["train_time_s"] = prior_time + time.perf_counter() - t_start
                             self._save(model, optimizer, scheduler, scaler, state)
+                            saved_step = step
                         if last_step:
                             break
-                    else:  # the epoch ran out
-                        state["epoch"] += 1
-                        state["step_in_epoch"] = 0
-                        continue
-                    break
+                    if interrupted or state["step"] >= total_steps:
+                        break
+                    if state["step_in_epoch"] == 0:   # the next epoch would give nothing either
+                        raise ValueError(
+                            f"epoch {state['epoch']} gave no full batch of {cfg.batch_size * cfg.accum_steps} samples "
+                            f"on some rank: the training data is shorter than one batch per rank (for shards: "
+                            f"fewer shards than ranks x DataLoader workers?); use more data or a smaller batch")
+                    if batches and state["step"] == step_at_start:   # and so would every later one
+                        raise ValueError(f"epoch {state['epoch']} had no readable batch ({state['skipped']} samples "
+                                         f"skipped so far, see the warnings): check the data")
+                    state["epoch"] += 1   # the epoch ran out
+                    state["epoch_steps"] = state["step_in_epoch"]   # a stream's epoch length, now known
+                    state["step_in_epoch"] = 0
+                if interrupted:
+                    # Between steps, so the checkpoint is exactly the one ckpt_every would have written here.
+                    if info.is_main and state["step"] and saved_step != state["step"]:
+                        state["train_time_s"] = prior_time + time.perf_counter() - t_start
+                        self._save(model, optimizer, scheduler, scaler, state)
+                    barrier()   # no rank exits (and makes torchrun kill the others) before the save is done
+                    message = f"interrupted at step {state['step']}; resume with the same command"
+                    if info.is_main:
+                        if progress is not None:
+                            progress.close()
+                        print(message, file=sys.stderr, flush=True)
+                    raise KeyboardInterrupt(message)
         finally:
             if progress is not None:
                 progress.close()
@@ -286,7 +353,7 @@ class Trainer:
         wall = prior_time + time.perf_counter() - t_start
         result = TrainResult(
             out_dir=str(self.out_dir), steps=state["step"],
-            epochs=state["epoch"] + state["step_in_epoch"] / (steps_per_epoch or 1),
+            epochs=epochs_done(state, steps_per_epoch),
             samples_seen=state["samples_seen"], wall_time_s=wall,
             samples_per_s=state["samples_seen"] / max(wall, 1e-9), final_loss=last_loss,
             skipped_samples=state["skipped"], params=count_parameters(model).to_dict(), memory=mem.to_dict(),
@@ -298,19 +365,96 @@ class Trainer:
             plot_training_curves(state["history"], state["val_history"], self.out_dir / "curves.png")
         return result
 
+    # -- the loop's pieces ------------------------------------------------------------------------
+    @contextmanager
+    def _deferred_sigint(self):
+        """Ctrl-C sets a flag that the loop reads between steps (then it saves and stops); a second
+        Ctrl-C interrupts at once. Only the main thread may install signal handlers."""
+        self._interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum, frame):
+            self._interrupted = True
+            signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _batches(self, loader):
+        """The loader's batches, then ``_EPOCH_END``; ``None`` if Ctrl-C came while waiting (its workers
+        die of it too). Ending with a marker lets a rank whose data ran out tell the others."""
+        it = iter(loader)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                yield _EPOCH_END
+                return
+            except Exception:
+                if self._interrupted:
+                    yield None
+                    return
+                raise
+            yield batch
+
+    def _trim(self, batch: dict | None) -> tuple[dict | None, int]:
+        """Drop the skipped-sample count from the batch; cut a short batch to whole micro-batches."""
+        if batch is None:
+            return None, 0
+        n_skipped = int(batch.pop("n_skipped", 0))
+        k = self.cfg.accum_steps
+        n = batch_size(batch)
+        if n < self.cfg.batch_size * k and n % k:
+            # corrupt images were dropped: micro-batches must stay equal, so trim
+            n = (n // k) * k
+            batch = {key: (v[:n] if torch.is_tensor(v) and v.ndim else v) for key, v in batch.items()}
+        return batch, n_skipped
+
+    def _agree(self, batch: dict | None, ended: bool, n_skipped: int, device,
+               info: DistInfo) -> tuple[bool, bool, int, int, bool]:
+        """(stop, epoch over, samples skipped, samples in the step, some rank has none) over all ranks."""
+        n = batch_size(batch) if batch is not None else 0
+        local = torch.tensor([int(self._interrupted or (batch is None and not ended)), int(ended), n_skipped, n,
+                              int(n == 0)], dtype=torch.int64, device=device if info.enabled else "cpu")
+        stop, over, skipped, total, empty = (int(v) for v in all_reduce_sum(local).cpu())
+        return bool(stop), bool(over), skipped, total, bool(empty)
+
+    def _start_epoch(self, sampler, items, state) -> None:
+        """Point the data at (epoch, step in epoch): map-style data through the sampler, a stream by
+        skipping the records of the batches already trained on."""
+        epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
+        if sampler is not None:
+            sampler.set_epoch(epoch, step_in_epoch)
+            items.set_epoch(epoch)
+            return
+        data = self.train_data
+        if hasattr(data, "set_epoch"):
+            data.set_epoch(epoch)
+        if hasattr(data, "resume_at"):
+            data.resume_at(step_in_epoch, self.cfg.batch_size * self.cfg.accum_steps)
+        elif step_in_epoch:
+            warnings.warn(f"{type(data).__name__} cannot start a stream mid-epoch (it has no resume_at): epoch "
+                          f"{epoch} restarts from its first sample, so {step_in_epoch} batches are seen twice")
+
     # -- pieces ---------------------------------------------------------------------------------
     @staticmethod
     def _due(every: int | None, step: int) -> bool:
         return bool(every) and step % every == 0
 
-    def _tensorboard(self):
+    def _tensorboard(self, step: int):
         if not self.cfg.tensorboard:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             return None
-        return SummaryWriter(str(self.out_dir / "tensorboard"))
+        # purge_step: events past the resumed step are dropped, so resumed curves do not double back
+        return SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=step + 1 if step else None)
 
     @staticmethod
     def _log(rec: dict, writer, metrics_file, split: str) -> None:
@@ -353,14 +497,14 @@ class Trainer:
             if better:
                 state["best"] = {"metric": self.best_metric, "value": metric, "step": state["step"]}
                 if info.is_main:
-                    atomic_torch_save({"model": unwrap(model).state_dict(), "best": state["best"]},
-                                      self.ckpt_dir / "best.pt")
+                    save_checkpoint({"model": unwrap(model).state_dict(), "best": state["best"]},
+                                    self.ckpt_dir / "best.pt")
 
     def _save(self, model, optimizer, scheduler, scaler, state) -> None:
         ckpt = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": rng_state(), "state": {k: v for k, v in state.items()}, "config": self.cfg.model_dump()}
-        atomic_torch_save(ckpt, self.ckpt_dir / f"ckpt-{state['step']:08d}.pt")
+        save_checkpoint(ckpt, self.ckpt_dir / f"ckpt-{state['step']:08d}.pt")
         prune_checkpoints(self.ckpt_dir, self.cfg.keep_last)
 
     def _latency(self, model, device, autocast) -> dict:
