@@ -22,6 +22,10 @@ HELD = ["purple", "orange"]
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A small CLIP trained on shapes without purple and orange: its zero-shot classifier gets those wrong."""
+    # Module fixtures run before the folder's one-thread autouse fixture: with two threads per xdist
+    # worker on two shared cores, OpenMP's spinning made this 30x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     cfg = CLIPConfig(embed_dim=64, vision=VisionConfig(image_size=32, patch_size=8, width=64, layers=2, head_width=16),
                      text=TextConfig(context_length=24, width=64, heads=4, layers=2))
@@ -32,6 +36,7 @@ def base(tmp_path_factory):
                                      progress=False, tensorboard=False, resume=False, log_every=60),
             tmp_path_factory.mktemp("base")).fit()
     model.zero_grad(set_to_none=True)
+    torch.set_num_threads(threads)
     return model.eval()
 
 
