@@ -28,6 +28,7 @@ import torch
 from mmfm.data import ImageTextView, get_dataset
 from mmfm.data.transforms import image_transform
 from mmfm.eval import few_shot
+from mmfm.eval.plots import plot_few_shot_curves
 from mmfm.measure import track_memory
 from mmfm.models import CLIPConfig, TextConfig, VisionConfig, build_model
 from mmfm.report import markdown_table
@@ -80,27 +81,6 @@ def trainable(method: str, model, reported: dict) -> int:
     return 0
 
 
-def plot(results: dict, shots: list[int], path: Path, key: str, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, r in results.items():
-        mean = [100 * r[key][str(k)]["mean"] for k in shots]
-        std = [100 * r[key][str(k)]["std"] for k in shots]
-        ax.errorbar(shots, mean, yerr=std, marker="o", capsize=3, label=method)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(shots, [str(k) for k in shots])
-    ax.set_xlabel("labelled images per class")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -137,8 +117,8 @@ def main() -> None:
                  f"{r['seconds_per_episode']:.1f}", f"{r['peak_rss_mb']:,.0f}", f"{r['trainable']:,}"]
                 for m, r in results.items()]
         md.append(f"## {name}\n\n{markdown_table(headers, rows)}\n")
-        plot(results, args.shots, out / f"few_shot_{name.replace(' ', '_')}.png", name,
-             f"Few-shot colour accuracy on shapes: {name} ({len(args.seeds)} seeds)")
+        plot_few_shot_curves({m: r[name] for m, r in results.items()}, out / f"few_shot_{name.replace(' ', '_')}.png",
+                             f"Few-shot colour accuracy on shapes: {name} ({len(args.seeds)} seeds)")
     md.append(f"wall time {time.time() - t0:.0f} s\n")
     atomic_write_json(out / "results.json", {"args": vars(args), "results": results})
     atomic_write_text(out / "results.md", "\n".join(md))

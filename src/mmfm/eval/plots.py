@@ -80,18 +80,29 @@ def plot_c_sweep(sweep: Sequence[Mapping[str, float]], path: str | Path, best_c:
 def plot_few_shot(per_shot: Mapping[int, Mapping[str, float]], path: str | Path,
                   title: str = "Few-shot accuracy") -> Path:
     """Mean accuracy against shots per class, with ± one standard deviation over seeds."""
-    ks = sorted(int(k) for k in per_shot)
-    mean = np.array([per_shot[k]["mean"] for k in ks]) * 100
-    std = np.array([per_shot[k]["std"] for k in ks]) * 100
-    fig = _figure((6, 4))
+    return plot_few_shot_curves({"": per_shot}, path, title)
+
+
+def plot_few_shot_curves(curves: Mapping[str, Mapping[int, Mapping[str, float]]], path: str | Path,
+                         title: str = "Few-shot accuracy") -> Path:
+    """One curve per method (``{label: per_shot}``, per_shot keys may be ints or strings), ± one std."""
+    fig = _figure((7, 4.5) if len(curves) > 1 else (6, 4))
     ax = fig.add_subplot(1, 1, 1)
-    ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3)
+    ks: list[int] = []
+    for label, per_shot in curves.items():
+        ks = sorted(int(k) for k in per_shot)
+        by_k = {int(k): v for k, v in per_shot.items()}
+        mean = np.array([by_k[k]["mean"] for k in ks]) * 100
+        std = np.array([by_k[k]["std"] for k in ks]) * 100
+        ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label=label or None)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("examples per class")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
+    if len(curves) > 1:
+        ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
 
 

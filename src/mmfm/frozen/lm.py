@@ -15,29 +15,15 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from ..util.hf import quiet_transformers  # noqa: F401  (the Frozen modules import it from here)
+
 PAD, UNK, EOS = "<pad>", "<unk>", "<|endoftext|>"
-
-
-@contextmanager
-def quiet_transformers():
-    """No info logs or progress bars from transformers while loading; the caller's settings are restored."""
-    from transformers.utils import logging as hf_logging
-    verbosity, bars_off = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled() is False
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if not bars_off:
-            hf_logging.enable_progress_bar()
 
 
 def _lm_config(lm_cfg: dict[str, Any]):

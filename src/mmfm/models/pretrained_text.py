@@ -31,6 +31,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..util.hf import quiet_transformers
+
 Pooling = Literal["cls", "mean", "max", "mean_sqrt_len"]
 _ST_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
                     "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len"}
@@ -126,7 +128,7 @@ class PretrainedTextTower(nn.Module):
         # only the architecture is needed.
         if load_weights and torch.empty(0).device.type != "meta":
             kw = {"add_pooling_layer": False} if _accepts_pooling_flag(hf_cfg) else {}
-            with _quiet_transformers():   # its load report lists the unused pooler weights we leave out
+            with quiet_transformers():   # its load report lists the unused pooler weights we leave out
                 self.encoder = AutoModel.from_pretrained(where, **kw)
         else:
             self.encoder = AutoModel.from_config(hf_cfg, add_pooling_layer=False) \
@@ -211,17 +213,6 @@ def _accepts_pooling_flag(hf_cfg) -> bool:
     # BERT-like models have an optional pooler (an extra dense layer on [CLS]) that sentence embeddings
     # never use; leaving it out keeps it from counting as a (frozen, unused) parameter.
     return getattr(hf_cfg, "model_type", "") in {"bert", "roberta", "xlm-roberta", "camembert"}
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    from transformers.utils import logging as hf_logging
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 def _encoder_layers(encoder: nn.Module) -> list[nn.Module]:
