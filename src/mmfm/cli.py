@@ -58,7 +58,8 @@ def _cmd_eval(args) -> int:
     from .eval import run_eval
     result = run_eval(args.kind, model_name=args.model, pretrained=args.pretrained, dataset=args.dataset,
                       data_root=args.data_root, out_dir=args.out, batch_size=args.batch_size, device=args.device,
-                      task=args.task, dataset_kwargs=_dataset_kwargs(args), **_fewshot_kwargs(args))
+                      task=args.task, dataset_kwargs=_dataset_kwargs(args), adapter=args.adapter,
+                      **_fewshot_kwargs(args))
     print(result.to_markdown() if hasattr(result, "to_markdown") else json.dumps(result.to_dict(), indent=2, default=str))
     return 0
 
@@ -170,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("kind", choices=EVAL_CHOICES)
     s.add_argument("--model", default=None, help="registered model config (`mmfm models`)")
     s.add_argument("--pretrained", default=None, help="checkpoint or identifier; without it the weights are random")
+    s.add_argument("--adapter", default=None, metavar="DIR",
+                   help="LoRA adapter folder applied to the model first (mmfm's save_lora, or PEFT's, HF CLIPModel too)")
     s.add_argument("--dataset", required=True, help="a dataset name (listed below)")
     s.add_argument("--data-root", default=None, help="the folder the dataset's files are in (not for shapes/digits)")
     s.add_argument("--out", default=None, help="folder for results.json/md and the PNG plots (as `mmfm run`)")
