@@ -64,6 +64,22 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_published(args) -> int:
+    from .eval.published import published_table
+    print(published_table(args.model, args.pretrained))
+    return 0
+
+
+def _cmd_pretrained(args) -> int:
+    from .eval.published import loadable_pretrained
+    from .report import markdown_table
+    rows = [[m, t, "yes" if p else "–"] for m, t, p in loadable_pretrained()]
+    print(markdown_table(["model", "pretrained", "published results"], rows))
+    print("\nLoad with: create_model(MODEL, pretrained=TAG), or --model MODEL --pretrained TAG; "
+          "`mmfm published MODEL TAG` prints open_clip's numbers for it.")
+    return 0
+
+
 def _fewshot_kwargs(args) -> dict:
     """``--method/--shots/--seeds`` for ``mmfm eval fewshot`` (refused by name for the other kinds)."""
     kw = {k: v for k, v in (("method", args.method), ("shots", args.shots), ("seeds", args.seeds)) if v is not None}
@@ -186,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fewshot: examples per class (default: 1 2 4 8 16)")
     s.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S", help="fewshot: seeds (default: 0 1 2)")
     s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("published", help="open_clip's published zero-shot and Flickr30k results (shipped with mmfm)")
+    s.add_argument("model", nargs="?", default=None, help="only this model (e.g. ViT-B-32)")
+    s.add_argument("pretrained", nargs="?", default=None, help="only these weights (e.g. openai, laion2b_s34b_b79k)")
+    s.set_defaults(func=_cmd_published)
+
+    s = sub.add_parser("pretrained", help="the pretrained tags mmfm can load (open_clip's registry)")
+    s.set_defaults(func=_cmd_pretrained)
 
     from .frozen.cli import add_caption_parser, add_vqa_parser
     add_caption_parser(sub)

@@ -55,6 +55,24 @@ def _load_dataset(name: str, data_root: str | Path | None, split: str, dataset_k
     return get_dataset(name, split=split, **kw)
 
 
+def _published_comparison(result, model_name: str | None, pretrained: str | None, dataset: str, **settings):
+    """open_clip's published value beside ``result`` when the weights are a pretrained tag it has results
+    for (``MODEL`` + ``TAG``, or ``TAG/MODEL`` / ``MODEL/TAG``); never for a local checkpoint."""
+    from .published import compare_with_published
+    if not pretrained or Path(str(pretrained)).expanduser().exists():
+        return None
+    pretrained = str(pretrained)
+    pairs = [(model_name, pretrained)] if model_name and "/" not in pretrained else []
+    if pretrained.count("/") == 1:
+        a, b = pretrained.split("/")
+        pairs += [(b, a), (a, b)]
+    for model, tag in pairs:
+        comp = compare_with_published(result, model, tag, dataset, **settings)
+        if comp:
+            return comp
+    return None
+
+
 def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset: str,
              data_root: str | Path | None = None, out_dir: str | Path | None = None, *,
              device: str | None = None, precision: str = "fp32", task: str | None = None,
@@ -74,6 +92,9 @@ def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset:
     out_dir: if given, ``results.json`` / ``results.md`` and the PNG plots are written there.
     adapter: a LoRA adapter directory (``mmfm.adapt.save_lora``, or PEFT's on an mmfm model or on a
         transformers ``CLIPModel``) applied to the base model first; recorded in the result and its label.
+    Weights open_clip publishes results for (e.g. ``ViT-B-32`` + ``openai``), evaluated on the test split
+    of a dataset in that table, get ``result.config["published"]``: published, reproduced and the
+    difference, with the source and the protocol caveat (``mmfm.eval.published``).
     Other keyword arguments go to the evaluation function (e.g. ``shots``, ``seeds``, ``method`` for
     few-shot; ``c_values``, ``features`` for the linear probe; ``templates`` for zero-shot).
     """
@@ -102,6 +123,11 @@ def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset:
                       batch_size=batch_size, cache=cache_dir, **kw)
     if adapter is not None:
         result.config["adapter"] = str(adapter)
+    elif test_split == "test":   # the published weights on the published data: show open_clip's number beside ours
+        published = _published_comparison(result, model_name, pretrained, dataset, precision=precision,
+                                          device=str(device))
+        if published:
+            result.config["published"] = published
     if out_dir is not None:
         write_report([result], out_dir)
     return result
