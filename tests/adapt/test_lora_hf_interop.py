@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 
-from mmfm.adapt import apply_lora, load_lora, save_lora
+from mmfm.adapt import LORA_PRESETS, apply_lora, load_lora, save_lora
 from mmfm.checkpoints import CheckpointError, export_hf
 from mmfm.models import create_model
 
@@ -123,6 +123,10 @@ def test_mmfm_adapter_saved_as_hf_loads_with_peft(preset, tmp_path):
     model.eval()
     save_lora(model, tmp_path / "adapter", format="hf")
     ours = _mmfm_embeddings(model, images, ids)
+    targets = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    suffixes = {"q": "self_attn\\.q_proj", "fc1": "mlp\\.fc1"}
+    assert targets.startswith(r"^(?:text_model|vision_model)\.(?:.*\.)?(?:")   # compact: towers + module names
+    assert all(suffixes[m] in targets for m in ("q", "fc1") if m in LORA_PRESETS[preset[0]].modules)
 
     export_hf(plain, tmp_path / "export")
     hf_base = transformers.CLIPModel.from_pretrained(str(tmp_path / "export")).eval()
@@ -180,3 +184,31 @@ def test_load_lora_onto_eval_model_stays_in_eval_mode(tmp_path):
     save_lora(model, tmp_path / "a")
     loaded = load_lora(create_model("ViT-tiny-test").eval(), tmp_path / "a")
     assert not any(m.training for m in loaded.modules())
+
+
+PEFT_OPTIONS = [
+    ("rank-alpha-patterns", dict(target_modules=["q_proj", "v_proj", "fc1"], rank_pattern={"v_proj": 8},
+                                 alpha_pattern={"fc1": 3})),
+    ("layers-to-transform", dict(target_modules=["q_proj", "v_proj"], layers_to_transform=[1], layers_pattern="layers")),
+    ("bias-all", dict(target_modules=["q_proj", "v_proj"], bias="all")),
+]
+
+
+@pytest.mark.parametrize("options", PEFT_OPTIONS, ids=[o[0] for o in PEFT_OPTIONS])
+def test_peft_options_that_select_by_name_survive_the_renaming(options, tmp_path):
+    """Per-module ranks/alphas, layer selections and trained biases are keyed by HF module names in the
+    adapter config; after loading, mmfm computes what PEFT on the CLIPModel computes."""
+    hf = _hf_clip(seed=4)
+    hf.save_pretrained(tmp_path / "base")
+    images, ids = _inputs()
+    base = _hf_embeddings(hf, images, ids)
+    peft_model = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, **options[1]))
+    _randomize_lora(peft_model)
+    with torch.no_grad():   # trained biases (bias="all") differ from the base model's
+        for n, p in peft_model.named_parameters():
+            if n.endswith("bias") and p.requires_grad:
+                p.add_(0.1)
+    peft_model.eval().save_pretrained(str(tmp_path / "adapter"))
+    theirs = _hf_embeddings(peft_model, images, ids)
+    ours = load_lora(create_model(pretrained=str(tmp_path / "base")).eval(), tmp_path / "adapter")
+    _assert_equal_outputs(_mmfm_embeddings(ours, images, ids), theirs, base)

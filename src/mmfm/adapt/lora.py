@@ -278,7 +278,15 @@ def _config_dict(model: nn.Module) -> dict[str, Any] | None:
 # suffixes, a regex, layers_to_transform or rank/alpha patterns all select modules by name, and the
 # names differ. Per-module ranks and alphas become exact-name patterns for the same reason.
 def _linear_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    """Names of the linear layers an adapter can target, LoRA-wrapped ones included (not their parts)."""
+    out = []
+    for n, m in model.named_modules():
+        if ".lora_" in n or n.endswith(".base_layer"):
+            continue
+        base = m.get_base_layer() if hasattr(m, "get_base_layer") else m
+        if isinstance(base, nn.Linear):
+            out.append(n)
+    return out
 
 
 def _adapted_modules(state: Mapping[str, torch.Tensor]) -> list[str]:
