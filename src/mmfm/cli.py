@@ -58,8 +58,25 @@ def _cmd_eval(args) -> int:
     from .eval import run_eval
     result = run_eval(args.kind, model_name=args.model, pretrained=args.pretrained, dataset=args.dataset,
                       data_root=args.data_root, out_dir=args.out, batch_size=args.batch_size, device=args.device,
-                      task=args.task, dataset_kwargs=_dataset_kwargs(args), **_fewshot_kwargs(args))
+                      task=args.task, dataset_kwargs=_dataset_kwargs(args), adapter=args.adapter,
+                      **_fewshot_kwargs(args))
     print(result.to_markdown() if hasattr(result, "to_markdown") else json.dumps(result.to_dict(), indent=2, default=str))
+    return 0
+
+
+def _cmd_published(args) -> int:
+    from .eval.published import published_table
+    print(published_table(args.model, args.pretrained))
+    return 0
+
+
+def _cmd_pretrained(args) -> int:
+    from .eval.published import loadable_pretrained
+    from .report import markdown_table
+    rows = [[m, t, "yes" if p else "–"] for m, t, p in loadable_pretrained()]
+    print(markdown_table(["model", "pretrained", "published results"], rows))
+    print("\nLoad with: create_model(MODEL, pretrained=TAG), or --model MODEL --pretrained TAG; "
+          "`mmfm published MODEL TAG` prints open_clip's numbers for it.")
     return 0
 
 
@@ -170,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("kind", choices=EVAL_CHOICES)
     s.add_argument("--model", default=None, help="registered model config (`mmfm models`)")
     s.add_argument("--pretrained", default=None, help="checkpoint or identifier; without it the weights are random")
+    s.add_argument("--adapter", default=None, metavar="DIR",
+                   help="LoRA adapter folder applied to the model first (mmfm's save_lora, or PEFT's, HF CLIPModel too)")
     s.add_argument("--dataset", required=True, help="a dataset name (listed below)")
     s.add_argument("--data-root", default=None, help="the folder the dataset's files are in (not for shapes/digits)")
     s.add_argument("--out", default=None, help="folder for results.json/md and the PNG plots (as `mmfm run`)")
@@ -183,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fewshot: examples per class (default: 1 2 4 8 16)")
     s.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S", help="fewshot: seeds (default: 0 1 2)")
     s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("published", help="open_clip's published zero-shot and Flickr30k results (shipped with mmfm)")
+    s.add_argument("model", nargs="?", default=None, help="only this model (e.g. ViT-B-32)")
+    s.add_argument("pretrained", nargs="?", default=None, help="only these weights (e.g. openai, laion2b_s34b_b79k)")
+    s.set_defaults(func=_cmd_published)
+
+    s = sub.add_parser("pretrained", help="the pretrained tags mmfm can load (open_clip's registry)")
+    s.set_defaults(func=_cmd_pretrained)
 
     from .frozen.cli import add_caption_parser, add_vqa_parser
     add_caption_parser(sub)

@@ -165,6 +165,7 @@ def apply_lora(model: nn.Module, preset: str | None = None, *, r: int | None = N
     frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
     config = LoraConfig(**opts)
     inject_adapter_in_model(config, model, adapter_name=adapter_name)
+    model.train(model.training)   # the new layers' dropout starts in training mode: follow the model's mode
     if hasattr(model, "logit_scale") and isinstance(model.logit_scale, nn.Parameter):
         model.logit_scale.requires_grad_(train_logit_scale)
     model._mmfm_lora = {"preset": preset, "train_logit_scale": train_logit_scale, "frozen_before": frozen}
@@ -272,20 +273,101 @@ def _config_dict(model: nn.Module) -> dict[str, Any] | None:
     return cfg.to_dict() if hasattr(cfg, "to_dict") else None
 
 
-def save_lora(model: nn.Module, directory: str | Path, adapter_name: str = DEFAULT_ADAPTER) -> Path:
+# Adapters for Hugging Face CLIPModel. Tensors are renamed (checkpoints.hf); the LoraConfig's targets
+# are rewritten as the exact set of modules the file holds tensors for, in the other naming: a list of
+# suffixes, a regex, layers_to_transform or rank/alpha patterns all select modules by name, and the
+# names differ. Per-module ranks and alphas become exact-name patterns for the same reason.
+def _linear_names(model: nn.Module) -> list[str]:
+    """Names of the linear layers an adapter can target, LoRA-wrapped ones included (not their parts)."""
+    out = []
+    for n, m in model.named_modules():
+        if ".lora_" in n or n.endswith(".base_layer"):
+            continue
+        base = m.get_base_layer() if hasattr(m, "get_base_layer") else m
+        if isinstance(base, nn.Linear):
+            out.append(n)
+    return out
+
+
+def _adapted_modules(state: Mapping[str, torch.Tensor]) -> list[str]:
+    return sorted({k.split(".lora_")[0] for k in state if ".lora_A." in k})
+
+
+def _targets_regex(chosen: Sequence[str], candidates: Sequence[str]) -> str:
+    """A PEFT target regex (full match) selecting exactly ``chosen`` among ``candidates``: the short
+    ``^(tower|tower)\.(.*\.)?(suffix|suffix)$`` when that selects exactly them, else every name spelled out."""
+    towers = [n.split(".", 1)[0] for n in chosen]
+    suffixes = [".".join(n.split(".")[-2:]) for n in chosen]
+    short = rf"^(?:{_alternatives(towers)})\.(?:.*\.)?(?:{_alternatives(suffixes)})$"
+    if sorted(n for n in candidates if re.fullmatch(short, n)) == sorted(chosen):
+        return short
+    return rf"^(?:{_alternatives(chosen)})$"
+
+
+def _translated_config(config: Any, modules: Sequence[str], rename, candidates: Sequence[str]) -> Any:
+    """``config`` (a LoraConfig) targeting ``modules`` (source naming) under their ``rename``d names."""
+    from peft.utils.other import get_pattern_key
+    out = copy.deepcopy(config)
+    ranks, alphas = dict(config.rank_pattern or {}), dict(config.alpha_pattern or {})
+    out.rank_pattern, out.alpha_pattern = {}, {}
+    for name in modules:   # PEFT's own lookup of a module's rank and alpha, kept per module by exact name
+        r = ranks.get(get_pattern_key(list(ranks), name), config.r)
+        alpha = alphas.get(get_pattern_key(list(alphas), name), config.lora_alpha)
+        if r != config.r:
+            out.rank_pattern[re.escape(rename(name))] = r
+        if alpha != config.lora_alpha:
+            out.alpha_pattern[re.escape(rename(name))] = alpha
+    out.target_modules = _targets_regex([rename(n) for n in modules], candidates)
+    out.layers_to_transform = out.layers_pattern = out.exclude_modules = None
+    out.base_model_name_or_path = None
+    return out
+
+
+def _from_hf_adapter(model: nn.Module, config: Any, state: dict[str, torch.Tensor], source: str):
+    """(config, state) of an adapter PEFT saved on a transformers ``CLIPModel``, for the mmfm model."""
+    from ..checkpoints.hf import hf_adapter_to_mmfm, hf_module_to_mmfm
+    mapped = hf_adapter_to_mmfm(state, f"LoRA adapter {source}")
+    return _translated_config(config, _adapted_modules(state), hf_module_to_mmfm, _linear_names(model)), mapped
+
+
+def _to_hf_adapter(model: nn.Module, config: Any, state: dict[str, torch.Tensor], source: str):
+    """(config, state) of an mmfm adapter for the ``CLIPModel`` that ``export_hf`` writes of ``model``."""
+    from ..checkpoints.hf import config_to_hf, mmfm_adapter_to_hf, mmfm_module_to_hf
+    config_to_hf(model.config)   # raises for what HF cannot express (ResNet towers, logit bias)
+    mapped = mmfm_adapter_to_hf(state, f"LoRA adapter {source}")
+    candidates = [mmfm_module_to_hf(n) for n in _linear_names(model)]
+    return _translated_config(config, _adapted_modules(state), mmfm_module_to_hf, candidates), mapped
+
+
+SAVE_FORMATS = ("mmfm", "hf")
+
+
+def save_lora(model: nn.Module, directory: str | Path, adapter_name: str = DEFAULT_ADAPTER,
+              format: str = "mmfm") -> Path:
     """Save only the adapter, in PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
+    format: ``"mmfm"`` names the tensors after this model's modules (``PeftModel.from_pretrained`` reads
+        it onto an mmfm model); ``"hf"`` after the ``transformers.CLIPModel`` that
+        ``mmfm.checkpoints.export_hf`` writes of the base model, so ``PeftModel.from_pretrained(
+        CLIPModel.from_pretrained(exported), directory)`` computes what this model does (ViT CLIPs
+        only). :func:`load_lora` reads both.
     The safetensors metadata also records the base model's config and its fingerprint (so
-    :func:`load_lora` can refuse a different base) and, if it was trained, the logit scale.
+    :func:`load_lora` can refuse a different base) and, if it was trained, the logit scale (which
+    PEFT does not apply: an HF user sets ``logit_scale`` themselves).
     """
     from peft import get_peft_model_state_dict
     from ..checkpoints.io import atomic_save_safetensors
+    if format not in SAVE_FORMATS:
+        raise ValueError(f"save_lora: format must be one of {list(SAVE_FORMATS)}, got {format!r}")
     model = _unwrap_peft(model)
     if not is_lora_model(model) or adapter_name not in model.peft_config:
         raise ValueError(f"the model has no LoRA adapter named {adapter_name!r} to save")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    config = model.peft_config[adapter_name]
+    if format == "hf":   # before mkdir: a refused model leaves no half-made folder
+        config, state = _to_hf_adapter(model, config, state, str(directory))
+    directory.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt"}
     cfg = _config_dict(model)
     if cfg is not None:
@@ -299,7 +381,7 @@ def save_lora(model: nn.Module, directory: str | Path, adapter_name: str = DEFAU
         metadata["mmfm_logit_scale"] = repr(float(model.logit_scale.detach()))
     # Weights first, config last: a directory with an adapter_config.json is complete.
     atomic_save_safetensors(directory / ADAPTER_WEIGHTS, {PEFT_PREFIX + k: v for k, v in state.items()}, metadata)
-    model.peft_config[adapter_name].save_pretrained(str(directory))
+    config.save_pretrained(str(directory))
     return directory
 
 
@@ -398,7 +480,8 @@ def _expected_adapter_shapes(model: nn.Module, config: Any, adapter_name: str) -
 
 def load_lora(model: nn.Module, directory: str | Path, adapter_name: str = DEFAULT_ADAPTER, strict: bool = True,
               trainable: bool = False) -> nn.Module:
-    """Load an adapter saved by :func:`save_lora` (or by ``PeftModel.save_pretrained``) onto a base model.
+    """Load an adapter saved by :func:`save_lora` (either format) or by ``PeftModel.save_pretrained`` (on an mmfm
+    model, or on a transformers ``CLIPModel``: its tensors and targets are renamed) onto a base model.
 
     Everything is checked before the model is touched: every adapter tensor is floating-point and finite
     and the recorded metadata (base config, logit scale) is well-formed and finite; the base model's config
@@ -416,6 +499,9 @@ def load_lora(model: nn.Module, directory: str | Path, adapter_name: str = DEFAU
         raise ValueError("the model already has LoRA adapters; load onto a plain base model")
     config, state, metadata = _read_adapter(directory)
     logit_scale = _check_adapter_contents(state, metadata, str(directory))
+    from ..checkpoints.hf import is_hf_adapter_state
+    if is_hf_adapter_state(state):   # saved by PEFT on a transformers CLIPModel (or save_lora(format="hf"))
+        config, state = _from_hf_adapter(model, config, state, str(directory))
     _check_base_config(model, metadata, str(directory), strict)
     try:
         expected = _expected_adapter_shapes(model, config, adapter_name)
@@ -444,6 +530,7 @@ def load_lora(model: nn.Module, directory: str | Path, adapter_name: str = DEFAU
         raise
     for n, p in lora_parameters(model).items():
         p.requires_grad_(trainable)
+    model.train(model.training)   # the new layers' dropout starts in training mode: follow the model's mode
     if logit_scale is not None and hasattr(model, "logit_scale"):
         with torch.no_grad():
             model.logit_scale.fill_(logit_scale)

@@ -98,6 +98,60 @@ def mmfm_to_hf(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 # ------------------------------------------------------------------------------------------
+# LoRA adapters (PEFT files): same parameter names as the state dicts, one restriction
+# PEFT names adapter tensors after the module they wrap (``<module>.lora_A.weight``), and the modules
+# of a transformer layer have the same names in both (q/k/v/out_proj, mlp.fc1/fc2) once the layer
+# prefix is renamed. mmfm's q/k/v are separate nn.Linear parameters like HF's (they are fused at
+# inference only, as a cache), so an adapter maps one to one. HF's visual/text_projection are
+# Linear layers, ours are Parameters: a LoRA on them has no mmfm equivalent and is refused by name.
+_BLOCK_ROOTS = ("visual.transformer.blocks.", "text.transformer.blocks.")
+_HF_ROOTS = ("vision_model.", "text_model.", "visual_projection.", "text_projection.")
+
+
+def is_hf_adapter_state(state: Mapping[str, Any]) -> bool:
+    """Whether PEFT adapter keys (without ``base_model.model.``) name an HF ``CLIPModel``'s modules."""
+    return any(k.startswith(_HF_ROOTS) for k in state)
+
+
+def hf_module_to_mmfm(name: str) -> str:
+    """The mmfm name of an HF ``CLIPModel`` module or parameter (unknown names pass through)."""
+    return _rename(name, _PREFIXES, _BLOCK_PARTS)
+
+
+def mmfm_module_to_hf(name: str) -> str:
+    """The HF ``CLIPModel`` name of an mmfm module or parameter (unknown names pass through)."""
+    return _rename(name, [(dst, src) for src, dst in _PREFIXES], [(b, a) for a, b in _BLOCK_PARTS])
+
+
+def _adapter_keys(state: Mapping[str, torch.Tensor], rename, inside, source: str, fix: str) -> dict[str, torch.Tensor]:
+    out, bad = {}, []
+    for key, value in state.items():
+        new = rename(key)
+        if "lora_" in key and not new.startswith(inside):
+            bad.append(key.split(".lora_")[0])
+        out[new] = value
+    if bad:
+        bad = sorted(set(bad))
+        raise CheckpointError(f"{source}: LoRA on {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} has no "
+                              f"counterpart in the other model (only the transformer layers' linear layers map); {fix}")
+    return out
+
+
+def hf_adapter_to_mmfm(state: Mapping[str, torch.Tensor], source: str = "adapter") -> dict[str, torch.Tensor]:
+    """PEFT adapter tensors of an HF ``CLIPModel`` in mmfm naming (raises for modules mmfm has no layer for)."""
+    return _adapter_keys(state, hf_module_to_mmfm, _BLOCK_ROOTS, source,
+                         "merge that adapter into the HF model (PeftModel.merge_and_unload) and load the merged model "
+                         "instead, or train it without those target modules")
+
+
+def mmfm_adapter_to_hf(state: Mapping[str, torch.Tensor], source: str = "adapter") -> dict[str, torch.Tensor]:
+    """PEFT adapter tensors of an mmfm ViT CLIP in HF ``CLIPModel`` naming."""
+    return _adapter_keys(state, mmfm_module_to_hf, ("vision_model.encoder.layers.", "text_model.encoder.layers."),
+                         source, "save it in mmfm's format (save_lora(..., format='mmfm')) or export the merged model "
+                         "(export_merged(..., format='hf'))")
+
+
+# ------------------------------------------------------------------------------------------
 # Configs
 def _int_square(x: Any, what: str, source: str) -> int:
     if isinstance(x, (list, tuple)):

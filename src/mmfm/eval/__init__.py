@@ -55,12 +55,31 @@ def _load_dataset(name: str, data_root: str | Path | None, split: str, dataset_k
     return get_dataset(name, split=split, **kw)
 
 
+def _published_comparison(result, model_name: str | None, pretrained: str | None, dataset: str, **settings):
+    """open_clip's published value beside ``result`` when the weights are a pretrained tag it has results
+    for (``MODEL`` + ``TAG``, or ``TAG/MODEL`` / ``MODEL/TAG``); never for a local checkpoint."""
+    from .published import compare_with_published
+    if not pretrained or Path(str(pretrained)).expanduser().exists():
+        return None
+    pretrained = str(pretrained)
+    pairs = [(model_name, pretrained)] if model_name and "/" not in pretrained else []
+    if pretrained.count("/") == 1:
+        a, b = pretrained.split("/")
+        pairs += [(b, a), (a, b)]
+    for model, tag in pairs:
+        comp = compare_with_published(result, model, tag, dataset, **settings)
+        if comp:
+            return comp
+    return None
+
+
 def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset: str,
              data_root: str | Path | None = None, out_dir: str | Path | None = None, *,
              device: str | None = None, precision: str = "fp32", task: str | None = None,
              train_split: str = "train", test_split: str = "test", val_split: str | None = "auto",
              dataset_kwargs: dict[str, Any] | None = None, batch_size: int = 64, num_workers: int = 0,
-             cache_dir: str | Path | None = None, progress: bool = True, **kw) -> EvalResult:
+             cache_dir: str | Path | None = None, progress: bool = True, adapter: str | Path | None = None,
+             **kw) -> EvalResult:
     """Build the model and dataset(s) by name, run one evaluation, write its report.
 
     kind: ``zeroshot`` | ``linear-probe`` | ``fewshot`` | ``retrieval`` (``registry.ALIASES`` lists spellings).
@@ -71,6 +90,11 @@ def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset:
     val_split: linear probe only; ``"auto"`` uses the official validation split of Flowers-102 and DTD
         and carves one out of train otherwise; a split name forces it; None always carves.
     out_dir: if given, ``results.json`` / ``results.md`` and the PNG plots are written there.
+    adapter: a LoRA adapter directory (``mmfm.adapt.save_lora``, or PEFT's on an mmfm model or on a
+        transformers ``CLIPModel``) applied to the base model first; recorded in the result and its label.
+    Weights open_clip publishes results for (e.g. ``ViT-B-32`` + ``openai``), evaluated on the test split
+    of a dataset in that table, get ``result.config["published"]``: published, reproduced and the
+    difference, with the source and the protocol caveat (``mmfm.eval.published``).
     Other keyword arguments go to the evaluation function (e.g. ``shots``, ``seeds``, ``method`` for
     few-shot; ``c_values``, ``features`` for the linear probe; ``templates`` for zero-shot).
     """
@@ -80,8 +104,12 @@ def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = create_model(model_name, pretrained=pretrained, device=device, precision=precision)
+    if adapter is not None:
+        from ..adapt.lora import load_lora
+        model = load_lora(model, adapter).to(device)   # checked against the base before it touches it
     label = kw.pop("model_label", None) or (model_name or Path(str(pretrained)).name) + \
-        (f" ({pretrained})" if pretrained and model_name else "")
+        (f" ({pretrained})" if pretrained and model_name else "") + \
+        (f" + adapter {Path(str(adapter)).name}" if adapter is not None else "")
     dkw = dict(dataset_kwargs or {})
     test = _load_dataset(dataset, data_root, test_split, dkw)
     train = val = None
@@ -93,6 +121,13 @@ def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset:
     result = evaluate(k, model, test, train, val, label=label, out_dir=out_dir, device=device,
                       num_workers=num_workers, progress=progress, task=task, random_weights=pretrained is None,
                       batch_size=batch_size, cache=cache_dir, **kw)
+    if adapter is not None:
+        result.config["adapter"] = str(adapter)
+    elif test_split == "test":   # the published weights on the published data: show open_clip's number beside ours
+        published = _published_comparison(result, model_name, pretrained, dataset, precision=precision,
+                                          device=str(device))
+        if published:
+            result.config["published"] = published
     if out_dir is not None:
         write_report([result], out_dir)
     return result

@@ -219,6 +219,9 @@ class EvalResult:
         if skipped:
             more = " ..." if len(skipped) > 20 else ""
             lines += ["", f"{len(skipped)} unreadable image(s) skipped: {'; '.join(skipped[:20])}{more}"]
+        if self.config.get("published"):   # open_clip's number for these weights, beside ours (run_eval)
+            from .published import comparison_markdown
+            lines += ["", comparison_markdown(self.config["published"])]
         if self.perf:
             lines += ["", _perf_line(self.perf.to_dict())]
         extra = self._markdown_extra()
