@@ -108,6 +108,18 @@ def _cmd_shards(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .checkpoints import from_pretrained
+    from .export import export_onnx
+    if not Path(args.model_dir).exists():
+        raise UserError(f"{args.model_dir} does not exist: name a model folder (written by training or "
+                        f"mmfm.save_pretrained)")
+    paths = export_onnx(from_pretrained(args.model_dir, device="cpu", precision="fp32"), args.out)
+    for tower, path in paths.items():
+        print(f"{tower} encoder: {path}")
+    return 0
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default, unless it has none (None, off) or says it already."""
 
@@ -197,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder of the shards (read back by --dataset shards)")
     s.add_argument("--maxcount", type=positive_int, default=1000, help="samples per shard")
     s.set_defaults(func=_cmd_shards)
+
+    s = sub.add_parser("export", help="export a model's image and text encoders to ONNX (for onnxruntime)")
+    s.add_argument("model_dir", help="a saved model folder (e.g. runs/<name>/<model>/model)")
+    s.add_argument("--format", choices=["onnx"], default="onnx")
+    s.add_argument("--out", required=True, help="folder for image_encoder.onnx and text_encoder.onnx")
+    s.set_defaults(func=_cmd_export)
 
     # Options of the data a command reads, and of every command: kept out of the sections above.
     sub.choices["eval"].add_argument(
