@@ -7,7 +7,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mmfm.checkpoints import save_pretrained
 from mmfm.cli import main

@@ -34,8 +34,8 @@ def _check_equal(model, paths, captions):
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
 
 
-CAPTIONS = ["a", "a photo of a small red circle at the top", "two", "a blue square next to a much larger "
-            "green triangle on a white background, drawn by hand"]
+CAPTIONS = ["a", "a photo of a small red circle at the top", "two",
+            "a blue square next to a much larger green triangle on a white background, drawn by hand"]
 
 
 @pytest.mark.parametrize("name", ["ViT-tiny-test", "RN-tiny-test"])

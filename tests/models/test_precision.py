@@ -16,14 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import mmfm.models.layers as layers
-import mmfm.models.precision as precision
 from mmfm.checkpoints import save_pretrained
 from mmfm.data import Digits, Shapes
 from mmfm.data.transforms import image_transform
 from mmfm.eval import zero_shot
 from mmfm.eval.zero_shot import fill_templates, resolve_task
-from mmfm.models import create_model
+from mmfm.models import create_model, layers, precision
 
 TASKS = {"shapes": "color", "digits": None}
 
