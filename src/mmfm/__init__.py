@@ -18,6 +18,7 @@ _EXPORTS = {
     "save_pretrained": "mmfm.checkpoints", "from_pretrained": "mmfm.checkpoints", "export_hf": "mmfm.checkpoints",
     "apply_lora": "mmfm.adapt",
     "model_info": "mmfm.info",
+    "export_onnx": "mmfm.export",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

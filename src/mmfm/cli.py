@@ -125,6 +125,76 @@ def _cmd_shards(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .checkpoints import from_pretrained
+    from .export import export_onnx
+    if not Path(args.model_dir).exists():
+        raise UserError(f"{args.model_dir} does not exist: name a model folder (written by training or "
+                        f"mmfm.save_pretrained)")
+    paths = export_onnx(from_pretrained(args.model_dir, device="cpu", precision="fp32"), args.out)
+    for tower, path in paths.items():
+        print(f"{tower} encoder: {path}")
+    return 0
+
+
+def _cmd_classify(args) -> int:
+    import torch
+
+    from .data.base import load_image
+    from .data.transforms import image_transform
+    from .eval.zero_shot import build_zero_shot_classifier
+    from .models import create_model
+    classnames, templates = _classify_labels(args)
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"no image file {missing[0]}: name existing image files")
+    if args.pretrained is None:
+        print(f"mmfm classify: warning: no --pretrained, {args.model} has random weights: its labels mean nothing",
+              file=sys.stderr)
+    model = create_model(args.model, pretrained=args.pretrained, device=args.device).eval()
+    # The dataset's prompt ensemble (or each label as its own prompt), as zero-shot evaluation builds it.
+    weights = build_zero_shot_classifier(model, classnames, templates, use_cache=False)
+    tf = image_transform(model.image_size)
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(args.images), args.batch_size):
+            paths = args.images[start:start + args.batch_size]
+            pixels = torch.stack([tf(load_image(p)) for p in paths]).to(next(model.parameters()).device)
+            emb = model.encode_image(pixels, normalize=True).float().cpu()
+            probs = (model.scale().float().cpu() * emb @ weights).softmax(dim=-1)   # CLIP's temperature
+            for path, p in zip(paths, probs):
+                top = p.argsort(descending=True)[:args.top]
+                rows.append({"path": str(path), "labels": [{"label": classnames[i], "probability": float(p[i])}
+                                                           for i in top.tolist()]})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(row["path"])
+            for item in row["labels"]:
+                print(f"  {item['probability']:6.1%}  {item['label']}")
+    return 0
+
+
+def _classify_labels(args) -> tuple[list[str], list[str]]:
+    """(class names, prompt templates): --labels as their own prompts, or a dataset's classes and templates."""
+    if args.labels is not None:
+        labels = [s.strip() for s in args.labels.split(",") if s.strip()]
+        if len(labels) < 2:
+            raise UserError(f"--labels {args.labels!r}: give at least two comma-separated labels, e.g. "
+                            f"--labels \"a cat,a dog\"")
+        return labels, ["{}"]
+    from .eval.templates import CLASSNAMES, get_classnames, get_templates
+    if args.classes.lower() in CLASSNAMES:
+        return get_classnames(args.classes), get_templates(args.classes)
+    if args.classes.lower() in ("shapes", "digits"):   # the embedded datasets: their primary task
+        from .data import get_dataset
+        task = next(iter(get_dataset(args.classes.lower(), split="test").zero_shot_tasks().values()))
+        return list(task.classnames), list(task.templates)
+    raise UserError(f"--classes {args.classes}: no class list for it; use one of "
+                    f"{', '.join(sorted(CLASSNAMES) + ['digits', 'shapes'])} or --labels")
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default, unless it has none (None, off) or says it already."""
 
@@ -224,6 +294,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder of the shards (read back by --dataset shards)")
     s.add_argument("--maxcount", type=positive_int, default=1000, help="samples per shard")
     s.set_defaults(func=_cmd_shards)
+
+    s = sub.add_parser("classify", help="zero-shot classify images with a CLIP model against labels or a dataset's classes")
+    s.add_argument("images", nargs="+", metavar="IMG", help="image files")
+    s.add_argument("--model", required=True, help="registered model config (`mmfm models`)")
+    s.add_argument("--pretrained", default=None, help="checkpoint or identifier; without it the weights are random")
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("--labels", default=None, help='comma-separated labels, each its own prompt: "a cat,a dog"')
+    what.add_argument("--classes", default=None, metavar="DATASET",
+                      help="a dataset's classes with its prompt ensemble: cifar10, cifar100, food101, ...")
+    s.add_argument("--top", type=positive_int, default=5, help="labels shown per image")
+    s.add_argument("--json", action="store_true", help="print a JSON list: per image its path and labels by probability")
+    s.add_argument("--batch-size", type=positive_int, default=32)
+    s.add_argument("--device", default=None)
+    s.set_defaults(func=_cmd_classify)
+
+    s = sub.add_parser("export", help="export a model's image and text encoders to ONNX (for onnxruntime)")
+    s.add_argument("model_dir", help="a saved model folder (e.g. runs/<name>/<model>/model)")
+    s.add_argument("--format", choices=["onnx"], default="onnx")
+    s.add_argument("--out", required=True, help="folder for image_encoder.onnx and text_encoder.onnx")
+    s.set_defaults(func=_cmd_export)
 
     # Options of the data a command reads, and of every command: kept out of the sections above.
     sub.choices["eval"].add_argument(

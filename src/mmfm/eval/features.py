@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..models.precision import state_tensors
 from ..util.weights import Stamp, architecture_key
 from .results import PerfStats
 
@@ -54,7 +55,7 @@ def model_fingerprint(model: nn.Module) -> str:
     mutations; a tensor replaced or modified in place), so a model being trained never reuses a stale one.
     """
     arch = architecture_key(model)
-    named = list(model.state_dict(keep_vars=True).items())
+    named = state_tensors(model)   # int8 models' packed weights as tensors too
     names, tensors = [n for n, _ in named], [t for _, t in named]
     hit = _FP_MEMO.get(model)
     if hit is not None and hit[0] == arch and hit[1] == names and hit[2].matches(tensors):

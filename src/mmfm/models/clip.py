@@ -8,6 +8,7 @@ from torch import nn
 from ..util.weights import track_loads
 from .config import CLIPConfig
 from .modified_resnet import ModifiedResNet
+from .precision import module_dtype
 from .text import TextTransformer
 from .vit import VisionTransformer
 
@@ -16,6 +17,15 @@ def build_image_tower(cfg: CLIPConfig) -> nn.Module:
     if cfg.vision.kind == "modified_resnet":
         return ModifiedResNet(cfg.vision, cfg.embed_dim)
     return VisionTransformer(cfg.vision, cfg.embed_dim, cfg.quick_gelu)
+
+
+def _run_tower(tower: nn.Module, fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` with a floating ``x`` cast to ``tower``'s weight dtype, and a low-precision result as float32."""
+    dtype = module_dtype(tower)
+    if x.is_floating_point() and x.dtype != dtype:
+        x = x.to(dtype)
+    y = fn(x)
+    return y.float() if dtype in (torch.float16, torch.bfloat16) else y
 
 
 class CLIP(nn.Module):
@@ -36,17 +46,21 @@ class CLIP(nn.Module):
         track_loads(self)   # loading weights advances mmfm's weights version (caches re-check)
 
     # Inference -----------------------------------------------------------------------------
+    # A model cast to bf16/fp16 (``create_model(precision=...)``) takes float32 images and returns float32
+    # embeddings: inputs are cast to the tower's dtype here, at its boundary, and outputs back, so callers
+    # (evaluation, search, export) never see the weights' dtype. Under autocast the weights stay fp32 and
+    # nothing is cast here.
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        x = self.visual(images)
+        x = _run_tower(self.visual, self.visual, images)
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        x = self.text(ids)
+        x = _run_tower(self.text, self.text, ids)
         return F.normalize(x, dim=-1) if normalize else x
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pre-projection image features (the default input of a linear probe)."""
-        return self.visual.forward_features(images)
+        return _run_tower(self.visual, self.visual.forward_features, images)
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped at 100 as in CLIP so the temperature cannot collapse."""

@@ -8,13 +8,14 @@ from torch import nn
 
 from .clip import CLIP
 from .config import CLIPConfig
+from .precision import check_bf16_cpu, quantize_int8
 from .registry import get_model_config
 
 # config class -> model builder; other families (hybrid, frozen) register here.
 MODEL_BUILDERS: dict[type, Callable[[Any], nn.Module]] = {CLIPConfig: CLIP}
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-              "amp": torch.float32, "amp_bf16": torch.float32}
+              "amp": torch.float32, "amp_bf16": torch.float32, "int8": torch.float32}
 
 
 def register_builder(config_cls: type, builder: Callable[[Any], nn.Module]) -> None:
@@ -40,7 +41,9 @@ def create_model(name: str | Any | None = None, pretrained: str | None = None, d
         an OpenAI TorchScript archive, an HF ``CLIPModel`` directory) or an identifier such as
         ``openai``, ``laion2b_s34b_b79k`` (with a name) or ``hf-hub:openai/clip-vit-base-patch32``,
         downloaded when online. Offline, identifiers fail at once; never silently random weights.
-    precision: ``fp32`` | ``fp16`` | ``bf16`` (weights cast) | ``amp`` | ``amp_bf16`` (weights fp32).
+    precision: ``fp32`` | ``fp16`` | ``bf16`` (weights cast; inputs and embeddings stay float32 at the
+        towers' boundary) | ``amp`` | ``amp_bf16`` (weights fp32) | ``int8`` (CPU inference: the Linear layers
+        dynamically quantized, see ``mmfm.models.precision``).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISIONS)}")
@@ -69,4 +72,12 @@ def create_model(name: str | Any | None = None, pretrained: str | None = None, d
         model = model.to(PRECISIONS[precision])
     if device is not None:
         model = model.to(device)
+    if precision == "bf16" and _on_cpu(model):
+        check_bf16_cpu()
+    if precision == "int8":
+        model = quantize_int8(model)
     return model
+
+
+def _on_cpu(model: nn.Module) -> bool:
+    return all(p.device.type == "cpu" for p in model.parameters())

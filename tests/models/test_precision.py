@@ -1,0 +1,189 @@
+"""Low-precision CPU inference (issue 18): bf16 weights and int8 dynamic quantization agree with fp32.
+
+Agreement is measured on a tiny CLIP that really classifies shapes' colors and digits, so a flip between
+precisions is a real disagreement rather than noise between near-equal scores (a random or barely trained
+tiny model has near-tied class scores: there bf16 flips 5-10% of predictions at embedding cosines of 0.99999).
+Training a tiny CLIP contrastively to that point takes minutes; instead its text projection is fitted so that
+the class prompts land on orthonormal directions, and its image tower is trained (150 steps) to classify
+the images against them: both towers are then exercised in bf16/int8 exactly as in zero-shot evaluation.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmfm.checkpoints import save_pretrained
+from mmfm.data import Digits, Shapes
+from mmfm.data.transforms import image_transform
+from mmfm.eval import zero_shot
+from mmfm.eval.zero_shot import fill_templates, resolve_task
+from mmfm.models import create_model, layers, precision
+
+TASKS = {"shapes": "color", "digits": None}
+
+
+def _ridge(x: torch.Tensor, y: torch.Tensor, lam: float = 1e-1) -> torch.Tensor:
+    g = x.T @ x
+    return torch.linalg.solve(g + lam * g.trace() / len(g) * torch.eye(len(g)), x.T @ y)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A ViT-tiny-test that classifies colors (82%) and digits (63%) zero-shot, saved: (fp32 model, folder)."""
+    torch.manual_seed(0)
+    model = create_model("ViT-tiny-test")
+    sets = [(Shapes("train", size=600, image_size=32, seed=0), "color"), (Digits("train"), None)]
+    tasks = [resolve_task(ds, task) for ds, task in sets]
+    n_classes = sum(len(t.classnames) for t in tasks)
+    targets = torch.linalg.qr(torch.randn(model.config.embed_dim, n_classes,
+                                          generator=torch.Generator().manual_seed(0))).Q.T   # [C, D]
+    feats, want, images, labels, offset = [], [], [], [], 0
+    tok, tf = model.get_tokenizer(), image_transform(32)
+    with torch.no_grad():
+        for (ds, _), task in zip(sets, tasks):
+            for c, texts in enumerate(fill_templates(task.classnames, task.templates)):
+                feats.append(model.text.forward_features(tok(texts)))
+                want.append(targets[offset + c].expand(len(texts), -1))
+            for i in range(len(ds)):
+                sample = ds.get_sample(i)
+                images.append(tf(sample.image))
+                labels.append(offset + (sample.label if task.attribute is None else sample.attributes[task.attribute]))
+            offset += len(task.classnames)
+        model.text.text_projection.copy_(_ridge(torch.cat(feats), torch.cat(want)))
+    x, y = torch.stack(images), torch.tensor(labels)
+    opt = torch.optim.AdamW(model.visual.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        idx = torch.randint(0, len(x), (64,), generator=g)
+        loss = F.cross_entropy(10 * model.encode_image(x[idx], normalize=True) @ targets.T, y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    folder = tmp_path_factory.mktemp("precision") / "model"
+    save_pretrained(model, folder)
+    return model.eval(), folder
+
+
+@pytest.fixture(scope="module")
+def eval_sets():
+    return {"shapes": Shapes("test", size=300, image_size=32, seed=3), "digits": Digits("test")}
+
+
+def _zero_shot_preds(model, dataset) -> tuple[torch.Tensor, float]:
+    """Per-image predicted class and top-1 accuracy, from the library's own zero-shot path."""
+    from mmfm.eval.features import extract_image_features
+    from mmfm.eval.zero_shot import build_zero_shot_classifier
+    task = resolve_task(dataset, TASKS[dataset.name])
+    weights = build_zero_shot_classifier(model, task.classnames, task.templates, use_cache=False)
+    feats = extract_image_features(model, dataset, batch_size=100, attribute=task.attribute, progress=False)
+    assert feats.features.dtype == torch.float32
+    preds = (feats.features @ weights).argmax(dim=1)
+    return preds, float((preds == feats.labels).float().mean())
+
+
+def _embeddings(model, dataset, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    tf, tok = image_transform(32, train=False), model.get_tokenizer()
+    images = torch.stack([tf(dataset.get_sample(i).image) for i in range(n)])
+    ids = tok([dataset.get_captions(i)[0] for i in range(n)])
+    with torch.no_grad():
+        return model.encode_image(images, normalize=True), model.encode_text(ids, normalize=True)
+
+
+# Zero-shot agreement with fp32. Measured here (fp32 top-1: colors 82%, digits 63%): bf16 100% / 98.3%, int8
+# 98.0% / 95.0%, i.e. the issue's targets (99% bf16, 98% int8) on colors. The bounds leave a few images of room
+# for other CPUs' kernels; the wrong answers on digits are near-ties, which low precision flips more often.
+AGREEMENT = {"bf16": {"shapes": 0.99, "digits": 0.97}, "int8": {"shapes": 0.97, "digits": 0.93}}
+COSINE = {"bf16": 0.999, "int8": 0.99}
+
+
+@pytest.mark.parametrize("prec", ["bf16", "int8"])
+def test_low_precision_agrees_with_fp32(trained, eval_sets, prec):
+    fp32, folder = trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # a CPU without native bf16 still computes it right
+        low = create_model(pretrained=str(folder), precision=prec).eval()
+    for name, dataset in eval_sets.items():
+        (img, txt), (img_low, txt_low) = _embeddings(fp32, dataset), _embeddings(low, dataset)
+        assert img_low.dtype == txt_low.dtype == torch.float32   # the weights' dtype stays inside the model
+        assert (img * img_low).sum(-1).min() >= COSINE[prec], name
+        assert (txt * txt_low).sum(-1).min() >= COSINE[prec], name
+        preds, acc = _zero_shot_preds(fp32, dataset)
+        preds_low, _ = _zero_shot_preds(low, dataset)
+        assert acc > 0.5, f"{name}: the fp32 model classifies badly ({acc:.2f}); the agreement would mean little"
+        agreement = float((preds == preds_low).float().mean())
+        assert agreement >= AGREEMENT[prec][name], f"{name}: {prec} agrees with fp32 on {agreement:.1%} of images"
+
+
+def test_low_precision_models_run_the_public_zero_shot_evaluation(trained, eval_sets):
+    """zero_shot() fingerprints the model for its caches: an int8 model's packed weights must be hashable."""
+    _, folder = trained
+    results = {}
+    for prec in ("fp32", "bf16", "int8"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            model = create_model(pretrained=str(folder), precision=prec).eval()
+        results[prec] = zero_shot(model, eval_sets["shapes"], task="color", batch_size=100,
+                                  progress=False).metrics.top1
+    assert abs(results["bf16"] - results["fp32"]) <= 0.01 and abs(results["int8"] - results["fp32"]) <= 0.02
+
+
+def test_int8_fingerprint_follows_the_quantized_weights(trained):
+    """Two int8 models that differ only in a quantized Linear must not share evaluation caches."""
+    from mmfm.eval.features import model_fingerprint
+    _, folder = trained
+    a = create_model(pretrained=str(folder), precision="int8")
+    b = create_model(pretrained=str(folder), precision="int8")
+    assert model_fingerprint(a) == model_fingerprint(b)
+    torch.manual_seed(1)
+    c = create_model(pretrained=str(folder))
+    with torch.no_grad():
+        c.visual.transformer.blocks[0].mlp.fc1.weight.mul_(1.5)
+    c = precision.quantize_int8(c)
+    assert model_fingerprint(c) != model_fingerprint(a)
+
+
+def test_bf16_takes_float32_inputs_and_skips_the_fp32_packed_path(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("the oneDNN packed path is fp32 only")
+    monkeypatch.setattr(layers, "packed_linear", refuse)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    torch.manual_seed(0)
+    for name in ("ViT-tiny-test", "RN-tiny-test"):
+        model = create_model(name, precision="bf16").eval()
+        assert next(model.parameters()).dtype == torch.bfloat16
+        ids = model.get_tokenizer()(["a red circle"])
+        with torch.no_grad():
+            img = model.encode_image(torch.randn(2, 3, 32, 32))
+            feats = model.image_features(torch.randn(2, 3, 32, 32))
+            txt = model.encode_text(ids)
+        assert img.dtype == feats.dtype == txt.dtype == torch.float32 and img.shape == (2, 32)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_says_so_once_and_still_works(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="without native bf16.*slower than fp32"):
+        model = create_model("ViT-tiny-test", precision="bf16")
+    with torch.no_grad():
+        assert torch.isfinite(model.encode_image(torch.randn(1, 3, 32, 32))).all()
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        create_model("ViT-tiny-test", precision="bf16")   # native: nothing to say
+
+
+def test_int8_quantizes_the_linear_layers_only_and_is_cpu_inference():
+    model = create_model("ViT-tiny-test", precision="int8")
+    qlinear = torch.ao.nn.quantized.dynamic.Linear
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    assert isinstance(model.visual.transformer.blocks[0].attn.q_proj, qlinear)
+    assert model.visual.conv1.weight.dtype == torch.float32 and not model.training
+    with torch.no_grad():
+        assert model.encode_image(torch.randn(3, 3, 32, 32)).shape == (3, 32)
+    meta = create_model("ViT-tiny-test").to("meta")
+    with pytest.raises(ValueError, match="CPU inference only"):
+        precision.quantize_int8(meta)
