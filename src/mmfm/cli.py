@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.formatter_class = HelpFormatter
         s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of an error (also: MMFM_DEBUG=1)")
-        if name in ("run", "eval", "caption", "vqa"):
+        if name in ("run", "eval", "caption", "vqa", "classify", "export"):
             s.add_argument("--threads", type=positive_int, default=None, metavar="N",
                            help="CPU threads for PyTorch (intra- and inter-op); default: PyTorch's choice, "
                                 "one per core. Use fewer on a shared machine")
