@@ -1,14 +1,14 @@
 """benchmarks/adapt_demo.py over seeds: per-seed summaries -> mean +- std, reuse of finished seeds."""
 import json
 
-import pytest
-
 import adapt_demo as A
+import pytest
 
 
 def _args(tmp_path, **kw):
     import sys
-    argv, sys.argv = sys.argv, ["adapt_demo.py", "--out", str(tmp_path), *sum(([f"--{k}", str(v)] for k, v in kw.items()), [])]
+    flags = [x for k, v in kw.items() for x in (f"--{k}", str(v))]
+    argv, sys.argv = sys.argv, ["adapt_demo.py", "--out", str(tmp_path), *flags]
     try:
         return A.parse_args()
     finally:
@@ -65,3 +65,15 @@ def test_a_finished_seed_is_reused_only_with_the_same_settings(tmp_path):
     other_lr = A.seed_args(_args(tmp_path, **{"lora-lr": 1e-3}), 1)
     assert A.stored_seed(other_lr) is None
     assert A.stored_seed(A.seed_args(args, 2)) is None
+
+
+def test_presets_are_ranked_only_where_the_gap_exceeds_the_spread():
+    ms = A.mean_std
+    agg = {"rows": [{"method": "LoRA a", "target_color": ms([0.50, 0.60, 0.70])},     # 60 +- 10
+                    {"method": "LoRA b", "target_color": ms([0.20, 0.25, 0.30])},     # 25 +- 5: separated from a
+                    {"method": "LoRA c", "target_color": ms([0.25, 0.50, 0.75])},     # 50 +- 25: from neither
+                    {"method": "full fine-tuning", "target_color": ms([0.9] * 3)}]}
+    notes = A.ranking_notes(agg)
+    assert len(notes) == 3 and not any("full" in n for n in notes)
+    assert notes[0].startswith("LoRA a vs LoRA b") and notes[0].endswith(": separated")
+    assert all(n.endswith("NOT separated") for n in notes[1:])

@@ -3,9 +3,8 @@ import json
 import subprocess
 
 import pytest
-import yaml
-
 import seeds as S
+import yaml
 from conftest import CONFIGS
 
 
