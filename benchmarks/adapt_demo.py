@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ from mmfm.report import markdown_table
 from mmfm.tokenizer import get_tokenizer
 from mmfm.train import TrainConfig, Trainer
 from mmfm.util.atomic import atomic_write_json, atomic_write_text
-from seeds import fmt, mean_std, separated   # benchmarks/seeds.py (this script's folder is on sys.path)
+from seeds import ForeignSeedDir, fmt, mean_std, separated   # benchmarks/seeds.py (this script's folder is on sys.path)
 
 PRESETS = ("qv-r16", "qkv-r64", "attn-mlp-r16", "fewshot-r2")
 CONTEXT = 24   # shapes' captions are at most ~14 tokens
@@ -253,14 +254,18 @@ def seed_args(args: argparse.Namespace, seed: int) -> argparse.Namespace:
 
 
 def stored_seed(args: argparse.Namespace) -> dict[str, Any] | None:
-    """A seed's earlier summary if it was made with the same determining settings (else None: rerun)."""
+    """A seed's earlier summary if it was made with the same determining settings, None if there is none;
+    a summary made with other settings is refused (rerunning would overwrite it)."""
     path = Path(args.out) / "results.json"
     if not path.is_file():
         return None
     summary = json.loads(path.read_text())
     want = {k: v for k, v in vars(args).items() if k not in NOT_DETERMINING}
-    have = {k: summary["args"].get(k) for k in want}
-    return summary if have == want else None
+    differ = sorted(k for k, v in want.items() if summary["args"].get(k) != v)
+    if differ:
+        raise ForeignSeedDir(f"{path} was made with other settings ({', '.join(differ)}); delete {args.out} "
+                             f"or give another --out")
+    return summary
 
 
 METRICS = ("trainable_share", "train_s", "target_color", "target_shape", "target_i2t_R@1", "target_t2i_R@1",
@@ -366,7 +371,11 @@ def main() -> None:
     summaries = {}
     for seed in args.seeds:
         one = seed_args(args, seed)
-        summaries[seed] = stored_seed(one)
+        try:
+            summaries[seed] = stored_seed(one)
+        except ForeignSeedDir as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         if summaries[seed] is not None:
             print(f"seed {seed}: reusing {one.out}/results.json (same settings)", flush=True)
             continue

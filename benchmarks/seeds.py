@@ -21,7 +21,7 @@ seed changes:
   initialisation, training and test images, binding episodes.
 
 A seed whose folder already holds a result made from the same resolved config is reused, not rerun
-(delete the folder to rerun it). Writes OUT/aggregate.json and OUT/aggregate.md (and --json PATH).
+(delete the folder to rerun it); a folder started with another config is refused (exit 2). Writes OUT/aggregate.json and OUT/aggregate.md (and --json PATH).
 """
 from __future__ import annotations
 
@@ -111,17 +111,18 @@ def resolved_config(config: Path, sets: list[str]) -> dict[str, Any]:
 
 
 def stored_result(seed_dir: Path, frozen: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(the result JSON, the resolved config it was made from) of a finished seed, or (None, None)."""
+    """(the result JSON or None, the resolved config the folder's run was started with or None)."""
     if frozen:
         path = seed_dir / "results.json"
-        if not path.is_file():
-            return None, None
-        result = json.loads(path.read_text())
-        return result, result.get("config")
+        result = json.loads(path.read_text()) if path.is_file() else None
+        return result, (result or {}).get("config")
     path, cfg = seed_dir / "report.json", seed_dir / "config.resolved.yaml"
-    if not (path.is_file() and cfg.is_file()):
-        return None, None
-    return json.loads(path.read_text()), yaml.safe_load(cfg.read_text())
+    return (json.loads(path.read_text()) if path.is_file() else None,
+            yaml.safe_load(cfg.read_text()) if cfg.is_file() else None)
+
+
+class ForeignSeedDir(ValueError):
+    """A seed's folder holds a run of another config (rerunning there would mix or overwrite it)."""
 
 
 def headline(result: dict[str, Any], frozen: bool) -> dict[str, float]:
@@ -145,13 +146,19 @@ def headline(result: dict[str, Any], frozen: bool) -> dict[str, float]:
 
 # -- running -------------------------------------------------------------------------------------
 def run_seed(config: Path, seed: int, out: Path, threads: int) -> tuple[dict[str, Any], bool]:
-    """(result JSON, reused?) of one seed: a stored one if it was made from the same config, else a fresh run."""
+    """(result JSON, reused?) of one seed: a stored one if it was made from the same config, else a fresh run.
+    A run of the same config that stopped early is run again in place: training resumes from its last
+    checkpoint, which gives the weights of an uninterrupted run. A folder started with another config is
+    refused: the trainer would resume from its checkpoints, and its results would be overwritten."""
     raw = yaml.safe_load(config.read_text())
     frozen, sets = is_frozen_demo(raw), seed_overrides(raw, seed)
     seed_dir = out / f"seed{seed}"
     want = resolved_config(config, sets)
     result, made_from = stored_result(seed_dir, frozen)
-    if result is not None and made_from == want:
+    if made_from is not None and made_from != want:
+        raise ForeignSeedDir(f"{seed_dir} holds a run of another config than {config} with seed {seed}; "
+                             f"delete that folder or give another --out")
+    if result is not None:
         return result, True
     cmd = [sys.executable, "-m", "mmfm.cli", "run", str(config), "--out", str(seed_dir)]
     for s in sets:
@@ -206,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("runs") / f"{args.config.stem}_seeds"
     results = {}
     for seed in args.seeds:
-        results[seed], reused = run_seed(args.config, seed, out, args.threads)
+        try:
+            results[seed], reused = run_seed(args.config, seed, out, args.threads)
+        except ForeignSeedDir as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(f"seed {seed}: {'reused ' if reused else ''}{out / f'seed{seed}'}", flush=True)
     summary = summarise(args.config, args.seeds, results)
     out.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,8 @@ def test_a_finished_seed_is_reused_only_with_the_same_settings(tmp_path):
     other_workers = A.seed_args(_args(tmp_path, workers=0), 1)     # workers do not change the batches
     assert A.stored_seed(other_workers) is not None
     other_lr = A.seed_args(_args(tmp_path, **{"lora-lr": 1e-3}), 1)
-    assert A.stored_seed(other_lr) is None
+    with pytest.raises(A.ForeignSeedDir, match="lora_lr"):      # refused, not overwritten
+        A.stored_seed(other_lr)
     assert A.stored_seed(A.seed_args(args, 2)) is None
 
 

@@ -61,7 +61,19 @@ def test_a_stored_seed_is_reused_only_if_made_from_the_same_config(tmp_path, mon
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
     result, reused = S.run_seed(config, 0, tmp_path, threads=1)
     assert reused and result["models"][0]["metrics"]["top1"] == 0.9 and not calls
-    with pytest.raises(RuntimeError, match="seed 1"):     # rerun (the fake run writes nothing)
+    # another config's folder: refused, not resumed from or overwritten
+    assert S.main([str(config), "--seeds", "1", "--out", str(tmp_path)]) == 2 and not calls
+    assert json.loads((tmp_path / "seed1" / "report.json").read_text())["models"][0]["metrics"]["top1"] == 0.8
+
+
+def test_a_seed_that_stopped_early_runs_again_in_place(tmp_path, monkeypatch):
+    config = CONFIGS / "quickstart.yaml"
+    raw = yaml.safe_load(config.read_text())
+    _store_seed(config, tmp_path / "seed1", S.seed_overrides(raw, 1), {"top1": 0.8})
+    (tmp_path / "seed1" / "report.json").unlink()              # killed before the report: resume in place
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    with pytest.raises(RuntimeError, match="seed 1"):          # the fake run writes nothing
         S.run_seed(config, 1, tmp_path, threads=1)
     assert len(calls) == 1 and "models.0.train.seed=1" in calls[0] and str(tmp_path / "seed1") in calls[0]
 
