@@ -10,8 +10,8 @@ difference only where the gap between two means exceeds the sum of their standar
         --json benchmarks/results/frozen_seeds.json                     # ~8-10 min per seed at 1 thread
 
 Expected on this project's 2-core machine (1 thread; benchmarks/results/*_seeds.json, README): quickstart
-zero-shot shape 94.6 +- 1.1%, colour 99.8 +- 0.2%, image->text R@1 44.4 +- 7.9%; Frozen seed 2: BLEU-4
-0.71, VQA 1.00, binding 0.975 open-ended / 0.99 forced choice (seeds 0 and 1: see the README).
+zero-shot shape 94.6 +- 1.1%, colour 99.8 +- 0.2%, image->text R@1 44.4 +- 7.9%; Frozen: BLEU-4 0.74 +-
+0.07, CIDEr-D 3.72 +- 0.24, VQA 0.94 +- 0.11, binding 0.92 +- 0.10 open-ended / 0.97 +- 0.04 forced choice.
 
 Each seed is a fresh process, literally ``mmfm run CONFIG --out OUT/seed<N> --set ...`` (printed), so a
 seed's figures are what that command gives on its own; nothing is shared between seeds in memory. What a
