@@ -26,3 +26,30 @@ def run_ranks():
         assert proc.returncode == 0, proc.stderr[-3000:]
         return torch.load(out, weights_only=True)
     return run
+
+
+class ModelState:
+    """Everything a report must not change: each parameter and buffer (values, dtype, device,
+    requires_grad), the module tree and each module's training flag (a locked tower may be in eval mode
+    while its parent trains)."""
+
+    def __init__(self, model):
+        self.modules = [(n, type(m).__name__, m.training) for n, m in model.named_modules()]
+        self.tensors = {n: (t.detach().clone(), t.dtype, t.device, t.requires_grad)
+                        for n, t in model.state_dict(keep_vars=True).items()}
+
+    def assert_same(self, model) -> None:
+        after = ModelState(model)
+        assert after.modules == self.modules
+        assert after.tensors.keys() == self.tensors.keys()
+        for n, (t, dtype, device, grad) in self.tensors.items():
+            u, dtype2, device2, grad2 = after.tensors[n]
+            assert (dtype2, device2, grad2) == (dtype, device, grad), n
+            assert torch.equal(u, t), n
+
+
+@pytest.fixture
+def model_state():
+    """``before = model_state(model)`` ... ``before.assert_same(model)``."""
+    return ModelState
+

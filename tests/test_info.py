@@ -14,22 +14,6 @@ import mmfm
 from mmfm.measure import count_parameters, weight_memory
 
 
-def full_state(model) -> dict:
-    return {"modules": [(n, type(m).__name__, m.training) for n, m in model.named_modules()],
-            "tensors": {n: (t.detach().clone(), t.dtype, t.device, t.requires_grad)
-                        for n, t in model.state_dict(keep_vars=True).items()}}
-
-
-def assert_unchanged(before: dict, model) -> None:
-    after = full_state(model)
-    assert after["modules"] == before["modules"]
-    assert after["tensors"].keys() == before["tensors"].keys()
-    for n, (t, dtype, device, grad) in before["tensors"].items():
-        u, dtype2, device2, grad2 = after["tensors"][n]
-        assert (dtype2, device2, grad2) == (dtype, device, grad), n
-        assert torch.equal(u, t), n
-
-
 @pytest.fixture
 def model():
     torch.manual_seed(0)
@@ -41,15 +25,15 @@ def model():
 
 
 @pytest.mark.parametrize("lora", [None, "qv-r16"])
-def test_model_info_on_a_live_model_changes_nothing(model, lora):
-    before = full_state(model)
+def test_model_info_on_a_live_model_changes_nothing(model, lora, model_state):
+    before = model_state(model)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = model.eval().encode_image(x)
     model.train()
     model.text.eval()
     info = mmfm.model_info(model=model, lora=lora)
-    assert_unchanged(before, model)
+    before.assert_same(model)
     assert info["flops_per_image"] and info["flops_per_image"] > 0
     assert info["parameters"]["total"] >= count_parameters(model).total
     if lora:
@@ -58,8 +42,8 @@ def test_model_info_on_a_live_model_changes_nothing(model, lora):
         assert torch.equal(model.eval().encode_image(x), ref)   # still a working model on its device
 
 
-def test_parameter_counts_and_memory_change_nothing(model):
-    before = full_state(model)
+def test_parameter_counts_and_memory_change_nothing(model, model_state):
+    before = model_state(model)
     count_parameters(model)
     weight_memory(count_parameters(model).total)
-    assert_unchanged(before, model)
+    before.assert_same(model)

@@ -24,25 +24,13 @@ CALLS = {
 }
 
 
-def full_state(model) -> dict:
-    return {"modules": [(n, type(m).__name__, m.training) for n, m in model.named_modules()],
-            "tensors": {n: (t.detach().clone(), t.dtype, t.device, t.requires_grad)
-                        for n, t in model.state_dict(keep_vars=True).items()}}
-
-
 @pytest.mark.parametrize("call", sorted(CALLS))
-def test_an_evaluation_leaves_the_model_as_it_was(call, shapes_small):
+def test_an_evaluation_leaves_the_model_as_it_was(call, shapes_small, model_state):
     torch.manual_seed(0)
     model = create_model("ViT-tiny-test")
     model.train()
     model.lock_image_tower(unlocked_groups=1)
     model.visual.transformer.blocks[0].eval()   # a frozen part kept in eval mode while the rest trains
-    before = full_state(model)
+    before = model_state(model)
     CALLS[call](model, shapes_small)
-    after = full_state(model)
-    assert after["modules"] == before["modules"]
-    assert after["tensors"].keys() == before["tensors"].keys()
-    for n, (t, dtype, device, grad) in before["tensors"].items():
-        u, dtype2, device2, grad2 = after["tensors"][n]
-        assert (dtype2, device2, grad2) == (dtype, device, grad), n
-        assert torch.equal(u, t), n
+    before.assert_same(model)

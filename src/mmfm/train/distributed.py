@@ -87,11 +87,7 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     info = dist_info()
-    if not info.enabled:
-        return x
-    x = x.detach().clone()
-    dist.all_reduce(x)
-    return x / info.world_size
+    return all_reduce_sum(x) / info.world_size if info.enabled else x
 
 
 def barrier() -> None:
