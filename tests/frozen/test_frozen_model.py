@@ -145,3 +145,13 @@ def test_offline_hub_identifier_fails_fast_with_a_clear_message(monkeypatch, tin
         FrozenModel(cfg)
     msg = str(info.value)
     assert "'gpt2-large'" in msg and "pretrained_lm" in msg and "local" in msg
+
+
+def test_text_lm_pretraining_shows_progress(hf_tokenizer, lm_config, capsys):
+    """The Frozen demo's text-LM pretraining is its longest phase: with progress on it draws a bar."""
+    from mmfm.frozen.lm import train_text_lm
+    train_text_lm(["a red circle", "a blue square"] * 4, hf_tokenizer, lm_config, steps=3, batch_size=2, log=None,
+                  progress=True)
+    assert "text LM" in capsys.readouterr().err
+    train_text_lm(["a red circle"] * 4, hf_tokenizer, lm_config, steps=2, batch_size=2, log=None)
+    assert "text LM" not in capsys.readouterr().err

@@ -226,7 +226,7 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool 
         with track_memory() as lm_mem:
             _, lm_summary = train_text_lm(corpus, hf_tok, lm_cfg, lm_dir, steps=cfg.lm.steps,
                                           batch_size=cfg.lm.batch_size, lr=cfg.lm.lr, seed=cfg.seed,
-                                          log_every=max(cfg.lm.steps // 5, 1), log=_log)
+                                          log_every=max(cfg.lm.steps // 5, 1), log=_log, progress=progress)
         lm_summary.pop("history", None)
         lm_peak_mb = lm_mem.to_dict()["peak_rss_mb"]
     tok = FrozenTokenizer(hf_tok, cfg.frozen.context_length)

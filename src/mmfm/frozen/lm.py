@@ -177,12 +177,14 @@ def init_sinusoidal_positions(model: nn.Module, scale: float = 0.02) -> None:
 def train_text_lm(texts: Sequence[str], tokenizer, lm_cfg: dict[str, Any], out_dir: str | Path | None = None, *,
                   steps: int = 1000, batch_size: int = 64, lr: float = 3e-3, warmup: int = 50, seed: int = 0,
                   context_length: int | None = None, device: str = "cpu", log_every: int = 100,
-                  log=print, callback=None, sinusoidal_positions: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+                  log=print, callback=None, sinusoidal_positions: bool = False,
+                  progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """Train a causal LM from scratch on ``texts`` (one document each, EOS appended); save it to ``out_dir``.
 
     Documents are padded, not packed: each is short and should be modelled from its own start, which is
     how the LM will be used (a fresh prompt). ``callback(step, model)`` runs every ``log_every`` steps
     (e.g. to probe a skill while it is learned). ``sinusoidal_positions``: see ``init_sinusoidal_positions``.
+    ``progress``: a progress bar over the steps (the demo's LM pretraining is its longest silent phase).
     Returns (model in eval mode, training summary).
     """
     from transformers import AutoModelForCausalLM
@@ -204,6 +206,8 @@ def train_text_lm(texts: Sequence[str], tokenizer, lm_cfg: dict[str, Any], out_d
     order: list[int] = []
     history, t0 = [], time.perf_counter()
     model.train()
+    from tqdm.auto import tqdm
+    bar = tqdm(total=steps, desc="text LM", unit="step", disable=not progress, dynamic_ncols=True)
     for step in range(1, steps + 1):
         if len(order) < batch_size:
             fresh = list(range(len(encoded)))
@@ -227,6 +231,7 @@ def train_text_lm(texts: Sequence[str], tokenizer, lm_cfg: dict[str, Any], out_d
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        bar.update(1)
         if step % log_every == 0 or step == steps:
             history.append({"step": step, "loss": loss.item()})
             if log is not None:
@@ -236,6 +241,7 @@ def train_text_lm(texts: Sequence[str], tokenizer, lm_cfg: dict[str, Any], out_d
                 with torch.no_grad():
                     callback(step, model)
                 model.train()
+    bar.close()
     model.eval()
     summary = {"steps": steps, "documents": len(encoded), "final_loss": history[-1]["loss"] if history else None,
                "train_time_s": time.perf_counter() - t0, "history": history,
