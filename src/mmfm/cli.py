@@ -46,7 +46,15 @@ def _cmd_run(args) -> int:
             key, _, value = item.partition("=")
             overrides[key.removeprefix("frozen_demo.")] = yaml.safe_load(value)
         cfg = load_demo_config(path, overrides)
-        run_demo(args.out or Path("runs") / cfg.name, cfg, progress=True)
+        if getattr(args, "threads", None):        # the command line wins over the config's threads
+            cfg = cfg.model_copy(update={"threads": args.threads})
+        from .experiment import run_lock
+        out = Path(args.out) if args.out else Path("runs") / cfg.name
+        out.mkdir(parents=True, exist_ok=True)
+        # The demo retrains from scratch into its folder (nothing is resumed, so a rerun reports itself),
+        # but two runs at once on one folder would interleave: the same lock as every `mmfm run`.
+        with run_lock(out):
+            run_demo(out, cfg, progress=True)
         return 0
     from .experiment import run_experiment
     existing = "resume" if args.resume else "overwrite" if args.overwrite else "refuse"

@@ -86,3 +86,15 @@ def test_vision_init_copies_a_clip_image_tower_and_rejects_another_shape(tiny_co
     _init_vision(model, str(tmp_path / "clip"))
     for (name, a), b in zip(model.visual.state_dict().items(), clip.visual.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_demo_run_takes_the_run_folder_lock(tmp_path, capsys):
+    """`mmfm run` of the Frozen demo holds the same folder lock as every run: a second one stops at once."""
+    from mmfm.cli import main
+    from mmfm.experiment import run_lock
+    config = tmp_path / "demo.yaml"
+    config.write_text("frozen_demo:\n  name: tiny\n  threads: 1\n")
+    out = tmp_path / "out"
+    with run_lock(out):
+        assert main(["run", str(config), "--out", str(out)]) == 2
+    assert "in use by another `mmfm run`" in capsys.readouterr().err

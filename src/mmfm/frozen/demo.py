@@ -314,8 +314,9 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool 
         "files": {"language_model": str(lm_dir), "model": str(out / "model"), "samples": str(out / "samples.png")},
     }
     _plot_samples(model, tok, test_ds, cfg, out / "samples.png")
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    (out / "results.md").write_text(render_markdown(results))
+    from ..util.atomic import atomic_write_text
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    atomic_write_text(out / "results.md", render_markdown(results))
     _log(render_markdown(results))
     return results
 
