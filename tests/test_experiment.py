@@ -272,3 +272,29 @@ def test_cli_resume_and_overwrite_flags(tmp_path, monkeypatch):
     assert seen == ["refuse", "resume", "overwrite"]
     with pytest.raises(SystemExit):
         main(["run", cfg, "--resume", "--overwrite"])
+
+
+def test_evaluations_during_training_belong_to_the_weights_of_their_step(tmp_path):
+    """A ViT (no BatchNorm buffers whose versions would bump) trained with fused AdamW: each validation's
+    zero-shot figures equal a fresh model loaded from that step's checkpoint (issue 14: they used to repeat the
+    first validation's value, from features cached under a stale fingerprint)."""
+    import torch
+
+    from mmfm.data import get_dataset
+    from mmfm.eval import zero_shot
+    from mmfm.models import create_model
+    cfg = json.loads(json.dumps(TINY))
+    cfg["models"][0]["train"].update({"max_steps": 6, "lr": 1e-2, "eval_every": 2, "ckpt_every": 2, "keep_last": 10})
+    cfg["eval_during_training"] = [{"kind": "zeroshot", "task": "color", "dataset": "val"}]
+    cfg["evals"] = []
+    run_experiment(_write(tmp_path, cfg), out_dir=tmp_path / "out")
+    rows = [json.loads(line) for line in (tmp_path / "out/tiny/metrics.jsonl").read_text().splitlines()]
+    during = {r["step"]: r["zeroshot_color_top1"] for r in rows if r["split"] == "val"}
+    assert sorted(during) == [2, 4, 6]
+    val = get_dataset("shapes", **TINY["data"]["val"]["args"])
+    for step, value in during.items():
+        fresh = create_model("ViT-tiny-test")
+        ckpt = torch.load(tmp_path / f"out/tiny/checkpoints/ckpt-{step:08d}.pt", weights_only=True)
+        fresh.load_state_dict(ckpt["model"])
+        assert zero_shot(fresh.eval(), val, task="color", progress=False).metrics.top1 == \
+            pytest.approx(value, abs=1e-9), step
