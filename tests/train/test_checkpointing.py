@@ -132,3 +132,16 @@ class Unreadable(Pairs):
 def test_data_that_is_all_unreadable_is_a_clear_error_not_an_endless_loop(tmp_path):
     with pytest.raises(ValueError, match="no readable batch"):
         _fit(tmp_path, 3, Unreadable())
+
+
+def test_latency_measurement_restores_every_modules_mode(tmp_path):
+    """Measuring inference latency after training is a report: it must leave each module's train/eval flag
+    as it found it (it used to end with model.train(), switching on a tower the caller keeps in eval)."""
+    from contextlib import nullcontext
+    model = create_model("ViT-tiny-test")
+    trainer = Trainer(model, Pairs(), TrainConfig(max_steps=1, batch_size=4, progress=False, tensorboard=False),
+                      tmp_path, val_data=Pairs())
+    model.train()
+    model.visual.eval()
+    assert trainer._latency(model, torch.device("cpu"), nullcontext)["batch_1"]["n"] > 0
+    assert model.training and not model.visual.training and not model.visual.transformer.blocks[0].training

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..models.precision import state_tensors
 from ..util.weights import Stamp, architecture_key
+from ..util.modes import eval_mode  # noqa: F401  (re-exported)
 from .results import PerfStats
 
 FeatureKind = Literal["pre_projection", "embedding"]
@@ -324,23 +325,6 @@ def _collate_readable(batch):
     labels = torch.tensor([b[1] for b in ok], dtype=torch.long)
     index = torch.tensor([b[2] for b in ok], dtype=torch.long)
     return images, labels, index, [(b[2], b[3]) for b in batch if b[0] is None]
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put the model in eval mode for the block and restore every module's previous mode afterwards.
-
-    Per module, not just the top flag: ``model.train(True)`` would also switch on submodules the caller
-    had put in eval mode (a locked tower, frozen BatchNorm), and reporting must not change a model.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(modes[0][1])
-        for m, mode in modes:
-            m.training = mode
 
 
 def _forward_images(model: nn.Module, images: torch.Tensor, kind: str) -> torch.Tensor:

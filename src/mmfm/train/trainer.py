@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -32,6 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from ..measure import count_parameters, measure_latency, track_memory
 from ..util.atomic import atomic_write_text
+from ..util.modes import eval_mode
 from .checkpointing import (latest_valid_checkpoint, prune_checkpoints, remove_stale_temporaries, rng_state,
                             save_checkpoint, set_rng_state)
 from .config import TrainConfig
@@ -512,15 +512,12 @@ class Trainer:
         data = self.val_data if self.val_data is not None else None
         if data is None or isinstance(data, IterableDataset):
             return {}
-        model.eval()
         out = {}
-        try:
+        with eval_mode(model):      # every module's own mode comes back: a locked tower stays in eval
             for bs in sorted({1, min(self.cfg.batch_size, len(data))}):
                 batch = self._to_device(self.collate_fn([data[i] for i in range(bs)]), device)
                 batch.pop("n_skipped", None)
                 fn = self.objective.inference(model, batch)
                 with autocast():
                     out[f"batch_{bs}"] = measure_latency(fn, bs, repeats=10 if bs > 1 else 20, warmup=2).to_dict()
-        finally:
-            model.train()
         return out
