@@ -68,9 +68,11 @@ def test_embed_writes_the_models_normalised_embeddings_with_paths_and_skips_unre
     assert [s["path"] for s in meta["skipped"]] == [str(images / "broken.png")]
 
 
-def test_embed_names_the_unreadable_image_on_stderr(data, tmp_path, capsys):
+def test_embed_names_the_unreadable_image_on_stderr_and_records_absolute_paths(data, tmp_path, capsys,
+                                                                              monkeypatch):
     _, folder, images = data
-    assert main(["embed", str(images / "broken.png"), str(images / "shape0.png"), "--model", "ViT-tiny-test",
+    monkeypatch.chdir(images)   # relative paths on the command line; the index must not depend on the cwd
+    assert main(["embed", "broken.png", "shape0.png", "--model", "ViT-tiny-test",
                  "--pretrained", str(folder), "--out", str(tmp_path / "i"), "--workers", "0"]) == 0
     captured = capsys.readouterr()
     assert f"skipped {images / 'broken.png'}" in captured.err

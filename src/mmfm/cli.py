@@ -187,7 +187,8 @@ def _cmd_embed(args) -> int:
     from .deploy import embed_images, embed_texts, find_images, write_index
     from .eval import model_fingerprint
     from .models import create_model
-    paths = find_images(args.inputs)
+    # Absolute paths: the index is searched (and its contact sheet drawn) from any working directory.
+    paths = [os.path.abspath(p) for p in find_images(args.inputs)]
     texts = _read_texts(args.texts) if args.texts else []
     if args.pretrained is None:
         print(f"mmfm embed: warning: no --pretrained, {args.model} has random weights: the index cannot be "

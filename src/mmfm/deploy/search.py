@@ -24,6 +24,7 @@ def contact_sheet(hits: list[dict], out: str | os.PathLike, thumb: int = 160, co
     """A PNG grid of the hits' images, each captioned with its rank and cosine (``hits``: dicts with path, score)."""
     import PIL.Image
     import PIL.ImageDraw
+    import PIL.ImageOps
 
     from ..data.base import load_image
     caption = 16
@@ -34,8 +35,8 @@ def contact_sheet(hits: list[dict], out: str | os.PathLike, thumb: int = 160, co
     for n, hit in enumerate(hits):
         x, y = (n % cols) * thumb, (n // cols) * (thumb + caption)
         try:
-            img = load_image(hit["path"])
-            img.thumbnail((thumb, thumb))
+            # contain() also enlarges: a 64-pixel image fills its cell instead of a corner of it.
+            img = PIL.ImageOps.contain(load_image(hit["path"]), (thumb - 4, thumb - 4))   # 4 px between cells
             sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
         except OSError:   # moved or deleted since it was embedded: an empty cell says so
             draw.text((x + 4, y + thumb // 2), "(unreadable)", fill="red")
