@@ -131,6 +131,16 @@ def test_search_refuses_an_index_whose_model_changed(data, index, tmp_path, caps
     assert "is not the model that built" in err and len(err.splitlines()) == 1
 
 
+def test_search_refuses_an_index_of_random_weights(data, tmp_path, capsys):
+    _, _, images = data
+    assert main(["embed", str(images / "shape0.png"), "--model", "ViT-tiny-test", "--out", str(tmp_path / "i"),
+                 "--workers", "0"]) == 0
+    assert "random weights" in capsys.readouterr().err
+    assert main(["search", str(tmp_path / "i"), "a red circle"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "built from random weights" in err and len(err.splitlines()) == 1
+
+
 @pytest.mark.parametrize("argv, message", [
     (["embed", "missing_dir", "--out", "{tmp}/i"], "missing_dir does not exist"),
     (["embed", "{images}", "--out", "{tmp}/i", "--texts", "{tmp}/none.txt"], "--texts"),

@@ -237,6 +237,9 @@ def _cmd_search(args) -> int:
     if args.image is not None and not Path(args.image).is_file():
         raise UserError(f"--image {args.image} does not exist: name an image file")
     meta = index.meta
+    if meta["pretrained"] is None:
+        raise UserError(f"{args.index} was built from random weights (no --pretrained), which cannot be rebuilt to "
+                        f"embed a query: rebuild it with `mmfm embed ... --pretrained CHECKPOINT`")
     model = create_model(meta["model"], pretrained=meta["pretrained"], device=args.device).eval()
     if model_fingerprint(model) != meta["fingerprint"]:
         raise UserError(f"{meta['model']} from {meta['pretrained']} is not the model that built {args.index} "
