@@ -19,6 +19,8 @@ _EXPORTS = {
     "apply_lora": "mmfm.adapt",
     "model_info": "mmfm.info",
     "export_onnx": "mmfm.export",
+    "embed_images": "mmfm.deploy", "embed_texts": "mmfm.deploy", "load_index": "mmfm.deploy",
+    "write_index": "mmfm.deploy", "search": "mmfm.deploy",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -184,6 +184,94 @@ def _cmd_classify(args) -> int:
     return 0
 
 
+def _workers(text: str) -> int:
+    n = int(text) if text.strip().isdigit() else -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes: give 0 or more")
+    return n
+
+
+def _cmd_embed(args) -> int:
+    from .deploy import embed_images, embed_texts, find_images, write_index
+    from .eval import model_fingerprint
+    from .models import create_model
+    # Absolute paths: the index is searched (and its contact sheet drawn) from any working directory.
+    paths = [os.path.abspath(p) for p in find_images(args.inputs)]
+    texts = _read_texts(args.texts) if args.texts else []
+    if args.pretrained is None:
+        print(f"mmfm embed: warning: no --pretrained, {args.model} has random weights: the index cannot be "
+              f"searched later (a search rebuilds the model and its weights would differ)", file=sys.stderr)
+    # A checkpoint path as an absolute path: `mmfm search` rebuilds the model from it, from any folder.
+    pretrained = str(Path(args.pretrained).resolve()) if args.pretrained and Path(args.pretrained).exists() \
+        else args.pretrained
+    model = create_model(args.model, pretrained=pretrained, device=args.device).eval()
+    done = embed_images(model, paths, batch_size=args.batch_size, workers=args.workers, progress=True)
+    for path, why in done.skipped:
+        print(f"mmfm embed: skipped {path}: {why}", file=sys.stderr)
+    if not done.paths:
+        raise UserError(f"none of the {len(paths)} images could be read (see above): name readable images")
+    write_index(args.out, done.embeddings, done.paths, model=args.model, pretrained=pretrained,
+                fingerprint=model_fingerprint(model), texts=texts,
+                text_embeddings=embed_texts(model, texts) if texts else None, skipped=done.skipped)
+    print(f"{len(done.paths)} images{f', {len(texts)} texts' if texts else ''} embedded "
+          f"({done.embeddings.shape[1]}-d) into {args.out}; {len(done.skipped)} unreadable skipped")
+    return 0
+
+
+def _read_texts(path: str) -> list[str]:
+    """One caption per line; blank lines ignored."""
+    try:
+        texts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise UserError(f"--texts {path} does not exist: name a UTF-8 text file with one caption per line") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--texts {path} is not UTF-8 text: give one caption per line") from None
+    if not texts:
+        raise UserError(f"--texts {path} holds no text: give one caption per line")
+    return texts
+
+
+def _cmd_search(args) -> int:
+    import torch
+
+    from .data.base import load_image
+    from .data.transforms import image_transform
+    from .deploy import contact_sheet, embed_texts, load_index, search
+    from .eval import model_fingerprint
+    from .models import create_model
+    if (args.query is None) == (args.image is None):
+        raise UserError('give a text query or --image IMG (one of them): mmfm search INDEX "a red circle"')
+    index = load_index(args.index)
+    if args.image is not None and not Path(args.image).is_file():
+        raise UserError(f"--image {args.image} does not exist: name an image file")
+    meta = index.meta
+    if meta["pretrained"] is None:
+        raise UserError(f"{args.index} was built from random weights (no --pretrained), which cannot be rebuilt to "
+                        f"embed a query: rebuild it with `mmfm embed ... --pretrained CHECKPOINT`")
+    model = create_model(meta["model"], pretrained=meta["pretrained"], device=args.device).eval()
+    if model_fingerprint(model) != meta["fingerprint"]:
+        raise UserError(f"{meta['model']} from {meta['pretrained']} is not the model that built {args.index} "
+                        f"(its weights changed): rebuild the index with `mmfm embed`")
+    if args.image is not None:
+        pixels = image_transform(model.image_size)(load_image(args.image))[None]
+        with torch.no_grad():
+            query = model.encode_image(pixels.to(next(model.parameters()).device), normalize=True).float().cpu()
+        query = query.numpy()[0]
+    else:
+        query = embed_texts(model, [args.query])[0]
+    hits = [{"rank": n + 1, "path": index.paths[i], "score": score}
+            for n, (i, score) in enumerate(search(index.image_embeddings, query, args.top_k))]
+    if args.json:
+        print(json.dumps(hits, indent=2))
+    else:
+        print(f"{'rank':>4}  {'cosine':>7}  path")
+        for hit in hits:
+            print(f"{hit['rank']:>4}  {hit['score']:7.4f}  {hit['path']}")
+    if args.sheet:
+        print(f"contact sheet: {contact_sheet(hits, args.sheet)}", file=sys.stderr)
+    return 0
+
+
 def _classify_labels(args) -> tuple[list[str], list[str]]:
     """(class names, prompt templates): --labels as their own prompts, or a dataset's classes and templates."""
     if args.labels is not None:
@@ -317,6 +405,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None)
     s.set_defaults(func=_cmd_classify)
 
+    s = sub.add_parser("embed", help="embed a folder of images (and captions) into an index for `mmfm search`")
+    s.add_argument("inputs", nargs="+", metavar="DIR_OR_FILE", help="image files, or folders searched recursively")
+    s.add_argument("--model", required=True, help="registered model config (`mmfm models`)")
+    s.add_argument("--pretrained", default=None, help="checkpoint or identifier; without it the weights are random")
+    s.add_argument("--out", required=True, metavar="INDEX",
+                   help="index folder: image_embeddings.npy, text_embeddings.npy, meta.json")
+    s.add_argument("--texts", default=None, metavar="FILE", help="captions to embed too, one per line")
+    s.add_argument("--batch-size", type=positive_int, default=64)
+    s.add_argument("--workers", type=_workers, default=2, help="image decoding processes (0: in this process)")
+    s.add_argument("--device", default=None)
+    s.set_defaults(func=_cmd_embed)
+
+    s = sub.add_parser("search", help="search an index from `mmfm embed` by text or by image (exact, by cosine)")
+    s.add_argument("index", metavar="INDEX", help="index folder written by `mmfm embed`")
+    s.add_argument("query", nargs="?", default=None, help="text query (or --image)")
+    s.add_argument("--image", default=None, metavar="IMG", help="find the images most similar to this one")
+    s.add_argument("--top-k", type=positive_int, default=5)
+    s.add_argument("--json", action="store_true", help="print a JSON list of hits: rank, path, cosine score")
+    s.add_argument("--sheet", default=None, metavar="OUT.png", help="also write a PNG contact sheet of the hits")
+    s.add_argument("--device", default=None)
+    s.set_defaults(func=_cmd_search)
+
     s = sub.add_parser("export", help="export a model's image and text encoders to ONNX (for onnxruntime)")
     s.add_argument("model_dir", help="a saved model folder (e.g. runs/<name>/<model>/model)")
     s.add_argument("--format", choices=["onnx"], default="onnx")
@@ -333,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.formatter_class = HelpFormatter
         s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of an error (also: MMFM_DEBUG=1)")
-        if name in ("run", "eval", "caption", "vqa", "classify", "export"):
+        if name in ("run", "eval", "caption", "vqa", "classify", "export", "embed", "search"):
             s.add_argument("--threads", type=positive_int, default=None, metavar="N",
                            help="CPU threads for PyTorch (intra- and inter-op); default: PyTorch's choice, "
                                 "one per core. Use fewer on a shared machine")

@@ -1,0 +1,12 @@
+"""Deploying a CLIP model on a folder of images: embed it into an index, then search the index (issue 18).
+
+The index is a folder (documented in :mod:`mmfm.deploy.index`), written through :mod:`mmfm.util.atomic`.
+"""
+from __future__ import annotations
+
+from .embed import Embedded, embed_images, embed_texts, find_images
+from .index import INDEX_VERSION, Index, load_index, write_index
+from .search import contact_sheet, search
+
+__all__ = ["Embedded", "embed_images", "embed_texts", "find_images", "INDEX_VERSION", "Index", "load_index",
+           "write_index", "contact_sheet", "search"]

@@ -1,0 +1,116 @@
+"""The embedding index: one folder, plain formats any tool reads (numpy, JSON).
+
+    INDEX/image_embeddings.npy   (N, D) float32, rows of unit length, row i = meta["paths"][i]
+    INDEX/text_embeddings.npy    (M, D) float32, row j = meta["texts"][j]   (only when texts were embedded)
+    INDEX/meta.json              {"format": "mmfm-index", "version": 1, "model", "pretrained", "fingerprint",
+                                  "dim", "paths", "texts", "skipped", "created"}
+
+``fingerprint`` is :func:`mmfm.eval.model_fingerprint` of the model that wrote the embeddings: a search embeds
+its query with the same weights or refuses. meta.json is written last, so a reader that finds it finds the
+arrays it describes; every file goes through :mod:`mmfm.util.atomic`.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from ..util.atomic import atomic_write, atomic_write_json
+
+INDEX_FORMAT, INDEX_VERSION = "mmfm-index", 1
+_REQUIRED = {"format": str, "version": int, "model": str, "fingerprint": str, "dim": int, "paths": list,
+             "texts": list}
+
+
+@dataclass
+class Index:
+    image_embeddings: np.ndarray
+    meta: dict[str, Any]
+    text_embeddings: np.ndarray | None = None
+    root: Path | None = field(default=None)
+
+    @property
+    def paths(self) -> list[str]:
+        return self.meta["paths"]
+
+    @property
+    def texts(self) -> list[str]:
+        return self.meta["texts"]
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    atomic_write(path, write)
+
+
+def write_index(out: str | os.PathLike, image_embeddings: np.ndarray, paths: list[str], *, model: str,
+                pretrained: str | None, fingerprint: str, texts: list[str] | None = None,
+                text_embeddings: np.ndarray | None = None, skipped: list[tuple[str, str]] | None = None) -> Path:
+    """Write an index folder (see the module docstring); returns its path."""
+    out = Path(out)
+    if image_embeddings.ndim != 2 or len(image_embeddings) != len(paths):
+        raise ValueError(f"{len(paths)} paths for image embeddings of shape {image_embeddings.shape}")
+    texts = list(texts or [])
+    if (text_embeddings is None) != (not texts) or (texts and len(text_embeddings) != len(texts)):
+        raise ValueError("texts and text_embeddings go together, one row per text")
+    _save_npy(out / "image_embeddings.npy", image_embeddings)
+    if texts:
+        _save_npy(out / "text_embeddings.npy", text_embeddings)
+    elif (out / "text_embeddings.npy").exists():   # an older index's texts no longer belong here
+        (out / "text_embeddings.npy").unlink()
+    atomic_write_json(out / "meta.json", {
+        "format": INDEX_FORMAT, "version": INDEX_VERSION, "model": model, "pretrained": pretrained,
+        "fingerprint": fingerprint, "dim": int(image_embeddings.shape[1]), "paths": list(paths), "texts": texts,
+        "skipped": [{"path": p, "error": why} for p, why in (skipped or [])],
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    return out
+
+
+def _read_npy(path: Path, rows: int, dim: int) -> np.ndarray:
+    """Header checked before the data is read: a wrong or hostile file costs nothing."""
+    if not path.is_file():
+        raise UserError(f"index {path.parent}: {path.name} is missing: rebuild the index with `mmfm embed`")
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            shape, fortran, dtype = read[version](f)
+        except Exception as e:
+            raise UserError(f"index {path.parent}: {path.name} is not a .npy array ({e}): rebuild the index "
+                            f"with `mmfm embed`") from None
+        if dtype != np.float32 or shape != (rows, dim) or fortran:
+            raise UserError(f"index {path.parent}: {path.name} holds {dtype} {shape}, meta.json says float32 "
+                            f"({rows}, {dim}): rebuild the index with `mmfm embed`")
+    return np.load(path, allow_pickle=False)
+
+
+def load_index(root: str | os.PathLike) -> Index:
+    """Read and validate an index folder written by :func:`write_index` (``mmfm embed``)."""
+    root = Path(root)
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        raise UserError(f"{root} is not an index (no meta.json): build one with `mmfm embed ... --out {root}`")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{meta_path} is not valid JSON ({e}): rebuild the index with `mmfm embed`") from None
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
+        raise UserError(f"{meta_path} is not an mmfm index's metadata: build one with `mmfm embed`")
+    wrong = [k for k, t in _REQUIRED.items() if not isinstance(meta.get(k), t)]
+    if wrong:
+        raise UserError(f"{meta_path}: field(s) {', '.join(wrong)} missing or of the wrong type: rebuild the "
+                        f"index with `mmfm embed`")
+    if meta["version"] > INDEX_VERSION:
+        raise UserError(f"{meta_path}: index version {meta['version']} is newer than this mmfm reads "
+                        f"({INDEX_VERSION}): upgrade mmfm")
+    images = _read_npy(root / "image_embeddings.npy", len(meta["paths"]), meta["dim"])
+    texts = _read_npy(root / "text_embeddings.npy", len(meta["texts"]), meta["dim"]) if meta["texts"] else None
+    return Index(images, meta, texts, root)

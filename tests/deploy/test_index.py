@@ -1,0 +1,56 @@
+"""The index folder: what write_index writes, load_index reads back, and load_index refuses damaged files."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mmfm.deploy import load_index, search, write_index
+from mmfm.errors import UserError
+
+
+def _unit(rows, dim, seed=0):
+    x = np.random.default_rng(seed).standard_normal((rows, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _write(tmp_path, **kw):
+    emb = _unit(5, 8)
+    write_index(tmp_path / "idx", emb, [f"img{i}.png" for i in range(5)], model="M", pretrained=None,
+                fingerprint="abc", **kw)
+    return emb
+
+
+def test_round_trip(tmp_path):
+    emb = _write(tmp_path, texts=["a", "b"], text_embeddings=_unit(2, 8, 1))
+    idx = load_index(tmp_path / "idx")
+    np.testing.assert_array_equal(idx.image_embeddings, emb)
+    np.testing.assert_array_equal(idx.text_embeddings, _unit(2, 8, 1))
+    assert idx.paths == [f"img{i}.png" for i in range(5)] and idx.texts == ["a", "b"] and idx.meta["dim"] == 8
+    assert not list((tmp_path / "idx").glob(".*"))   # no temporaries left behind
+
+
+def test_search_is_exact_top_k_by_cosine():
+    emb = _unit(50, 16)
+    q = np.random.default_rng(3).standard_normal(16).astype(np.float32)
+    hits = search(emb, q * 7.0, top_k=5)   # the query's length does not matter
+    cos = emb @ (q / np.linalg.norm(q))
+    assert [i for i, _ in hits] == list(np.argsort(-cos)[:5])
+    np.testing.assert_allclose([s for _, s in hits], np.sort(cos)[::-1][:5], rtol=1e-6)
+    assert len(search(emb, q, top_k=500)) == 50
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "meta.json").write_text("{nope"), "not valid JSON"),
+    (lambda d: (d / "meta.json").write_text(json.dumps({"format": "other"})), "not an mmfm index"),
+    (lambda d: np.save(d / "image_embeddings.npy", _unit(4, 8)), "meta.json says float32 (5, 8)"),
+    (lambda d: np.save(d / "image_embeddings.npy", _unit(5, 8).astype(np.float64)), "float64"),
+    (lambda d: (d / "image_embeddings.npy").write_bytes(b"\x93NUMPY garbage"), "not a .npy array"),
+    (lambda d: (d / "image_embeddings.npy").unlink(), "missing"),
+])
+def test_damaged_index_is_refused_with_one_line(tmp_path, damage, message):
+    _write(tmp_path)
+    damage(tmp_path / "idx")
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_index(tmp_path / "idx")
