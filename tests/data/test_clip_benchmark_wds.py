@@ -213,3 +213,5 @@ def test_cli_evaluates_a_wds_dataset_and_refuses_a_missing_one(cls_root, ret_roo
                  "--data-root", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert "--download" in err and "nshards.txt" in err
+    assert main(["eval", "zeroshot", "--model", "ViT-tiny-test", "--dataset", "wds/cifar100"]) == 2
+    assert "needs --data-root" in capsys.readouterr().err

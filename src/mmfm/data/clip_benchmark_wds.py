@@ -113,7 +113,10 @@ class ClipBenchmarkWds(ShardFolder):
         download: fetch what is missing from ``clip-benchmark/wds_<name>`` on the hub.
     """
 
-    def __init__(self, name: str, root: str | Path, split: str = "test", download: bool = False) -> None:
+    def __init__(self, name: str, root: str | Path | None, split: str = "test", download: bool = False) -> None:
+        if root is None:
+            raise ValueError(f"{name} needs --data-root DIR (root=...): the folder holding clip_benchmark's layout, "
+                             f"or the one --download puts {_slug(name)}/ in")
         folder = _dataset_folder(Path(root).expanduser(), name)
         nshards_file = folder / split / "nshards.txt"
         if not nshards_file.is_file() and download:
@@ -164,7 +167,7 @@ class ClipBenchmarkWds(ShardFolder):
 
 def clip_benchmark_wds(name: str):
     """The factory ``get_dataset(name, root=..., split=..., download=...)`` calls for one wds name."""
-    def factory(root: str | Path, split: str = "test", download: bool = False) -> ClipBenchmarkWds:
+    def factory(root: str | Path | None = None, split: str = "test", download: bool = False) -> ClipBenchmarkWds:
         return ClipBenchmarkWds(name, root, split=split, download=download)
     factory.__name__ = f"clip_benchmark_wds[{name}]"
     return factory
