@@ -118,3 +118,10 @@ def _check_arguments(name: str, factory: DatasetFactory, kwargs: dict[str, Any])
 from .benchmarks import register_benchmark_datasets as _register_benchmarks  # noqa: E402
 
 _register_benchmarks()
+
+# clip_benchmark's WebDataset exports by its names (`wds/vtab/eurosat`, `wds/cifar100`, ...): the data of
+# open_clip's published tables.
+from .clip_benchmark_wds import CLIP_BENCHMARK_WDS as _WDS_NAMES, clip_benchmark_wds as _wds  # noqa: E402
+
+for _name in _WDS_NAMES:
+    register_dataset(_name, _wds(_name))
