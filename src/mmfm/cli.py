@@ -307,7 +307,12 @@ class _EvalHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
     def add_text(self, text):
         if text and "{datasets}" in text:
             from .data import available_datasets
-            text = text.replace("{datasets}", ", ".join(available_datasets()))
+            names = available_datasets()
+            wds = [n for n in names if n.startswith("wds/")]
+            listed = ", ".join(n for n in names if not n.startswith("wds/"))
+            if wds:   # clip_benchmark's 40-odd WebDataset names would bury the rest
+                listed += f", and {len(wds)} clip_benchmark WebDataset sets as wds/<name> (e.g. {wds[0]}, wds/vtab/eurosat)"
+            text = text.replace("{datasets}", listed)
         super().add_text(text)
 
 
