@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-from .util.argtypes import positive_int
+from .util.argtypes import non_negative_int, positive_int
 
 
 def _cmd_models(args) -> int:
@@ -182,13 +182,6 @@ def _cmd_classify(args) -> int:
             for item in row["labels"]:
                 print(f"  {item['probability']:6.1%}  {item['label']}")
     return 0
-
-
-def _workers(text: str) -> int:
-    n = int(text) if text.strip().isdigit() else -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes: give 0 or more")
-    return n
 
 
 def _cmd_embed(args) -> int:
@@ -418,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="index folder: image_embeddings.npy, text_embeddings.npy, meta.json")
     s.add_argument("--texts", default=None, metavar="FILE", help="captions to embed too, one per line")
     s.add_argument("--batch-size", type=positive_int, default=64)
-    s.add_argument("--workers", type=_workers, default=2, help="image decoding processes (0: in this process)")
+    s.add_argument("--workers", type=non_negative_int, default=2, help="image decoding processes (0: in this process)")
     s.add_argument("--device", default=None)
     s.set_defaults(func=_cmd_embed)
 
