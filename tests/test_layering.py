@@ -143,6 +143,45 @@ def test_allowlist_only_shrinks():
     assert not gone, "fixed, so remove from ALLOWED in tests/test_layering.py:\n" + "\n".join(f"  {e}" for e in gone)
 
 
+def private_uses(path: Path, known: set[str]) -> set[str]:
+    """``"a -> b._name"`` for each private name of another package's module that `path` reaches for:
+    ``from b import _name`` or ``b._name`` on a module bound by an import. Such a name is no contract:
+    the owner may change it (or its error text) without knowing anyone depends on it."""
+    importer, package = module_name(path), is_package(path)
+    tree = ast.parse(path.read_text(), str(path))
+    bound: dict[str, str] = {}
+    found: set[str] = set()
+
+    def private(name: str) -> bool:
+        return name.startswith("_") and not name.startswith("__")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            target = resolve(importer, package, node)
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                if sub in known:
+                    bound[alias.asname or alias.name] = sub
+                elif private(alias.name) and target.startswith("mmfm"):
+                    found.add(f"{importer} -> {target}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            bound.update({alias.asname: alias.name for alias in node.names if alias.asname and alias.name in known})
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
+                and private(node.attr)):
+            found.add(f"{importer} -> {bound[node.value.id]}.{node.attr}")
+    return {use for use in found
+            if package_of(use.split(" -> ")[0]) != package_of(use.split(" -> ")[1].rsplit(".", 1)[0])}
+
+
+def test_no_package_uses_another_packages_private_names():
+    files = sorted(SRC.rglob("*.py"))
+    known = {module_name(p) for p in files}
+    uses = sorted(use for p in files for use in private_uses(p, known))
+    assert not uses, "private names used across packages (give the owner a public function):\n" + "\n".join(
+        f"  {use}" for use in uses)
+
+
 def test_the_checker_sees_lazy_relative_and_absolute_imports(tmp_path):
     pkg = tmp_path / "mmfm" / "models"
     pkg.mkdir(parents=True)
@@ -158,5 +197,8 @@ def test_the_checker_sees_lazy_relative_and_absolute_imports(tmp_path):
     try:
         assert imports_of(pkg / "clip.py", known) == {"mmfm.util", "mmfm.cli", "mmfm.checkpoints"}
         assert imports_of(pkg / "__init__.py", known) == {"mmfm.models.clip"}
+        (pkg / "vit.py").write_text("from ..checkpoints import hub\nfrom ..util.hf import _quiet\nhub._probe()\n")
+        assert private_uses(pkg / "vit.py", known | {"mmfm.checkpoints.hub"}) == {
+            "mmfm.models.vit -> mmfm.checkpoints.hub._probe", "mmfm.models.vit -> mmfm.util.hf._quiet"}
     finally:
         SRC = saved
