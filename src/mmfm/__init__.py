@@ -9,13 +9,13 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "create_model": "mmfm.models", "build_model": "mmfm.models", "list_models": "mmfm.models",
+    "create_model": "mmfm.api", "build_model": "mmfm.models", "list_models": "mmfm.models",
     "get_model_config": "mmfm.models", "register_model": "mmfm.models", "register_model_file": "mmfm.models",
     "CLIP": "mmfm.models", "CLIPConfig": "mmfm.models",
     "tokenize": "mmfm.tokenizer", "get_tokenizer": "mmfm.tokenizer",
     "image_transform": "mmfm.data.transforms",
     "count_parameters": "mmfm.measure",
-    "save_pretrained": "mmfm.checkpoints", "from_pretrained": "mmfm.checkpoints", "export_hf": "mmfm.checkpoints",
+    "save_pretrained": "mmfm.checkpoints", "from_pretrained": "mmfm.api", "export_hf": "mmfm.checkpoints",
     "apply_lora": "mmfm.adapt",
     "model_info": "mmfm.info",
     "export_onnx": "mmfm.export",

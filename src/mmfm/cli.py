@@ -134,7 +134,7 @@ def _cmd_shards(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .checkpoints import from_pretrained
+    from .api import from_pretrained
     from .export import export_onnx
     if not Path(args.model_dir).exists():
         raise UserError(f"{args.model_dir} does not exist: name a model folder (written by training or "
@@ -151,7 +151,7 @@ def _cmd_classify(args) -> int:
     from .data.base import load_image
     from .data.transforms import image_transform
     from .eval.zero_shot import build_zero_shot_classifier
-    from .models import create_model
+    from .api import create_model
     classnames, templates = _classify_labels(args)
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
@@ -187,7 +187,7 @@ def _cmd_classify(args) -> int:
 def _cmd_embed(args) -> int:
     from .deploy import embed_images, embed_texts, find_images, write_index
     from .eval import model_fingerprint
-    from .models import create_model
+    from .api import create_model
     # Absolute paths: the index is searched (and its contact sheet drawn) from any working directory.
     paths = [os.path.abspath(p) for p in find_images(args.inputs)]
     texts = _read_texts(args.texts) if args.texts else []
@@ -231,7 +231,7 @@ def _cmd_search(args) -> int:
     from .data.transforms import image_transform
     from .deploy import contact_sheet, embed_texts, load_index, search
     from .eval import model_fingerprint
-    from .models import create_model
+    from .api import create_model
     if (args.query is None) == (args.image is None):
         raise UserError('give a text query or --image IMG (one of them): mmfm search INDEX "a red circle"')
     index = load_index(args.index)

@@ -354,7 +354,7 @@ def run_experiment(config: str | Path | ExperimentConfig, out_dir: str | Path | 
 def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
     from .eval import headline, write_report
     from .measure import count_parameters, timer
-    from .models import create_model
+    from .api import create_model
     from .report.run_report import model_row, write_experiment_report
     from .train import Trainer
 

@@ -32,7 +32,8 @@ def model_info(name: str | None = None, pretrained: str | None = None, model=Non
 
     A given ``model`` is left exactly as it was (``lora`` is applied to a meta-device copy of it).
     """
-    from .models import build_model, create_model, get_model_config
+    from .api import create_model
+    from .models import build_model, get_model_config
     if model is not None:
         # The caller's model is reported on, never changed: adapters go onto a structural copy (meta device).
         model = meta_copy(model) if lora else model

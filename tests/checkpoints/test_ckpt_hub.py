@@ -48,6 +48,15 @@ def test_unreachable_network_fails_fast(monkeypatch, tmp_path):
     assert time.monotonic() - start < 5
 
 
+def test_hf_hub_unreachable_says_why_and_never_raises(monkeypatch, offline):
+    """The public probe other packages (frozen.lm) use instead of hub's private error text."""
+    assert "offline mode is on" in hub.hf_hub_unreachable()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "_hf_endpoint", lambda: "https://unreachable.invalid")
+    assert hub.hf_hub_unreachable().startswith("the network is unreachable (unreachable.invalid:443: ")
+
+
 def test_unknown_tag_lists_known_ones(offline, open_clip):
     with pytest.raises(CheckpointError) as err:
         create_model("ViT-B-32", pretrained="no_such_tag")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import mmfm.api
 import mmfm.eval as mmfm_eval
 from mmfm.cli import main
 from mmfm.eval.published import PUBLISHED_FILE, compare_with_published, load_published, published_metrics
@@ -87,7 +88,7 @@ def _digits_as(name):
 
 def test_run_eval_shows_published_beside_reproduced(monkeypatch, tmp_path, tiny_clip):
     import mmfm.models
-    monkeypatch.setattr(mmfm.models, "create_model", lambda *a, **k: tiny_clip)
+    monkeypatch.setattr(mmfm.api, "create_model", lambda *a, **k: tiny_clip)
     monkeypatch.setattr(mmfm_eval, "_load_dataset", _digits_as("cifar10"))
     r = mmfm_eval.run_eval("zeroshot", "ViT-B-32", "openai", "cifar10", out_dir=tmp_path, progress=False, device="cpu")
     pub = r.config["published"]
@@ -105,7 +106,7 @@ def test_run_eval_shows_published_beside_reproduced(monkeypatch, tmp_path, tiny_
 def test_no_published_comparison_for_other_weights(monkeypatch, tmp_path, tiny_clip):
     """A local checkpoint, an adapter or a split other than test are not the published weights/data."""
     import mmfm.models
-    monkeypatch.setattr(mmfm.models, "create_model", lambda *a, **k: tiny_clip)
+    monkeypatch.setattr(mmfm.api, "create_model", lambda *a, **k: tiny_clip)
     monkeypatch.setattr(mmfm_eval, "_load_dataset", _digits_as("cifar10"))
     ckpt = tmp_path / "openai"
     ckpt.mkdir()
@@ -115,7 +116,7 @@ def test_no_published_comparison_for_other_weights(monkeypatch, tmp_path, tiny_c
     assert "published" not in r.config
     from mmfm.adapt import apply_lora, save_lora
     save_lora(apply_lora(copy.deepcopy(tiny_clip), "qv-r16"), tmp_path / "adapter")
-    monkeypatch.setattr(mmfm.models, "create_model", lambda *a, **k: copy.deepcopy(tiny_clip))
+    monkeypatch.setattr(mmfm.api, "create_model", lambda *a, **k: copy.deepcopy(tiny_clip))
     r = mmfm_eval.run_eval("zeroshot", "ViT-B-32", "openai", "cifar10", adapter=tmp_path / "adapter", progress=False,
                            device="cpu")
     assert "published" not in r.config and r.config["adapter"] == str(tmp_path / "adapter")

@@ -144,7 +144,7 @@ def test_offline_hub_identifier_fails_fast_with_a_clear_message(monkeypatch, tin
     with pytest.raises(CheckpointError) as info:
         FrozenModel(cfg)
     msg = str(info.value)
-    assert "'gpt2-large'" in msg and "pretrained_lm" in msg and "local" in msg
+    assert "'gpt2-large'" in msg and "pretrained_lm" in msg and "local" in msg and "offline mode is on" in msg
 
 
 def test_text_lm_pretraining_shows_progress(hf_tokenizer, lm_config, capsys):

@@ -1,6 +1,6 @@
 """Checkpoints: reading open_clip/OpenAI, Hugging Face and mmfm weights; saving and exporting.
 
-``load_pretrained`` is the single entry point ``mmfm.models.create_model`` uses: it resolves an
+``load_pretrained`` is the single entry point ``mmfm.api.create_model`` uses: it resolves an
 identifier to local files (``hub``), reads them safely (``io``), converts them to mmfm naming
 (``openclip``, ``hf``, ``native``), and settles the config: the checkpoint's own, the one inferred
 from tensor shapes, or the caller's, whose shapes are then checked against the checkpoint.
@@ -23,7 +23,7 @@ from . import hub
 from .hf import export_hf, hf_to_mmfm, is_hf_clip_dir, read_hf_config, read_hf_dir
 from .io import is_torchscript_archive, load_state_dict_file
 from .native import WEIGHTS_FILE as NATIVE_WEIGHTS
-from .native import from_pretrained, is_native_dir, read_native_dir, save_pretrained
+from .native import is_native_dir, read_native_dir, save_pretrained
 from .openclip import config_from_openclip, infer_config, openclip_to_mmfm, to_openclip_config, to_openclip_state_dict
 from .validate import CheckpointError, check_shapes, expected_shapes, load_state_dict_strict
 
@@ -173,3 +173,12 @@ def load_pretrained(pretrained: str | os.PathLike, model_name: str | None = None
                       f"model config has quick_gelu={config.quick_gelu}; outputs will differ from the original (use the "
                       f"'-quickgelu' model name or set quick_gelu)", stacklevel=2)
     return config, sd
+
+
+def __getattr__(name: str):
+    # ``mmfm.checkpoints.from_pretrained`` was public before the door moved above checkpoints (mmfm.api);
+    # kept for callers outside the package, resolved on first use so checkpoints never imports it at load.
+    if name == "from_pretrained":
+        from ..api import from_pretrained
+        return from_pretrained
+    raise AttributeError(f"module 'mmfm.checkpoints' has no attribute {name!r}")

@@ -72,12 +72,20 @@ def _fail_offline(identifier: str, reason: str, model_name: str | None = None) -
 
 
 def _require_network(url: str, identifier: str, model_name: str | None) -> None:
-    """Fail within PROBE_TIMEOUT_S if ``url``'s host (or the configured proxy) cannot be reached.
+    reason = unreachable(url)
+    if reason is not None:
+        raise _fail_offline(identifier, reason, model_name)
 
-    Resolution and connection run in a daemon thread because ``getaddrinfo`` ignores socket timeouts.
+
+def unreachable(url: str) -> str | None:
+    """Why ``url``'s host (or the configured proxy) cannot be reached now, or None if it answers.
+
+    At most PROBE_TIMEOUT_S: resolution and connection run in a daemon thread because ``getaddrinfo``
+    ignores socket timeouts. Offline mode (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE/MMFM_OFFLINE) counts as
+    unreachable without probing. The reason is a phrase for callers' own messages.
     """
     if is_offline():
-        raise _fail_offline(identifier, "offline mode is on (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE/MMFM_OFFLINE)", model_name)
+        return "offline mode is on (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE/MMFM_OFFLINE)"
     parsed = urllib.parse.urlsplit(url)
     proxy = urllib.request.getproxies().get(parsed.scheme or "https")
     target = urllib.parse.urlsplit(proxy if "://" in (proxy or "") else f"http://{proxy}") if proxy else parsed
@@ -96,7 +104,13 @@ def _require_network(url: str, identifier: str, model_name: str | None) -> None:
     thread.join(PROBE_TIMEOUT_S)
     if not result or result[0] is not None:
         why = f"{type(result[0]).__name__}: {result[0]}" if result else f"no answer within {PROBE_TIMEOUT_S:.0f} s"
-        raise _fail_offline(identifier, f"the network is unreachable ({host}:{port}: {why})", model_name)
+        return f"the network is unreachable ({host}:{port}: {why})"
+    return None
+
+
+def hf_hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub (its configured endpoint) cannot be reached now, or None if it answers."""
+    return unreachable(_hf_endpoint())
 
 
 # ------------------------------------------------------------------------------------------

@@ -97,14 +97,3 @@ def read_native_dir(directory: Path) -> tuple[Any, dict[str, torch.Tensor]]:
         raise CheckpointError(f"invalid mmfm config {path}: {e}") from e
     return cfg, load_state_dict_file(directory / WEIGHTS_FILE)
 
-
-def from_pretrained(directory: str | Path, device: str | torch.device | None = None, precision: str | None = None,
-                    strict: bool = True) -> nn.Module:
-    """Load a model saved by ``save_pretrained`` (any format ``create_model`` reads works too).
-
-    ``precision=None`` restores the dtype the model was saved in (fp32, fp16 or bf16).
-    """
-    from ..models.factory import create_model
-    if precision is None:
-        precision = saved_precision(Path(directory)) if is_native_dir(Path(directory)) else "fp32"
-    return create_model(None, pretrained=str(directory), device=device, precision=precision, strict=strict)

@@ -99,7 +99,7 @@ def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset:
     few-shot; ``c_values``, ``features`` for the linear probe; ``templates`` for zero-shot).
     """
     import torch
-    from ..models import create_model
+    from ..api import create_model
     k = get_kind(kind)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

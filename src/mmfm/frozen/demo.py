@@ -138,7 +138,7 @@ def _lm_fingerprint(model) -> str:
 
 def _init_vision(model, directory: str) -> None:
     """Start Frozen's vision encoder from the image tower of a saved mmfm CLIP (same tower config)."""
-    from ..checkpoints import from_pretrained
+    from ..api import from_pretrained
     clip = from_pretrained(directory)
     want, have = model.config.vision, clip.config.vision
     if want != have or model.config.vision_embed_dim != clip.config.embed_dim:
@@ -154,7 +154,7 @@ def _pretrain_vision(cfg: DemoConfig, train_ds, out: Path, progress: bool):
     from ..checkpoints import save_pretrained
     from ..data import ImageTextView
     from ..data.transforms import image_transform
-    from ..models import create_model
+    from ..api import create_model
     from ..tokenizer import get_tokenizer
     from ..train import TrainConfig, Trainer
     spec = cfg.vision_pretrain

@@ -46,12 +46,9 @@ def _offline_error(identifier: str, reason: str) -> Exception:
 def _require_hub(identifier: str) -> None:
     """Raise at once (a few seconds at most) if the hub cannot be reached."""
     from ..checkpoints import hub
-    from ..checkpoints.validate import CheckpointError
-    try:
-        hub._require_network(hub._hf_endpoint(), identifier, None)
-    except CheckpointError as e:
-        reason = str(e).split(": ", 1)[-1].split(", and they are not", 1)[0]
-        raise _offline_error(identifier, reason) from None
+    reason = hub.hf_hub_unreachable()
+    if reason is not None:
+        raise _offline_error(identifier, reason)
 
 
 def resolve_pretrained(identifier: str, load):

@@ -1,7 +1,7 @@
-"""Model configs, towers and the factory shared by every model family."""
+"""Model configs, towers and the builders shared by every model family."""
 from .clip import CLIP
 from .config import CLIPConfig, ConfigError, TextConfig, VisionConfig
-from .factory import build_model, create_model, register_builder
+from .factory import build_model, register_builder
 from .modified_resnet import ModifiedResNet
 from .registry import (config_from_dict, get_model_config, list_models, register_config_class, register_model,
                        register_model_file)
@@ -16,3 +16,12 @@ __all__ = ["CLIP", "CLIPConfig", "ConfigError", "TextConfig", "VisionConfig", "b
            "register_builder", "ModifiedResNet", "config_from_dict", "get_model_config", "list_models",
            "register_config_class", "register_model", "register_model_file", "TextTransformer", "VisionTransformer", "HybridCLIP", "HybridConfig",
            "hybrid_from_clip", "lit", "PretrainedTextConfig", "PretrainedTextTower"]
+
+
+def __getattr__(name: str):
+    # ``mmfm.models.create_model`` stays a public name, but the door lives above models and checkpoints
+    # (mmfm.api); resolved on first use, so importing models never imports checkpoints.
+    if name == "create_model":
+        from ..api import create_model
+        return create_model
+    raise AttributeError(f"module 'mmfm.models' has no attribute {name!r}")

@@ -239,7 +239,7 @@ def _differences(a: Any, b: Any) -> list[str]:
 def load_text_tower(model: HybridCLIP, source: CLIP | str | os.PathLike) -> HybridCLIP:
     """Copy the text tower of a CLIP model (or of a checkpoint ``create_model`` reads) into ``model``."""
     if isinstance(source, (str, os.PathLike)):
-        from .factory import create_model
+        from ..api import create_model
         clip, name = create_model(None, pretrained=str(source)), str(source)
     else:
         clip, name = source, f"an in-memory {type(source).__name__}"
@@ -266,7 +266,7 @@ def hybrid_from_clip(clip_model_or_path: CLIP | str | os.PathLike, torchvision_n
     torchvision ImageNet weights for the trunk (needs internet or a ``TORCH_HOME`` cache), or None.
     """
     if isinstance(clip_model_or_path, (str, os.PathLike)):
-        from .factory import create_model
+        from ..api import create_model
         clip, source = create_model(None, pretrained=str(clip_model_or_path)), str(clip_model_or_path)
     else:
         clip, source = clip_model_or_path, None
