@@ -292,6 +292,11 @@ class LinearProbeResult(EvalResult):
                 "num_train": self.num_train, "num_val": self.num_val, "plots": self.plots}
 
     def _markdown_extra(self):
+        if self.sweep and "weight_decay" in self.sweep[0]:    # clip_benchmark's probe sweeps AdamW's weight decay
+            rows = ["| weight decay | val accuracy |", "|---:|---:|"] + \
+                   [f"| {s['weight_decay']:.3g} | {_pct(s['val_accuracy'])} |" for s in self.sweep]
+            return f"Weight-decay sweep (best = {self.config.get('weight_decay', float('nan')):.3g}; " \
+                   f"refit on {self.num_train}+{self.num_val} samples):\n\n" + "\n".join(rows)
         rows = ["| C | val accuracy |", "|---:|---:|"] + \
                [f"| {s['C']:.3g} | {_pct(s['val_accuracy'])} |" for s in self.sweep]
         return f"C sweep (best C = {self.best_c:.3g}; refit on {self.num_train}+{self.num_val} samples):\n\n" + \
