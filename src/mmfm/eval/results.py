@@ -284,8 +284,9 @@ class LinearProbeResult(EvalResult):
         return self.metrics.top1
 
     def headline(self):
-        return {"top1": self.metrics.top1, "mean_per_class": _finite(self.metrics.mean_per_class),
-                "best_C": self.best_c}
+        # clip_benchmark's probe has no C: it chose a weight decay
+        chosen = {"weight_decay": self.config["weight_decay"]} if "weight_decay" in self.config else {"best_C": self.best_c}
+        return {"top1": self.metrics.top1, "mean_per_class": _finite(self.metrics.mean_per_class), **chosen}
 
     def _details(self):
         return {"metrics": self.metrics.to_dict(), "best_c": self.best_c, "sweep": self.sweep,
