@@ -125,3 +125,17 @@ def test_cli_protocol_option(tmp_path, weights, capsys):
     with pytest.raises(SystemExit) as e:
         main(["eval", "zeroshot", "--dataset", "shapes", "--protocol", "openai"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("protocol", ["clip_paper", "clip_benchmark"])
+def test_published_comparison_names_the_protocol_used(monkeypatch, tmp_path, tiny_clip, protocol):
+    import mmfm.eval as mmfm_eval
+    import mmfm.models
+    from mmfm.data import get_dataset
+    monkeypatch.setattr(mmfm.models, "create_model", lambda *a, **k: tiny_clip)
+    monkeypatch.setattr(mmfm_eval, "_load_dataset",          # digits standing in for CIFAR-10 (no download)
+                        lambda dataset, root, split, kw: get_dataset("digits", split=split, image_size=32))
+    r = run_eval("zeroshot", "ViT-B-32", "openai", "cifar10", out_dir=tmp_path, progress=False, device="cpu",
+                 protocol=protocol)
+    assert r.config["protocol"] == protocol and r.config["published"]["protocol_used"] == protocol
+    assert f"Reproduced here: protocol {protocol}, precision fp32, device cpu." in (tmp_path / "results.md").read_text()
