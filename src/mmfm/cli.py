@@ -67,6 +67,7 @@ def _cmd_eval(args) -> int:
     result = run_eval(args.kind, model_name=args.model, pretrained=args.pretrained, dataset=args.dataset,
                       data_root=args.data_root, out_dir=args.out, batch_size=args.batch_size, device=args.device,
                       task=args.task, dataset_kwargs=_dataset_kwargs(args), adapter=args.adapter,
+                      protocol=args.protocol,
                       **_fewshot_kwargs(args))
     print(result.to_markdown() if hasattr(result, "to_markdown") else json.dumps(result.to_dict(), indent=2, default=str))
     return 0
@@ -357,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", default=None, help="the folder the dataset's files are in (not for shapes/digits)")
     s.add_argument("--out", default=None, help="folder for results.json/md and the PNG plots (as `mmfm run`)")
     s.add_argument("--task", default=None, help="zero-shot task of the dataset (e.g. color for shapes)")
+    s.add_argument("--protocol", choices=["clip_paper", "clip_benchmark"], default="clip_paper",
+                   help="clip_paper (default): the CLIP paper's class names, L-BFGS linear probe on pre-projection "
+                        "features, fp32. clip_benchmark: open_clip's published tables: raw CIFAR-100 names, AdamW "
+                        "linear probe on normalised embeddings, fp16 on CUDA; for its data name its wds/ set "
+                        "(EuroSAT: wds/vtab/eurosat)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", default=None)
     s.add_argument("--download", action="store_true", help="download the dataset through torchvision if missing")

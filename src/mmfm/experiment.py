@@ -47,6 +47,9 @@ class EvalSpec(Strict):
                                     "the official val split of flowers102/dtd (as `mmfm eval`), else carved from "
                                     "train; null = always carve")
     task: str | None = Field(None, description="zero-shot task, e.g. shape / color for shapes")
+    protocol: Literal["clip_paper", "clip_benchmark"] = Field(
+        "clip_paper", description="clip_benchmark: open_clip's published protocol (raw CIFAR-100 names, AdamW "
+                                  "linear probe on normalised embeddings), as `mmfm eval --protocol`")
     args: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -216,7 +219,7 @@ def run_eval_spec(spec: EvalSpec, model, datasets: dict, label: str, out_dir: Pa
     train = datasets[spec.train_dataset] if kind.needs_train else None
     return evaluate(kind, model, datasets[spec.dataset], train, _val_dataset(spec, datasets, data_specs),
                     label=label, out_dir=out_dir, device=device, num_workers=num_workers, progress=progress,
-                    task=spec.task, random_weights=random_weights, **spec.args)
+                    task=spec.task, random_weights=random_weights, protocol=spec.protocol, **spec.args)
 
 
 def eval_tag(spec: EvalSpec) -> str:

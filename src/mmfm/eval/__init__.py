@@ -28,7 +28,8 @@ from .features import (FeatureCache, FeatureSet, PerfMeter, encode_texts, extrac
                        model_fingerprint)
 from .few_shot import FEW_SHOT_METHODS, FewShotEpisode, few_shot, register_few_shot_method, sample_k_shot
 from .linear_probe import fit_linear_probe, linear_probe, sweep_c
-from .registry import ALIASES, KINDS, OFFICIAL_VAL_SPLITS, EvalKind, evaluate, get_kind, headline, official_val_split
+from .registry import (ALIASES, KINDS, OFFICIAL_VAL_SPLITS, PROTOCOLS, EvalKind, Protocol, evaluate, get_kind,
+                       get_protocol, headline, official_val_split, protocol_precision)
 from .results import (ClassificationMetrics, EvalResult, FewShotResult, LinearProbeResult, PerfStats,
                       RetrievalResult, ZeroShotResult, comparison_table, load_results, write_report)
 from .retrieval import retrieval, retrieval_metrics, retrieval_ranks
@@ -41,6 +42,7 @@ __all__ = [
     "fit_linear_probe", "linear_probe", "load_results", "model_fingerprint", "register_few_shot_method",
     "retrieval", "retrieval_metrics", "retrieval_ranks", "run_eval", "sample_k_shot", "sweep_c", "write_report",
     "zero_shot", "EVAL_KINDS", "EvalKind", "KINDS", "evaluate", "get_kind", "headline", "official_val_split",
+    "PROTOCOLS", "Protocol", "get_protocol", "protocol_precision",
 ]
 
 #: CLI spellings -> evaluation kind (kept for callers of the old name; the registry is the source).
@@ -75,11 +77,11 @@ def _published_comparison(result, model_name: str | None, pretrained: str | None
 
 def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset: str,
              data_root: str | Path | None = None, out_dir: str | Path | None = None, *,
-             device: str | None = None, precision: str = "fp32", task: str | None = None,
+             device: str | None = None, precision: str | None = None, task: str | None = None,
              train_split: str = "train", test_split: str = "test", val_split: str | None = "auto",
              dataset_kwargs: dict[str, Any] | None = None, batch_size: int = 64, num_workers: int = 0,
              cache_dir: str | Path | None = None, progress: bool = True, adapter: str | Path | None = None,
-             **kw) -> EvalResult:
+             protocol: str = "clip_paper", **kw) -> EvalResult:
     """Build the model and dataset(s) by name, run one evaluation, write its report.
 
     kind: ``zeroshot`` | ``linear-probe`` | ``fewshot`` | ``retrieval`` (``registry.ALIASES`` lists spellings).
@@ -92,6 +94,9 @@ def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset:
     out_dir: if given, ``results.json`` / ``results.md`` and the PNG plots are written there.
     adapter: a LoRA adapter directory (``mmfm.adapt.save_lora``, or PEFT's on an mmfm model or on a
         transformers ``CLIPModel``) applied to the base model first; recorded in the result and its label.
+    protocol: ``clip_paper`` (default) or ``clip_benchmark`` (open_clip's published tables): class names,
+        linear-probe method and default precision together (``registry.PROTOCOLS``); for its data, name
+        clip_benchmark's ``wds/...`` dataset. precision: default the protocol's on ``device``.
     Weights open_clip publishes results for (e.g. ``ViT-B-32`` + ``openai``), evaluated on the test split
     of a dataset in that table, get ``result.config["published"]``: published, reproduced and the
     difference, with the source and the protocol caveat (``mmfm.eval.published``).
@@ -101,8 +106,11 @@ def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset:
     import torch
     from ..api import create_model
     k = get_kind(kind)
+    get_protocol(protocol)                  # a misspelt protocol fails before the model is built
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision is None:
+        precision = protocol_precision(protocol, device)
     model = create_model(model_name, pretrained=pretrained, device=device, precision=precision)
     if adapter is not None:
         from ..adapt.lora import load_lora
@@ -120,12 +128,12 @@ def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset:
             val = _load_dataset(dataset, data_root, use_val, dkw) if use_val else None
     result = evaluate(k, model, test, train, val, label=label, out_dir=out_dir, device=device,
                       num_workers=num_workers, progress=progress, task=task, random_weights=pretrained is None,
-                      batch_size=batch_size, cache=cache_dir, **kw)
+                      batch_size=batch_size, cache=cache_dir, protocol=protocol, **kw)
     if adapter is not None:
         result.config["adapter"] = str(adapter)
     elif test_split == "test":   # the published weights on the published data: show open_clip's number beside ours
-        published = _published_comparison(result, model_name, pretrained, dataset, precision=precision,
-                                          device=str(device))
+        published = _published_comparison(result, model_name, pretrained, dataset, protocol_used=protocol,
+                                          precision=precision, device=str(device))
         if published:
             result.config["published"] = published
     if out_dir is not None:

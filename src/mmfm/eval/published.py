@@ -95,7 +95,8 @@ def _pct(v: float | None, sign: bool = False, digits: int = 1) -> str:
 
 def comparison_markdown(comp: dict[str, Any]) -> str:
     """The published-vs-reproduced block of a result's markdown."""
-    mine = ", ".join(f"{k} {v}" for k, v in comp.items() if k in ("precision", "device"))
+    mine = ", ".join(f"{k.replace('_used', '')} {v}" for k, v in comp.items()
+                     if k in ("protocol_used", "precision", "device"))
     lines = [f"Published ({comp['model']} {comp['pretrained']} on {comp['dataset']}; {comp['source']}):", "",
              "| metric | published | reproduced | difference |", "|---|---:|---:|---:|"]
     lines += [f"| {r['metric']} | {_pct(r['published'], digits=2)} | {_pct(r['reproduced'], digits=2)} | "

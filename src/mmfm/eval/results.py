@@ -284,14 +284,20 @@ class LinearProbeResult(EvalResult):
         return self.metrics.top1
 
     def headline(self):
-        return {"top1": self.metrics.top1, "mean_per_class": _finite(self.metrics.mean_per_class),
-                "best_C": self.best_c}
+        # clip_benchmark's probe has no C: it chose a weight decay
+        chosen = {"weight_decay": self.config["weight_decay"]} if "weight_decay" in self.config else {"best_C": self.best_c}
+        return {"top1": self.metrics.top1, "mean_per_class": _finite(self.metrics.mean_per_class), **chosen}
 
     def _details(self):
         return {"metrics": self.metrics.to_dict(), "best_c": self.best_c, "sweep": self.sweep,
                 "num_train": self.num_train, "num_val": self.num_val, "plots": self.plots}
 
     def _markdown_extra(self):
+        if self.sweep and "weight_decay" in self.sweep[0]:    # clip_benchmark's probe sweeps AdamW's weight decay
+            rows = ["| weight decay | val accuracy |", "|---:|---:|"] + \
+                   [f"| {s['weight_decay']:.3g} | {_pct(s['val_accuracy'])} |" for s in self.sweep]
+            return f"Weight-decay sweep (best = {self.config.get('weight_decay', float('nan')):.3g}; " \
+                   f"refit on {self.num_train}+{self.num_val} samples):\n\n" + "\n".join(rows)
         rows = ["| C | val accuracy |", "|---:|---:|"] + \
                [f"| {s['C']:.3g} | {_pct(s['val_accuracy'])} |" for s in self.sweep]
         return f"C sweep (best C = {self.best_c:.3g}; refit on {self.num_train}+{self.num_val} samples):\n\n" + \

@@ -162,13 +162,34 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 
-def get_templates(dataset: str) -> list[str]:
-    """CLIP's prompt templates for a benchmark (``SIMPLE_TEMPLATES`` for an unknown name)."""
+# ---------------------------------------------------------------------------------------------
+# clip_benchmark's protocol (open_clip's published tables). Its template lists for these six benchmarks are
+# the ones above, and so are its Flowers-102 / EuroSAT names; CIFAR-10, Food-101 (underscores spaced) and DTD
+# come from torchvision and match too. Only CIFAR-100 differs: clip_benchmark prompts with torchvision's raw
+# names, underscores kept ("aquarium_fish", "maple_tree", ... 9 classes).
+PROTOCOLS: tuple[str, ...] = ("clip_paper", "clip_benchmark")
+CLIP_BENCHMARK_CLASSNAMES: dict[str, tuple[str, ...]] = {
+    "cifar100": tuple(n.replace(" ", "_") for n in CIFAR100_CLASSNAMES),
+}
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
+
+
+def get_templates(dataset: str, protocol: str = "clip_paper") -> list[str]:
+    """The prompt templates for a benchmark (``SIMPLE_TEMPLATES`` for an unknown name); both protocols
+    use the same lists for the built-in benchmarks."""
+    _check_protocol(protocol)
     return list(TEMPLATES.get(dataset.lower(), SIMPLE_TEMPLATES))
 
 
-def get_classnames(dataset: str) -> list[str]:
-    """CLIP's class names for a benchmark, in label order."""
+def get_classnames(dataset: str, protocol: str = "clip_paper") -> list[str]:
+    """The class names a protocol prompts a benchmark with, in label order."""
+    _check_protocol(protocol)
+    if protocol == "clip_benchmark" and dataset.lower() in CLIP_BENCHMARK_CLASSNAMES:
+        return list(CLIP_BENCHMARK_CLASSNAMES[dataset.lower()])
     try:
         return list(CLASSNAMES[dataset.lower()])
     except KeyError:
