@@ -222,6 +222,18 @@ def run_eval_spec(spec: EvalSpec, model, datasets: dict, label: str, out_dir: Pa
                     task=spec.task, random_weights=random_weights, protocol=spec.protocol, **spec.args)
 
 
+def _attach_published(result, spec: ModelSpec, data: DatasetSpec | None, e: EvalSpec, device) -> None:
+    """open_clip's published value beside the result, as `mmfm eval` shows it: only for pretrained weights used
+    as they are (no training, no LoRA) on a dataset's test split."""
+    from .eval import published_comparison
+    if spec.train is not None or spec.lora is not None or data is None or data.args.get("split", "test") != "test":
+        return
+    comp = published_comparison(result, spec.model, spec.pretrained, data.name, protocol_used=e.protocol,
+                                precision=spec.precision, device=str(device))
+    if comp:
+        result.config["published"] = comp
+
+
 def eval_tag(spec: EvalSpec) -> str:
     """How an evaluation is named in the report's columns, e.g. ``zeroshot[shape]`` or ``retrieval@val``."""
     return spec.kind + (f"[{spec.task}]" if spec.task else "") + (f"@{spec.dataset}" if spec.dataset != "test" else "")
@@ -410,6 +422,7 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
             for e in evals:
                 results.append(run_eval_spec(e, model, datasets, spec.label, mdir / "eval", device, cfg.num_workers,
                                              data_specs=cfg.data, random_weights=random_weights))
+                _attach_published(results[-1], spec, cfg.data.get(e.dataset), e, device)
         all_results += results
         metrics = {f"{eval_tag(e)} {k}": v for e, r in zip(evals, results) for k, v in headline(r).items()}
         rows.append(model_row(spec.label, spec.model, count_parameters(model), train_result,

@@ -130,3 +130,24 @@ def test_compare_retrieval_rows(tiny_clip):
     got = {row["metric"]: row for row in comp["rows"]}
     assert got["t2i_R@1"]["published"] == 0.6678 and got["i2t_R@1"]["published"] == 0.841
     assert got["t2i_R@1"]["reproduced"] == r.metrics["t2i_R@1"]
+
+
+def test_mmfm_run_shows_published_beside_reproduced_for_pretrained_weights_only(monkeypatch, tmp_path, tiny_clip):
+    """`mmfm run` evaluates through the same registry and shows the same comparison as `mmfm eval` for a
+    pretrained tag used as it is; a model trained in the run gets none."""
+    import yaml
+
+    import mmfm.experiment as experiment
+    from mmfm.data import get_dataset
+    monkeypatch.setattr(mmfm.api, "create_model", lambda *a, **k: copy.deepcopy(tiny_clip))
+    monkeypatch.setattr(experiment, "_build_datasets",        # digits standing in for CIFAR-10 (no download)
+                        lambda cfg: {"test": get_dataset("digits", split="test", image_size=32)})
+    cfg = {"name": "pub", "data": {"test": {"name": "cifar10", "args": {"split": "test"}}},
+           "models": [{"label": "openai", "model": "ViT-B-32", "pretrained": "openai"}],
+           "evals": [{"kind": "zeroshot"}]}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    experiment.run_experiment(path, out_dir=tmp_path / "out")
+    saved = json.loads((tmp_path / "out/results.json").read_text())["results"][0]["config"]
+    assert saved["published"]["rows"][0]["published"] == 0.8983
+    assert saved["published"]["protocol_used"] == "clip_paper"

@@ -57,7 +57,7 @@ def _load_dataset(name: str, data_root: str | Path | None, split: str, dataset_k
     return get_dataset(name, split=split, **kw)
 
 
-def _published_comparison(result, model_name: str | None, pretrained: str | None, dataset: str, **settings):
+def published_comparison(result, model_name: str | None, pretrained: str | None, dataset: str, **settings):
     """open_clip's published value beside ``result`` when the weights are a pretrained tag it has results
     for (``MODEL`` + ``TAG``, or ``TAG/MODEL`` / ``MODEL/TAG``); never for a local checkpoint."""
     from .published import compare_with_published
@@ -132,7 +132,7 @@ def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset:
     if adapter is not None:
         result.config["adapter"] = str(adapter)
     elif test_split == "test":   # the published weights on the published data: show open_clip's number beside ours
-        published = _published_comparison(result, model_name, pretrained, dataset, protocol_used=protocol,
+        published = published_comparison(result, model_name, pretrained, dataset, protocol_used=protocol,
                                           precision=precision, device=str(device))
         if published:
             result.config["published"] = published
