@@ -55,3 +55,14 @@ def shapes_small():
 @pytest.fixture(scope="session")
 def transform32():
     return image_transform(32)
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory):
+    """A saved random ViT-tiny-test folder, for evaluations that load weights by path (`mmfm eval`/`mmfm run`)."""
+    from mmfm.checkpoints import save_pretrained
+    from mmfm.models import create_model
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tiny"
+    save_pretrained(create_model("ViT-tiny-test"), path)
+    return str(path)

@@ -4,7 +4,6 @@ import json
 
 import PIL.Image
 import pytest
-import torch
 import yaml
 
 from mmfm.eval import KINDS, evaluate, get_kind, headline, official_val_split, run_eval
@@ -15,16 +14,6 @@ SHAPES = {"size": 40, "image_size": 32}
 FAST = {"linear_probe": {"c_values": [0.1, 10.0], "coarse_to_fine": False},
         "fewshot": {"shots": [1, 2], "seeds": [0, 1], "method": "nearest_centroid"},
         "zeroshot": {}, "retrieval": {"num_examples": 2}}
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    from mmfm.checkpoints import save_pretrained
-    from mmfm.models import create_model
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny"
-    save_pretrained(create_model("ViT-tiny-test"), path)
-    return str(path)
 
 
 @pytest.fixture

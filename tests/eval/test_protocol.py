@@ -19,16 +19,6 @@ ARGS = {"linear_probe": {"clip_paper": {"c_values": [0.1, 10.0], "coarse_to_fine
         "zeroshot": {"clip_paper": {}, "clip_benchmark": {}}}
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    from mmfm.checkpoints import save_pretrained
-    from mmfm.models import create_model
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny"
-    save_pretrained(create_model("ViT-tiny-test"), path)
-    return str(path)
-
-
 def _clip_benchmark_lists():
     cb = pytest.importorskip("clip_benchmark.datasets")
     folder = os.path.dirname(cb.__file__)
