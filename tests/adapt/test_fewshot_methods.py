@@ -97,6 +97,20 @@ def test_trained_methods_leave_clip_bit_identical_and_train_only_their_parameter
     assert not base.training
 
 
+def test_coop_restores_every_modules_own_mode(base, data):
+    """A model that trains while one tower is kept in eval comes back exactly so (not all switched on)."""
+    train, test = data
+    base.train()
+    base.visual.eval()
+    try:
+        few_shot(base, train, test, shots=(1,), seeds=(0,), method="coop", task="color", progress=False,
+                 method_options={"epochs": 1, "n_ctx": 4})
+        assert base.training and base.text.training and not base.visual.training
+        assert not any(m.training for m in base.visual.modules())
+    finally:
+        base.eval()
+
+
 def test_every_method_beats_zero_shot_on_classes_it_gets_wrong_and_repeats(base, data):
     train, test = data
     kw = dict(shots=(16,), seeds=(0,), task="color", progress=False)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..util.hf import quiet_transformers
+from ..util.modes import eval_mode
 
 Pooling = Literal["cls", "mean", "max", "mean_sqrt_len"]
 _ST_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
@@ -172,13 +173,9 @@ class PretrainedTextTower(nn.Module):
     def encode_sentences(self, sentences: list[str], batch_size: int = 64) -> torch.Tensor:
         """Pooled features (before projection) of ``sentences``; equal to sentence-transformers' pooling."""
         device = next(self.parameters()).device
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             out = [self.forward_features(self._tokenizer(sentences[i:i + batch_size]).to(device))
                    for i in range(0, len(sentences), batch_size)]
-        finally:
-            self.train(was_training)
         return torch.cat(out) if out else torch.empty(0, self.hidden_size)
 
     def groups(self) -> list[list[nn.Module]]:
