@@ -54,3 +54,25 @@ def test_damaged_index_is_refused_with_one_line(tmp_path, damage, message):
     damage(tmp_path / "idx")
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_index(tmp_path / "idx")
+
+
+def test_embedding_and_export_restore_every_modules_own_mode(tmp_path):
+    """Reporting on a model changes nothing: a tower kept in eval while the rest trains stays so after
+    embedding images and texts and after an ONNX export (they used to restore only the top flag)."""
+    import PIL.Image
+
+    from mmfm import create_model, embed_images, embed_texts, export_onnx
+    model = create_model("ViT-tiny-test")
+    paths = []
+    for i in range(2):
+        PIL.Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    calls = [lambda: embed_images(model, paths, workers=0, progress=False),
+             lambda: embed_texts(model, ["a red circle"]),
+             lambda: export_onnx(model, tmp_path / "onnx")]
+    for call in calls:
+        model.train()
+        model.visual.eval()
+        call()
+        assert model.training and model.text.training
+        assert not any(m.training for m in model.visual.modules())

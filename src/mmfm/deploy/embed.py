@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UserError
+from ..util.modes import eval_mode
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -73,22 +74,18 @@ def embed_images(model: torch.nn.Module, paths: Sequence[str | os.PathLike], bat
     """
     from ..data.transforms import image_transform
     paths = [str(p) for p in paths]
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     loader = DataLoader(_Images(paths, image_transform(model.image_size)), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=_collate, persistent_workers=False)
     rows, kept, skipped = [], [], []
     from tqdm.auto import tqdm
-    try:
+    with eval_mode(model):      # nothing that reports on a model changes it: every module's mode comes back
         for idx, pixels, bad in tqdm(loader, desc="embed", unit="batch", disable=not progress, dynamic_ncols=True):
             skipped += [(paths[i], why) for i, why in bad]
             if pixels is None:
                 continue
             rows.append(model.encode_image(pixels.to(device), normalize=True).float().cpu())
             kept += [paths[i] for i in idx]
-    finally:
-        model.train(was_training)   # nothing that reports on a model changes it
     emb = torch.cat(rows).numpy() if rows else np.zeros((0, model.config.embed_dim), dtype=np.float32)
     return Embedded(np.ascontiguousarray(emb, dtype=np.float32), kept, skipped)
 
@@ -96,13 +93,9 @@ def embed_images(model: torch.nn.Module, paths: Sequence[str | os.PathLike], bat
 @torch.no_grad()
 def embed_texts(model: torch.nn.Module, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
     """Normalised float32 text embeddings, (len(texts), D)."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     tokenizer = model.get_tokenizer()
-    try:
+    with eval_mode(model):
         rows = [model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device), normalize=True).float().cpu()
                 for i in range(0, len(texts), batch_size)]
-    finally:
-        model.train(was_training)
     return np.ascontiguousarray(torch.cat(rows).numpy(), dtype=np.float32)

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..util.modes import eval_mode
+
 OPSET = 17
 FILES = {"image": "image_encoder.onnx", "text": "text_encoder.onnx"}
 
@@ -89,17 +91,14 @@ def _check_exportable(model: nn.Module) -> None:
 def _plain_forward(model: nn.Module):
     """Eval mode with autograd recording (see the module docstring); flags and mode restored on exit."""
     flags = {p: p.requires_grad for p in model.parameters()}
-    training = model.training
     try:
-        model.eval()
         for p in flags:
             p.requires_grad_(True)
-        with torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             yield
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)
-        model.train(training)
 
 
 def _export_one(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str, path: Path,

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..util.modes import eval_mode
 
 Part = Union[str, PIL.Image.Image, torch.Tensor]
 Prompt = Union[Part, Sequence[Part]]
@@ -158,11 +159,9 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[Prompt], *, strategy
     ``nucleus`` (``top_p``, ``top_k`` (0 = off), ``temperature``; ``seed`` makes it reproducible without
     touching the global random state).
     """
-    was_training = model.training
-    model.eval()
     config = generation_config(tokenizer, strategy, max_new_tokens, num_beams, top_p, top_k, temperature, length_penalty)
     out: list[str] = []
-    try:
+    with eval_mode(model):
         with torch.random.fork_rng(devices=[] if _device(model).type != "cuda" else [_device(model)]):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -172,8 +171,6 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[Prompt], *, strategy
                 _check_length(model, embeds.shape[1], max_new_tokens - 1)
                 new_tokens = model.lm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config)
                 out += [tokenizer.decode(row) for row in new_tokens]
-    finally:
-        model.train(was_training)
     return out
 
 
@@ -219,10 +216,8 @@ def score_continuations(model: nn.Module, tokenizer, prompts: Sequence[Prompt],
 
     Forced-choice evaluation: the model picks among given answers instead of generating freely.
     """
-    was_training = model.training
-    model.eval()
     scores = torch.zeros(len(prompts), max(len(c) for c in continuations))
-    try:
+    with eval_mode(model):
         for i, (prompt, options) in enumerate(zip(prompts, continuations)):
             embeds, mask = embed_prompts(model, tokenizer, [prompt], image_transform)
             for k, option in enumerate(options):
@@ -232,6 +227,4 @@ def score_continuations(model: nn.Module, tokenizer, prompts: Sequence[Prompt],
                 full = torch.cat([embeds[0], model.embed_tokens(target).to(embeds.dtype)])[None]
                 logits = model.lm(inputs_embeds=full).logits[0, embeds.shape[1] - 1:-1].float()
                 scores[i, k] = logits.log_softmax(-1).gather(1, target[:, None]).sum()
-    finally:
-        model.train(was_training)
     return scores
