@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..util.modes import eval_mode
+from ..util.modes import eval_mode, requires_grad
 
 OPSET = 17
 FILES = {"image": "image_encoder.onnx", "text": "text_encoder.onnx"}
@@ -90,15 +90,8 @@ def _check_exportable(model: nn.Module) -> None:
 @contextlib.contextmanager
 def _plain_forward(model: nn.Module):
     """Eval mode with autograd recording (see the module docstring); flags and mode restored on exit."""
-    flags = {p: p.requires_grad for p in model.parameters()}
-    try:
-        for p in flags:
-            p.requires_grad_(True)
-        with eval_mode(model), torch.enable_grad():
-            yield
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
+    with requires_grad(model, True), eval_mode(model), torch.enable_grad():
+        yield
 
 
 def _export_one(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str, path: Path,

@@ -21,3 +21,17 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+@contextmanager
+def requires_grad(model: nn.Module, flag: bool) -> Iterator[nn.Module]:
+    """Set ``requires_grad`` of every weight of ``model`` to ``flag`` for the block; each weight's own flag
+    comes back afterwards (a locked tower stays locked)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(flag)
+    try:
+        yield model
+    finally:
+        for p, old in flags:
+            p.requires_grad_(old)

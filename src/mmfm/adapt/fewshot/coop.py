@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...util.modes import eval_mode
+from ...util.modes import eval_mode, requires_grad
 from .common import clip_scale, episode_features, train_loop
 
 EPOCHS_BY_SHOTS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
@@ -29,15 +29,8 @@ EPOCHS_BY_SHOTS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
 def frozen(model: nn.Module):
     """Turn off ``requires_grad`` on every weight of ``model`` for the block, and restore it after, so a
     method's backward pass reaches only its own parameters and leaves the model as it found it."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        with eval_mode(model):      # every module's own train/eval flag comes back, not just the top one
-            yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+    with requires_grad(model, False), eval_mode(model):   # every module's own flags come back afterwards
+        yield model
 
 
 class PromptLearner(nn.Module):
