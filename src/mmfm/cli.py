@@ -147,11 +147,8 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_classify(args) -> int:
-    import torch
-
     from .data.base import load_image
-    from .data.transforms import image_transform
-    from .eval.zero_shot import build_zero_shot_classifier
+    from .deploy.classify import label_probabilities, label_weights
     from .api import create_model
     classnames, templates = _classify_labels(args)
     missing = [p for p in args.images if not Path(p).is_file()]
@@ -161,20 +158,17 @@ def _cmd_classify(args) -> int:
         print(f"mmfm classify: warning: no --pretrained, {args.model} has random weights: its labels mean nothing",
               file=sys.stderr)
     model = create_model(args.model, pretrained=args.pretrained, device=args.device).eval()
-    # The dataset's prompt ensemble (or each label as its own prompt), as zero-shot evaluation builds it.
-    weights = build_zero_shot_classifier(model, classnames, templates, use_cache=False)
-    tf = image_transform(model.image_size)
+    # The dataset's prompt ensemble (or each label as its own prompt), as zero-shot evaluation builds it;
+    # the same functions as `mmfm serve`, so the page and this command agree.
+    weights = label_weights(model, classnames, templates)
     rows = []
-    with torch.no_grad():
-        for start in range(0, len(args.images), args.batch_size):
-            paths = args.images[start:start + args.batch_size]
-            pixels = torch.stack([tf(load_image(p)) for p in paths]).to(next(model.parameters()).device)
-            emb = model.encode_image(pixels, normalize=True).float().cpu()
-            probs = (model.scale().float().cpu() * emb @ weights).softmax(dim=-1)   # CLIP's temperature
-            for path, p in zip(paths, probs):
-                top = p.argsort(descending=True)[:args.top]
-                rows.append({"path": str(path), "labels": [{"label": classnames[i], "probability": float(p[i])}
-                                                           for i in top.tolist()]})
+    for start in range(0, len(args.images), args.batch_size):
+        paths = args.images[start:start + args.batch_size]
+        probs = label_probabilities(model, [load_image(p) for p in paths], weights)
+        for path, p in zip(paths, probs):
+            top = p.argsort(descending=True)[:args.top]
+            rows.append({"path": str(path), "labels": [{"label": classnames[i], "probability": float(p[i])}
+                                                       for i in top.tolist()]})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -269,11 +263,8 @@ def _cmd_search(args) -> int:
 def _classify_labels(args) -> tuple[list[str], list[str]]:
     """(class names, prompt templates): --labels as their own prompts, or a dataset's classes and templates."""
     if args.labels is not None:
-        labels = [s.strip() for s in args.labels.split(",") if s.strip()]
-        if len(labels) < 2:
-            raise UserError(f"--labels {args.labels!r}: give at least two comma-separated labels, e.g. "
-                            f"--labels \"a cat,a dog\"")
-        return labels, ["{}"]
+        from .deploy.classify import parse_labels
+        return parse_labels(args.labels), ["{}"]
     from .eval.templates import CLASSNAMES, get_classnames, get_templates
     if args.classes.lower() in CLASSNAMES:
         return get_classnames(args.classes), get_templates(args.classes)
