@@ -260,6 +260,39 @@ def _cmd_search(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from .api import create_model
+    from .deploy import load_index
+    try:
+        from .deploy.serve import build_app, run
+        import fastapi, multipart, uvicorn  # noqa: F401  (the serve extra)
+    except ImportError as e:
+        raise UserError(f"mmfm serve needs FastAPI, uvicorn and python-multipart ({e}): "
+                        f"pip install 'mmfm[serve]'") from None
+    index = load_index(args.index) if args.index else None     # validated before any model is built
+    if args.frozen is not None and not Path(args.frozen).is_dir():
+        raise UserError(f"--frozen {args.frozen} is not a folder: name a Frozen model folder (saved by training)")
+    if args.pretrained is None:
+        print(f"mmfm serve: warning: no --pretrained, {args.model} has random weights: its labels mean nothing",
+              file=sys.stderr)
+    model = create_model(args.model, pretrained=args.pretrained, device=args.device).eval()
+    frozen = None
+    if args.frozen is not None:
+        from .frozen import load_frozen
+        frozen = load_frozen(args.frozen, device=args.device)
+        if frozen[1] is None:
+            raise UserError(f"--frozen {args.frozen} has no tokenizer: save the model with its tokenizer")
+    name = args.model + (f" ({args.pretrained})" if args.pretrained else " (random weights)")
+    app = build_app(model, index=index, frozen=frozen, name=name, max_upload_bytes=args.max_upload_mb * 2**20,
+                    caption_options={"max_new_tokens": args.max_new_tokens})
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"mmfm serve: warning: --host {args.host}: anyone who can reach this machine can use the page",
+              file=sys.stderr)
+    print(f"mmfm serve: http://{args.host}:{args.port}/ (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    run(app, host=args.host, port=args.port)
+    return 0
+
+
 def _classify_labels(args) -> tuple[list[str], list[str]]:
     """(class names, prompt templates): --labels as their own prompts, or a dataset's classes and templates."""
     if args.labels is not None:
@@ -428,6 +461,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="folder for image_encoder.onnx and text_encoder.onnx")
     s.set_defaults(func=_cmd_export)
 
+    s = sub.add_parser("serve", help="a local web page: classify an uploaded image, search an index, caption")
+    s.add_argument("--model", required=True, help="registered model config (`mmfm models`)")
+    s.add_argument("--pretrained", default=None, help="checkpoint or identifier; without it the weights are random")
+    s.add_argument("--index", default=None, metavar="INDEX", help="index folder from `mmfm embed` (same model), "
+                                                                  "for search by text")
+    s.add_argument("--frozen", default=None, metavar="DIR", help="a saved Frozen model folder, for captions")
+    s.add_argument("--max-new-tokens", type=positive_int, default=20, help="most tokens per caption")
+    s.add_argument("--max-upload-mb", type=positive_int, default=10, help="largest image upload accepted")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    s.add_argument("--port", type=positive_int, default=8000)
+    s.add_argument("--device", default=None)
+    s.set_defaults(func=_cmd_serve)
+
     # Options of the data a command reads, and of every command: kept out of the sections above.
     sub.choices["eval"].add_argument(
         "--annotations", default=None, metavar="FILE",
@@ -438,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.formatter_class = HelpFormatter
         s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of an error (also: MMFM_DEBUG=1)")
-        if name in ("run", "eval", "caption", "vqa", "classify", "export", "embed", "search"):
+        if name in ("run", "eval", "caption", "vqa", "classify", "export", "embed", "search", "serve"):
             s.add_argument("--threads", type=positive_int, default=None, metavar="N",
                            help="CPU threads for PyTorch (intra- and inter-op); default: PyTorch's choice, "
                                 "one per core. Use fewer on a shared machine")
