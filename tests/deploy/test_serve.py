@@ -11,12 +11,12 @@ import pytest
 
 pytest.importorskip("fastapi", reason="mmfm serve needs the serve extra: pip install 'mmfm[serve]'")
 pytest.importorskip("multipart", reason="mmfm serve needs the serve extra: pip install 'mmfm[serve]'")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from mmfm.cli import main  # noqa: E402
-from mmfm.deploy import load_index  # noqa: E402
-from mmfm.deploy.serve import build_app  # noqa: E402
-from mmfm.errors import UserError  # noqa: E402
+from mmfm.cli import main
+from mmfm.deploy import load_index
+from mmfm.deploy.serve import build_app
+from mmfm.errors import UserError
 
 LABELS = ["a red circle", "a blue square", "a green star"]
 

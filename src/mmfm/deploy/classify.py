@@ -2,7 +2,7 @@
 draws, from one function, so the command and the web page give the same probabilities for the same image."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import PIL.Image
 import torch

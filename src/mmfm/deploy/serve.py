@@ -19,7 +19,7 @@ import html
 import io
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import PIL.Image
@@ -151,7 +151,7 @@ def build_app(model: torch.nn.Module, *, index: Index | None = None, frozen: tup
 
     # Plain `def` endpoints run in FastAPI's thread pool; the lock makes them take turns on the models.
     @app.post("/api/classify")
-    def classify(image: UploadFile | None = File(None), labels: str = Form("")):
+    def classify(image: Annotated[UploadFile | None, File()] = None, labels: Annotated[str, Form()] = ""):
         try:
             names = parse_labels(labels)
         except UserError as e:
@@ -194,7 +194,7 @@ def build_app(model: torch.nn.Module, *, index: Index | None = None, frozen: tup
         return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @app.post("/api/caption")
-    def caption(image: UploadFile | None = File(None)):
+    def caption(image: Annotated[UploadFile | None, File()] = None):
         if frozen is None:
             raise Refused(404, "no Frozen model is loaded: start mmfm serve with --frozen DIR")
         from ..frozen.generate import caption as frozen_caption
