@@ -263,12 +263,12 @@ def _cmd_search(args) -> int:
 def _cmd_serve(args) -> int:
     from .api import create_model
     from .deploy import load_index
-    try:
-        from .deploy.serve import build_app, run
-        import fastapi, multipart, uvicorn  # noqa: F401  (the serve extra)
-    except ImportError as e:
-        raise UserError(f"mmfm serve needs FastAPI, uvicorn and python-multipart ({e}): "
-                        f"pip install 'mmfm[serve]'") from None
+    from importlib.util import find_spec
+    missing = [name for name, module in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"),
+                                         ("python-multipart", "python_multipart")) if find_spec(module) is None]
+    if missing:
+        raise UserError(f"mmfm serve needs {', '.join(missing)}: pip install 'mmfm[serve]'")
+    from .deploy.serve import build_app, run
     index = load_index(args.index) if args.index else None     # validated before any model is built
     if args.frozen is not None and not Path(args.frozen).is_dir():
         raise UserError(f"--frozen {args.frozen} is not a folder: name a Frozen model folder (saved by training)")
@@ -470,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=positive_int, default=20, help="most tokens per caption")
     s.add_argument("--max-upload-mb", type=positive_int, default=10, help="largest image upload accepted")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    s.add_argument("--port", type=positive_int, default=8000)
+    s.add_argument("--port", type=positive_int, default=8000, help="port to listen on")
     s.add_argument("--device", default=None)
     s.set_defaults(func=_cmd_serve)
 

@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 
 pytest.importorskip("fastapi", reason="mmfm serve needs the serve extra: pip install 'mmfm[serve]'")
-pytest.importorskip("multipart", reason="mmfm serve needs the serve extra: pip install 'mmfm[serve]'")
+pytest.importorskip("python_multipart", reason="mmfm serve needs the serve extra: pip install 'mmfm[serve]'")
 from fastapi.testclient import TestClient
 
 from mmfm.cli import main
@@ -177,3 +177,12 @@ def test_concurrent_requests_get_their_own_answers_and_leave_the_model_unchanged
     client.get("/api/search", params={"q": "a green star"})
     client.post("/api/caption", files=files[0])
     before.assert_same(clip)
+
+
+def test_without_the_serve_extra_the_command_says_what_to_install(monkeypatch, capsys):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    assert main(["serve", "--model", "ViT-tiny-test"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "mmfm serve: error: mmfm serve needs uvicorn: pip install 'mmfm[serve]'"
