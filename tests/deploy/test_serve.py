@@ -186,3 +186,9 @@ def test_without_the_serve_extra_the_command_says_what_to_install(monkeypatch, c
     assert main(["serve", "--model", "ViT-tiny-test"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "mmfm serve: error: mmfm serve needs uvicorn: pip install 'mmfm[serve]'"
+
+
+def test_every_refusal_has_the_same_one_line_shape(client):
+    # The page shows `error` of any refused request; FastAPI's own 404/405 say `detail` unless mapped.
+    for got in (client.get("/no/such/page"), client.get("/api/classify"), client.get("/api/thumbnail/x")):
+        assert got.status_code in (404, 405) and isinstance(got.json().get("error"), str), got.text

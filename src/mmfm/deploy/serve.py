@@ -111,6 +111,7 @@ def build_app(model: torch.nn.Module, *, index: Index | None = None, frozen: tup
     arguments of :func:`mmfm.frozen.generate.caption` (strategy, max_new_tokens, ...)."""
     from fastapi import FastAPI, File, Form, Request, UploadFile
     from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     if index is not None:
         check_index(model, index)
@@ -122,6 +123,10 @@ def build_app(model: torch.nn.Module, *, index: Index | None = None, frozen: tup
     @app.exception_handler(Refused)
     async def refused(request: Request, e: Refused):
         return JSONResponse({"error": str(e)}, status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)   # FastAPI's own 404/405, in the page's {"error"} shape
+    async def http_error(request: Request, e: StarletteHTTPException):
+        return JSONResponse({"error": f"{request.method} {request.url.path}: {e.detail}"}, status_code=e.status_code)
 
     @app.exception_handler(UserError)      # e.g. a caption prompt longer than the LM's positions
     async def user_error(request: Request, e: UserError):
