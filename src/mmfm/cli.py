@@ -270,12 +270,15 @@ def _cmd_serve(args) -> int:
         raise UserError(f"mmfm serve needs {', '.join(missing)}: pip install 'mmfm[serve]'")
     from .deploy.serve import build_app, run
     index = load_index(args.index) if args.index else None     # validated before any model is built
+    if index is not None and args.precision != "fp32":
+        raise UserError(f"--index {args.index} holds fp32 embeddings (`mmfm embed`) and a query must be embedded by "
+                        f"the same weights: serve it with --precision fp32, or leave out --index")
     if args.frozen is not None and not Path(args.frozen).is_dir():
         raise UserError(f"--frozen {args.frozen} is not a folder: name a Frozen model folder (saved by training)")
     if args.pretrained is None:
         print(f"mmfm serve: warning: no --pretrained, {args.model} has random weights: its labels mean nothing",
               file=sys.stderr)
-    model = create_model(args.model, pretrained=args.pretrained, device=args.device).eval()
+    model = create_model(args.model, pretrained=args.pretrained, device=args.device, precision=args.precision).eval()
     frozen = None
     if args.frozen is not None:
         from .frozen import load_frozen
@@ -467,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--index", default=None, metavar="INDEX", help="index folder from `mmfm embed` (same model), "
                                                                   "for search by text")
     s.add_argument("--frozen", default=None, metavar="DIR", help="a saved Frozen model folder, for captions")
+    s.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32",
+                   help="the CLIP model's weights: bf16 or int8 for CPU inference, fp16 on a GPU (an index needs fp32)")
     s.add_argument("--max-new-tokens", type=positive_int, default=20, help="most tokens per caption")
     s.add_argument("--max-upload-mb", type=positive_int, default=10, help="largest image upload accepted")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")

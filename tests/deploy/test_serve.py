@@ -192,3 +192,15 @@ def test_every_refusal_has_the_same_one_line_shape(client):
     # The page shows `error` of any refused request; FastAPI's own 404/405 say `detail` unless mapped.
     for got in (client.get("/no/such/page"), client.get("/api/classify"), client.get("/api/thumbnail/x")):
         assert got.status_code in (404, 405) and isinstance(got.json().get("error"), str), got.text
+
+
+def test_a_low_precision_model_classifies_and_an_fp32_index_is_refused_with_it(served, capsys):
+    from mmfm.models import create_model
+    int8 = create_model("ViT-tiny-test", pretrained=str(served.clip), precision="int8").eval()
+    got = TestClient(build_app(int8)).post("/api/classify", files=_upload(served.images[0]),
+                                           data={"labels": ", ".join(LABELS)})
+    assert got.status_code == 200 and sum(x["probability"] for x in got.json()["labels"]) == pytest.approx(1, abs=1e-5)
+    assert main(["serve", "--model", "ViT-tiny-test", "--pretrained", str(served.clip), "--precision", "int8",
+                 "--index", str(served.index)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--precision fp32" in err
