@@ -147,11 +147,8 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_classify(args) -> int:
-    import torch
-
     from .data.base import load_image
-    from .data.transforms import image_transform
-    from .eval.zero_shot import build_zero_shot_classifier
+    from .deploy.classify import label_probabilities, label_weights
     from .api import create_model
     classnames, templates = _classify_labels(args)
     missing = [p for p in args.images if not Path(p).is_file()]
@@ -161,20 +158,17 @@ def _cmd_classify(args) -> int:
         print(f"mmfm classify: warning: no --pretrained, {args.model} has random weights: its labels mean nothing",
               file=sys.stderr)
     model = create_model(args.model, pretrained=args.pretrained, device=args.device).eval()
-    # The dataset's prompt ensemble (or each label as its own prompt), as zero-shot evaluation builds it.
-    weights = build_zero_shot_classifier(model, classnames, templates, use_cache=False)
-    tf = image_transform(model.image_size)
+    # The dataset's prompt ensemble (or each label as its own prompt), as zero-shot evaluation builds it;
+    # the same functions as `mmfm serve`, so the page and this command agree.
+    weights = label_weights(model, classnames, templates)
     rows = []
-    with torch.no_grad():
-        for start in range(0, len(args.images), args.batch_size):
-            paths = args.images[start:start + args.batch_size]
-            pixels = torch.stack([tf(load_image(p)) for p in paths]).to(next(model.parameters()).device)
-            emb = model.encode_image(pixels, normalize=True).float().cpu()
-            probs = (model.scale().float().cpu() * emb @ weights).softmax(dim=-1)   # CLIP's temperature
-            for path, p in zip(paths, probs):
-                top = p.argsort(descending=True)[:args.top]
-                rows.append({"path": str(path), "labels": [{"label": classnames[i], "probability": float(p[i])}
-                                                           for i in top.tolist()]})
+    for start in range(0, len(args.images), args.batch_size):
+        paths = args.images[start:start + args.batch_size]
+        probs = label_probabilities(model, [load_image(p) for p in paths], weights)
+        for path, p in zip(paths, probs):
+            top = p.argsort(descending=True)[:args.top]
+            rows.append({"path": str(path), "labels": [{"label": classnames[i], "probability": float(p[i])}
+                                                       for i in top.tolist()]})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -266,14 +260,47 @@ def _cmd_search(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from .api import create_model
+    from .deploy import load_index
+    from importlib.util import find_spec
+    missing = [name for name, module in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"),
+                                         ("python-multipart", "python_multipart")) if find_spec(module) is None]
+    if missing:
+        raise UserError(f"mmfm serve needs {', '.join(missing)}: pip install 'mmfm[serve]'")
+    from .deploy.serve import build_app, run
+    index = load_index(args.index) if args.index else None     # validated before any model is built
+    if index is not None and args.precision != "fp32":
+        raise UserError(f"--index {args.index} holds fp32 embeddings (`mmfm embed`) and a query must be embedded by "
+                        f"the same weights: serve it with --precision fp32, or leave out --index")
+    if args.frozen is not None and not Path(args.frozen).is_dir():
+        raise UserError(f"--frozen {args.frozen} is not a folder: name a Frozen model folder (saved by training)")
+    if args.pretrained is None:
+        print(f"mmfm serve: warning: no --pretrained, {args.model} has random weights: its labels mean nothing",
+              file=sys.stderr)
+    model = create_model(args.model, pretrained=args.pretrained, device=args.device, precision=args.precision).eval()
+    frozen = None
+    if args.frozen is not None:
+        from .frozen import load_frozen
+        frozen = load_frozen(args.frozen, device=args.device)
+        if frozen[1] is None:
+            raise UserError(f"--frozen {args.frozen} has no tokenizer: save the model with its tokenizer")
+    name = args.model + (f" ({args.pretrained})" if args.pretrained else " (random weights)")
+    app = build_app(model, index=index, frozen=frozen, name=name, max_upload_bytes=args.max_upload_mb * 2**20,
+                    caption_options={"max_new_tokens": args.max_new_tokens})
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"mmfm serve: warning: --host {args.host}: anyone who can reach this machine can use the page",
+              file=sys.stderr)
+    print(f"mmfm serve: http://{args.host}:{args.port}/ (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    run(app, host=args.host, port=args.port)
+    return 0
+
+
 def _classify_labels(args) -> tuple[list[str], list[str]]:
     """(class names, prompt templates): --labels as their own prompts, or a dataset's classes and templates."""
     if args.labels is not None:
-        labels = [s.strip() for s in args.labels.split(",") if s.strip()]
-        if len(labels) < 2:
-            raise UserError(f"--labels {args.labels!r}: give at least two comma-separated labels, e.g. "
-                            f"--labels \"a cat,a dog\"")
-        return labels, ["{}"]
+        from .deploy.classify import parse_labels
+        return parse_labels(args.labels), ["{}"]
     from .eval.templates import CLASSNAMES, get_classnames, get_templates
     if args.classes.lower() in CLASSNAMES:
         return get_classnames(args.classes), get_templates(args.classes)
@@ -437,6 +464,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="folder for image_encoder.onnx and text_encoder.onnx")
     s.set_defaults(func=_cmd_export)
 
+    s = sub.add_parser("serve", help="a local web page: classify an uploaded image, search an index, caption")
+    s.add_argument("--model", required=True, help="registered model config (`mmfm models`)")
+    s.add_argument("--pretrained", default=None, help="checkpoint or identifier; without it the weights are random")
+    s.add_argument("--index", default=None, metavar="INDEX", help="index folder from `mmfm embed` (same model), "
+                                                                  "for search by text")
+    s.add_argument("--frozen", default=None, metavar="DIR", help="a saved Frozen model folder, for captions")
+    s.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32",
+                   help="the CLIP model's weights: bf16 or int8 for CPU inference, fp16 on a GPU (an index needs fp32)")
+    s.add_argument("--max-new-tokens", type=positive_int, default=20, help="most tokens per caption")
+    s.add_argument("--max-upload-mb", type=positive_int, default=10, help="largest image upload accepted")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    s.add_argument("--port", type=positive_int, default=8000, help="port to listen on")
+    s.add_argument("--device", default=None)
+    s.set_defaults(func=_cmd_serve)
+
     # Options of the data a command reads, and of every command: kept out of the sections above.
     sub.choices["eval"].add_argument(
         "--annotations", default=None, metavar="FILE",
@@ -447,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.formatter_class = HelpFormatter
         s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of an error (also: MMFM_DEBUG=1)")
-        if name in ("run", "eval", "caption", "vqa", "classify", "export", "embed", "search"):
+        if name in ("run", "eval", "caption", "vqa", "classify", "export", "embed", "search", "serve"):
             s.add_argument("--threads", type=positive_int, default=None, metavar="N",
                            help="CPU threads for PyTorch (intra- and inter-op); default: PyTorch's choice, "
                                 "one per core. Use fewer on a shared machine")
