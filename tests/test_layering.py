@@ -39,8 +39,6 @@ ALLOWED: dict[str, str] = {
     "mmfm.eval -> mmfm.adapt.lora": "evaluate() loads a LoRA adapter onto the model it is given",
     "mmfm.eval.few_shot -> mmfm.adapt": "imported for its side effect: registering adaptation methods",
     "mmfm.eval.registry -> mmfm.adapt": "imported for its side effect: registering the LoRA few-shot method",
-    # data -> eval: benchmark datasets carry CLIP's class names and prompt templates, which live in eval.
-    "mmfm.data.benchmarks -> mmfm.eval.templates": "benchmarks attach eval's class names and templates",
     # Public names kept where callers found them before the door moved up to mmfm.api: a lazy module
     # __getattr__, run only when an outside caller asks for that name; nothing inside mmfm uses them.
     "mmfm.models -> mmfm.api": "mmfm.models.create_model kept as a public name (lazy re-export)",

@@ -274,7 +274,7 @@ def _classify_labels(args) -> tuple[list[str], list[str]]:
             raise UserError(f"--labels {args.labels!r}: give at least two comma-separated labels, e.g. "
                             f"--labels \"a cat,a dog\"")
         return labels, ["{}"]
-    from .eval.templates import CLASSNAMES, get_classnames, get_templates
+    from .data.templates import CLASSNAMES, get_classnames, get_templates
     if args.classes.lower() in CLASSNAMES:
         return get_classnames(args.classes), get_templates(args.classes)
     if args.classes.lower() in ("shapes", "digits"):   # the embedded datasets: their primary task

@@ -10,7 +10,7 @@ import yaml
 
 from mmfm.eval import evaluate, get_protocol, protocol_precision, run_eval
 from mmfm.eval.registry import protocol_data_note
-from mmfm.eval.templates import CLASSNAMES, TEMPLATES, get_classnames, get_templates
+from mmfm.data.templates import CLASSNAMES, TEMPLATES, get_classnames, get_templates
 from mmfm.experiment import run_experiment
 
 SHAPES = {"size": 40, "image_size": 32}

@@ -15,9 +15,6 @@ from the modules with ``from mmfm.eval.zero_shot import build_zero_shot_classifi
 ``import mmfm.eval.zero_shot as m`` gives the function, not the module.
 
 ``run_eval`` is what the ``mmfm eval`` command calls.
-
-This package never imports :mod:`mmfm.data` at module level: :mod:`mmfm.data.benchmarks` imports
-:mod:`mmfm.eval.templates` while :mod:`mmfm.data` is being initialised.
 """
 from __future__ import annotations
 

@@ -103,7 +103,7 @@ def _protocol_args(p: Protocol, kind: EvalKind, dataset_name: str, task, args: d
         if p.probe_method == "clip_benchmark" and str(device).startswith("cuda"):
             out["amp"] = True                      # clip_benchmark trains its probe under fp16 autocast on GPU
     if kind.name == "zeroshot" and task is None:
-        from .templates import CLIP_BENCHMARK_CLASSNAMES
+        from ..data.templates import CLIP_BENCHMARK_CLASSNAMES
         if p.name == "clip_benchmark" and str(dataset_name).lower() in CLIP_BENCHMARK_CLASSNAMES:
             out["classnames"] = list(CLIP_BENCHMARK_CLASSNAMES[str(dataset_name).lower()])
     return {k: v for k, v in out.items() if k not in args}
