@@ -39,10 +39,6 @@ ALLOWED: dict[str, str] = {
     "mmfm.eval -> mmfm.adapt.lora": "evaluate() loads a LoRA adapter onto the model it is given",
     "mmfm.eval.few_shot -> mmfm.adapt": "imported for its side effect: registering adaptation methods",
     "mmfm.eval.registry -> mmfm.adapt": "imported for its side effect: registering the LoRA few-shot method",
-    # Public names kept where callers found them before the door moved up to mmfm.api: a lazy module
-    # __getattr__, run only when an outside caller asks for that name; nothing inside mmfm uses them.
-    "mmfm.models -> mmfm.api": "mmfm.models.create_model kept as a public name (lazy re-export)",
-    "mmfm.checkpoints -> mmfm.api": "mmfm.checkpoints.from_pretrained kept as a public name (lazy re-export)",
     # hybrid_from_clip / load_text_tower accept a checkpoint path and load it through the door.
     "mmfm.models.hybrid -> mmfm.api": "hybrid_from_clip(path) loads the CLIP checkpoint with create_model",
     # models.frozen builds its language model with frozen.lm (transformers + hub download checks).

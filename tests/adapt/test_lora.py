@@ -11,7 +11,8 @@ from mmfm.adapt import (LORA_PRESETS, apply_lora, export_merged, is_lora_model, 
                         merge_lora, merged_copy, save_lora, unload_lora, unmerge_lora)
 from mmfm.checkpoints import CheckpointError
 from mmfm.measure import count_parameters
-from mmfm.models import CLIP, CLIPConfig, TextConfig, build_model, create_model, get_model_config
+from mmfm.api import create_model
+from mmfm.models import CLIP, CLIPConfig, TextConfig, build_model, get_model_config
 
 
 def tiny(seed: int = 0) -> CLIP:

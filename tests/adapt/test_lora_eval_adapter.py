@@ -11,7 +11,7 @@ from mmfm.checkpoints import save_pretrained
 from mmfm.cli import main
 from mmfm.data import get_dataset
 from mmfm.eval import run_eval, zero_shot
-from mmfm.models import create_model
+from mmfm.api import create_model
 
 SMALL = {"size": 40, "image_size": 32}
 

@@ -37,7 +37,7 @@ def pixel_model() -> PixelModel:
 
 @pytest.fixture(scope="session")
 def tiny_clip():
-    from mmfm.models import create_model
+    from mmfm.api import create_model
     torch.manual_seed(0)
     return create_model("ViT-tiny-test").eval()
 
@@ -61,7 +61,7 @@ def transform32():
 def weights(tmp_path_factory):
     """A saved random ViT-tiny-test folder, for evaluations that load weights by path (`mmfm eval`/`mmfm run`)."""
     from mmfm.checkpoints import save_pretrained
-    from mmfm.models import create_model
+    from mmfm.api import create_model
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("w") / "tiny"
     save_pretrained(create_model("ViT-tiny-test"), path)

@@ -82,7 +82,7 @@ def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset:
     """Build the model and dataset(s) by name, run one evaluation, write its report.
 
     kind: ``zeroshot`` | ``linear-probe`` | ``fewshot`` | ``retrieval`` (``registry.ALIASES`` lists spellings).
-    model_name / pretrained: as ``mmfm.models.create_model`` (a config name and/or a checkpoint); without
+    model_name / pretrained: as ``mmfm.create_model`` (a config name and/or a checkpoint); without
         ``pretrained`` the model has random weights, which is warned about and recorded in the result.
     dataset / data_root: a registered dataset name (``mmfm.data.available_datasets()``) and the folder
         its files are in (omitted for the embedded ``shapes`` / ``digits``).
