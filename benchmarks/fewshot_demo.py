@@ -27,7 +27,7 @@ import torch
 
 from mmfm.data import ImageTextView, get_dataset
 from mmfm.data.transforms import image_transform
-from mmfm.eval import few_shot
+from mmfm.adapt import few_shot
 from mmfm.eval.plots import plot_few_shot_curves
 from mmfm.measure import track_memory
 from mmfm.models import CLIPConfig, TextConfig, VisionConfig, build_model

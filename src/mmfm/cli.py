@@ -63,7 +63,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .eval import run_eval
+    from .evaluate import run_eval
     result = run_eval(args.kind, model_name=args.model, pretrained=args.pretrained, dataset=args.dataset,
                       data_root=args.data_root, out_dir=args.out, batch_size=args.batch_size, device=args.device,
                       task=args.task, dataset_kwargs=_dataset_kwargs(args), adapter=args.adapter,
@@ -115,7 +115,7 @@ def _user_path(path: str, root: str | None) -> str:
     return str(Path(path).absolute()) if "{" not in path else path   # "{split}.csv" is resolved per split
 
 
-EVAL_CHOICES = ["zeroshot", "linear-probe", "fewshot", "retrieval"]   # = mmfm.eval.registry.cli_choices()
+EVAL_CHOICES = ["zeroshot", "linear-probe", "fewshot", "retrieval"]   # = mmfm.evaluate.cli_choices()
 EVAL_EPILOG = """datasets: {datasets}
 
 examples:

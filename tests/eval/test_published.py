@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import mmfm.api
-import mmfm.eval as mmfm_eval
+import mmfm.evaluate
 from mmfm.cli import main
 from mmfm.eval.published import PUBLISHED_FILE, compare_with_published, load_published, published_metrics
 
@@ -89,8 +89,8 @@ def _digits_as(name):
 def test_run_eval_shows_published_beside_reproduced(monkeypatch, tmp_path, tiny_clip):
     import mmfm.models
     monkeypatch.setattr(mmfm.api, "create_model", lambda *a, **k: tiny_clip)
-    monkeypatch.setattr(mmfm_eval, "_load_dataset", _digits_as("cifar10"))
-    r = mmfm_eval.run_eval("zeroshot", "ViT-B-32", "openai", "cifar10", out_dir=tmp_path, progress=False, device="cpu")
+    monkeypatch.setattr(mmfm.evaluate, "_load_dataset", _digits_as("cifar10"))
+    r = mmfm.evaluate.run_eval("zeroshot", "ViT-B-32", "openai", "cifar10", out_dir=tmp_path, progress=False, device="cpu")
     pub = r.config["published"]
     assert pub["model"] == "ViT-B-32" and pub["pretrained"] == "openai" and pub["dataset"] == "cifar10"
     (row,) = pub["rows"]
@@ -107,17 +107,17 @@ def test_no_published_comparison_for_other_weights(monkeypatch, tmp_path, tiny_c
     """A local checkpoint, an adapter or a split other than test are not the published weights/data."""
     import mmfm.models
     monkeypatch.setattr(mmfm.api, "create_model", lambda *a, **k: tiny_clip)
-    monkeypatch.setattr(mmfm_eval, "_load_dataset", _digits_as("cifar10"))
+    monkeypatch.setattr(mmfm.evaluate, "_load_dataset", _digits_as("cifar10"))
     ckpt = tmp_path / "openai"
     ckpt.mkdir()
-    r = mmfm_eval.run_eval("zeroshot", "ViT-B-32", str(ckpt), "cifar10", progress=False, device="cpu")
+    r = mmfm.evaluate.run_eval("zeroshot", "ViT-B-32", str(ckpt), "cifar10", progress=False, device="cpu")
     assert "published" not in r.config
-    r = mmfm_eval.run_eval("zeroshot", "ViT-B-32", "openai", "cifar10", test_split="val", progress=False, device="cpu")
+    r = mmfm.evaluate.run_eval("zeroshot", "ViT-B-32", "openai", "cifar10", test_split="val", progress=False, device="cpu")
     assert "published" not in r.config
     from mmfm.adapt import apply_lora, save_lora
     save_lora(apply_lora(copy.deepcopy(tiny_clip), "qv-r16"), tmp_path / "adapter")
     monkeypatch.setattr(mmfm.api, "create_model", lambda *a, **k: copy.deepcopy(tiny_clip))
-    r = mmfm_eval.run_eval("zeroshot", "ViT-B-32", "openai", "cifar10", adapter=tmp_path / "adapter", progress=False,
+    r = mmfm.evaluate.run_eval("zeroshot", "ViT-B-32", "openai", "cifar10", adapter=tmp_path / "adapter", progress=False,
                            device="cpu")
     assert "published" not in r.config and r.config["adapter"] == str(tmp_path / "adapter")
 

@@ -147,3 +147,20 @@ def loadable_pretrained() -> list[tuple[str, str, bool]]:
         for tag in open_clip.list_pretrained_tags_by_model(model):
             out.append((model, tag, _entry(model, tag) is not None))
     return out
+
+
+def published_comparison(result, model_name: str | None, pretrained: str | None, dataset: str, **settings):
+    """open_clip's published value beside ``result`` when the weights are a pretrained tag it has results
+    for (``MODEL`` + ``TAG``, or ``TAG/MODEL`` / ``MODEL/TAG``); never for a local checkpoint."""
+    if not pretrained or Path(str(pretrained)).expanduser().exists():
+        return None
+    pretrained = str(pretrained)
+    pairs = [(model_name, pretrained)] if model_name and "/" not in pretrained else []
+    if pretrained.count("/") == 1:
+        a, b = pretrained.split("/")
+        pairs += [(b, a), (a, b)]
+    for model, tag in pairs:
+        comp = compare_with_published(result, model, tag, dataset, **settings)
+        if comp:
+            return comp
+    return None

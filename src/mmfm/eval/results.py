@@ -236,7 +236,7 @@ class EvalResult:
         """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir``; returns the JSON path."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        stem = stem or _slug(f"{self.kind}_{self.model}_{self.dataset}" + (f"_{self.task}" if self.task else ""))
+        stem = stem or file_slug(f"{self.kind}_{self.model}_{self.dataset}" + (f"_{self.task}" if self.task else ""))
         path = out / f"{stem}.json"
         atomic_write_json(path, self.to_dict())
         atomic_write_text(out / f"{stem}.md", self.to_markdown())
@@ -383,6 +383,12 @@ def result_to_dict(r: EvalResult | Mapping[str, Any]) -> dict[str, Any]:
     return r.to_dict() if isinstance(r, EvalResult) else dict(r)
 
 
+def headline(result: EvalResult | Mapping[str, Any]) -> dict[str, float]:
+    """The headline numbers of a result (its type's ``headline()``), without the missing ones: the one
+    definition of the numbers that go into comparison tables."""
+    return {k: v for k, v in result_to_dict(result).get("headline", {}).items() if isinstance(v, (int, float))}
+
+
 def column_name(d: Mapping[str, Any], metric: str) -> str:
     ds = d["dataset"] + (f"/{d['task']}" if d.get("task") else "")
     return f"{ds} {_KIND_TITLES.get(d['kind'], d['kind']).lower()} {metric}"
@@ -508,7 +514,7 @@ def _markdown_table(columns: list[str], rows: dict[str, dict[str, Any]], fmt) ->
     return out
 
 
-def _slug(s: str) -> str:
+def file_slug(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s).strip("_")
 
 
