@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..report.tables import markdown_table
+
 PUBLISHED_FILE = Path(__file__).with_name("published.json")
 
 #: How clip_benchmark / DataComp spell the datasets -> mmfm's dataset names.
@@ -97,10 +99,10 @@ def comparison_markdown(comp: dict[str, Any]) -> str:
     """The published-vs-reproduced block of a result's markdown."""
     mine = ", ".join(f"{k.replace('_used', '')} {v}" for k, v in comp.items()
                      if k in ("protocol_used", "precision", "device"))
+    rows = [[r["metric"], _pct(r["published"], digits=2), _pct(r["reproduced"], digits=2),
+             _pct(r["difference"], True, digits=2)] for r in comp["rows"]]          # in %, as the metrics above
     lines = [f"Published ({comp['model']} {comp['pretrained']} on {comp['dataset']}; {comp['source']}):", "",
-             "| metric | published | reproduced | difference |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['metric']} | {_pct(r['published'], digits=2)} | {_pct(r['reproduced'], digits=2)} | "
-              f"{_pct(r['difference'], True, digits=2)} |" for r in comp["rows"]]   # in %, as the metrics above
+             markdown_table(["metric", "published", "reproduced", "difference"], rows, align="lrrr")]
     lines += ["", f"Published protocol: {comp['protocol']}" + (f" Reproduced here: {mine}." if mine else "")]
     return "\n".join(lines)
 
@@ -119,11 +121,9 @@ def published_table(model: str | None = None, pretrained: str | None = None) -> 
         raise ValueError(f"open_clip publishes no results for {model!r} among mmfm's models; models with results: "
                          f"{', '.join(known)} (`mmfm published MODEL` lists their tags)")
     head = ["model", "pretrained"] + ZEROSHOT_COLUMNS + [f"flickr30k {c}" for c in RETRIEVAL_COLUMNS]
-    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
-    for e in entries:
-        zs = [_pct(e.get("zeroshot", {}).get(d)) for d in ZEROSHOT_COLUMNS]
-        rt = [_pct(e.get("retrieval", {}).get("flickr30k", {}).get(c)) for c in RETRIEVAL_COLUMNS]
-        lines.append(f"| {e['model']} | {e['pretrained']} | " + " | ".join(zs + rt) + " |")
+    rows = [[e["model"], e["pretrained"]] + [_pct(e.get("zeroshot", {}).get(d)) for d in ZEROSHOT_COLUMNS]
+            + [_pct(e.get("retrieval", {}).get("flickr30k", {}).get(c)) for c in RETRIEVAL_COLUMNS] for e in entries]
+    lines = [markdown_table(head, rows, align="ll" + "r" * (len(head) - 2))]
     src, proto = doc["source"], doc["protocol"]
     lines += ["", "Zero-shot top-1 % (Flowers-102: mean per-class recall %); Flickr30k: recall@1 % of text->image "
                   "(t2i) and image->text (i2t) retrieval.",
