@@ -100,9 +100,9 @@ def evaluate(kind: str | EvalKind, model, test, train=None, val=None, *, label: 
         sweep, None = carve from train). ``args`` go to the evaluation function; unknown ones are an error
         naming the allowed ones. With ``out_dir`` the kind's PNG plots are written there.
     random_weights: the model is untrained: warn and record it in the result.
-    protocol: ``clip_paper`` (default) or ``clip_benchmark`` (:data:`PROTOCOLS`): the class names, the
-        linear-probe method (and its autocast on CUDA) it implies, unless ``args`` name them; recorded in
-        ``result.config["protocol"]``, with a note when the dataset's images are not the published ones.
+    protocol: ``clip_paper`` (default) or ``clip_benchmark`` (:data:`mmfm.eval.protocol.PROTOCOLS`): the class
+        names, the linear-probe method (and its autocast on CUDA) it implies, unless ``args`` name them; recorded
+        in ``result.config["protocol"]``, with a note when the dataset's images are not the published ones.
     """
     k = kind if isinstance(kind, EvalKind) else get_kind(kind)
     p = get_protocol(protocol)

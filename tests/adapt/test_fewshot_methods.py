@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 import mmfm
+from mmfm.adapt import few_shot
 from mmfm.adapt.fewshot import FEW_SHOT_METHODS
 from mmfm.adapt.fewshot.coop import PromptLearner
 from mmfm.adapt.fewshot.tip_adapter import search_alpha_beta, tip_logits
 from mmfm.data import ImageTextView, get_dataset
 from mmfm.data.transforms import image_transform
-from mmfm.adapt import few_shot
 from mmfm.models import CLIPConfig, TextConfig, VisionConfig, build_model
 from mmfm.train import TrainConfig, Trainer
 
