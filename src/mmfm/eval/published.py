@@ -5,9 +5,9 @@ open_clip publishes (``docs/openclip_results.csv`` and ``docs/openclip_retrieval
 commit the file names), with the protocol they were measured under (clip_benchmark; fp16 on GPU).
 Nothing here is computed: every value was read from that source.
 
-``mmfm published [MODEL [PRETRAINED]]`` prints the table; ``run_eval`` (``mmfm eval``) puts the
-published value, the reproduced one and their difference beside every evaluation of known weights
-on a known dataset (``result.config["published"]``, shown in the result's markdown).
+``mmfm published [MODEL [PRETRAINED]]`` prints the table; ``mmfm.evaluate.run_eval`` (``mmfm eval``)
+puts the published value, the reproduced one and their difference beside every evaluation of known
+weights on a known dataset (``result.config["published"]``, shown in the result's markdown).
 """
 from __future__ import annotations
 
