@@ -49,7 +49,8 @@ from mmfm.data import ImageTextView, get_dataset
 from mmfm.data.transforms import image_transform
 from mmfm.eval import linear_probe, retrieval, zero_shot
 from mmfm.measure import count_parameters
-from mmfm.models import CLIPConfig, TextConfig, VisionConfig, create_model
+from mmfm.api import create_model
+from mmfm.models import CLIPConfig, TextConfig, VisionConfig
 from mmfm.report import markdown_table
 from mmfm.tokenizer import get_tokenizer
 from mmfm.train import TrainConfig, Trainer

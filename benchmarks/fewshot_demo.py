@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
+from mmfm.adapt import few_shot
 from mmfm.data import ImageTextView, get_dataset
 from mmfm.data.transforms import image_transform
-from mmfm.eval import few_shot
 from mmfm.eval.plots import plot_few_shot_curves
 from mmfm.measure import track_memory
 from mmfm.models import CLIPConfig, TextConfig, VisionConfig, build_model

@@ -5,6 +5,8 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 # Under pytest-xdist every worker is a process of its own: with PyTorch's default of one thread per core,
 # two workers on two cores run four spinning OpenMP threads, which made some tests 30x slower under load.
@@ -53,3 +55,65 @@ def model_state():
     """``before = model_state(model)`` ... ``before.assert_same(model)``."""
     return ModelState
 
+
+# ---------------------------------------------------------------------------------------------
+# Tiny models and datasets for the evaluations: eval's own, adapt's few-shot evaluation and mmfm.evaluate's.
+class PixelModel(nn.Module):
+    """A fixed, training-free "image tower": features = 8x8 average-pooled pixels (192 dims),
+    embedding = a fixed random projection of them. Counts forward calls so tests can tell cache hits."""
+
+    def __init__(self, image_size: int = 32, embed_dim: int = 16, seed: int = 0):
+        super().__init__()
+        self.image_size = image_size
+        g = torch.Generator().manual_seed(seed)
+        self.proj = nn.Parameter(torch.randn(192, embed_dim, generator=g))
+        self.calls = 0
+
+    def image_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return F.adaptive_avg_pool2d(x, 8).flatten(1)
+
+    def encode_image(self, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        out = self.image_features(x) @ self.proj
+        return F.normalize(out, dim=-1) if normalize else out
+
+
+@pytest.fixture
+def pixel_model() -> PixelModel:
+    return PixelModel()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    from mmfm.api import create_model
+    torch.manual_seed(0)
+    return create_model("ViT-tiny-test").eval()
+
+
+@pytest.fixture(scope="session")
+def digits_splits():
+    from mmfm.data import Digits
+    return Digits("train"), Digits("val"), Digits("test")
+
+
+@pytest.fixture(scope="session")
+def shapes_small():
+    from mmfm.data import Shapes
+    return Shapes("test", size=48, image_size=32)
+
+
+@pytest.fixture(scope="session")
+def transform32():
+    from mmfm.data.transforms import image_transform
+    return image_transform(32)
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory):
+    """A saved random ViT-tiny-test folder, for evaluations that load weights by path (`mmfm eval`/`mmfm run`)."""
+    from mmfm.checkpoints import save_pretrained
+    from mmfm.api import create_model
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tiny"
+    save_pretrained(create_model("ViT-tiny-test"), path)
+    return str(path)

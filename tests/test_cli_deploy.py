@@ -11,7 +11,7 @@ import torch
 from mmfm.checkpoints import save_pretrained
 from mmfm.cli import main
 from mmfm.data.transforms import image_transform
-from mmfm.models import create_model
+from mmfm.api import create_model
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from mmfm.cli import main
 from mmfm.data import get_dataset
 from mmfm.data.transforms import image_transform
 from mmfm.deploy import load_index
-from mmfm.models import create_model
+from mmfm.api import create_model
 
 
 @pytest.fixture(scope="module")

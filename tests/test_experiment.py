@@ -282,7 +282,7 @@ def test_evaluations_during_training_belong_to_the_weights_of_their_step(tmp_pat
 
     from mmfm.data import get_dataset
     from mmfm.eval import zero_shot
-    from mmfm.models import create_model
+    from mmfm.api import create_model
     cfg = json.loads(json.dumps(TINY))
     cfg["models"][0]["train"].update({"max_steps": 6, "lr": 1e-2, "eval_every": 2, "ckpt_every": 2, "keep_last": 10})
     cfg["eval_during_training"] = [{"kind": "zeroshot", "task": "color", "dataset": "val"}]

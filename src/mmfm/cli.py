@@ -63,7 +63,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .eval import run_eval
+    from .evaluate import run_eval
     result = run_eval(args.kind, model_name=args.model, pretrained=args.pretrained, dataset=args.dataset,
                       data_root=args.data_root, out_dir=args.out, batch_size=args.batch_size, device=args.device,
                       task=args.task, dataset_kwargs=_dataset_kwargs(args), adapter=args.adapter,
@@ -115,7 +115,7 @@ def _user_path(path: str, root: str | None) -> str:
     return str(Path(path).absolute()) if "{" not in path else path   # "{split}.csv" is resolved per split
 
 
-EVAL_CHOICES = ["zeroshot", "linear-probe", "fewshot", "retrieval"]   # = mmfm.eval.registry.cli_choices()
+EVAL_CHOICES = ["zeroshot", "linear-probe", "fewshot", "retrieval"]   # = mmfm.evaluate.cli_choices()
 EVAL_EPILOG = """datasets: {datasets}
 
 examples:
@@ -301,7 +301,7 @@ def _classify_labels(args) -> tuple[list[str], list[str]]:
     if args.labels is not None:
         from .deploy.classify import parse_labels
         return parse_labels(args.labels), ["{}"]
-    from .eval.templates import CLASSNAMES, get_classnames, get_templates
+    from .data.templates import CLASSNAMES, get_classnames, get_templates
     if args.classes.lower() in CLASSNAMES:
         return get_classnames(args.classes), get_templates(args.classes)
     if args.classes.lower() in ("shapes", "digits"):   # the embedded datasets: their primary task

@@ -208,8 +208,8 @@ def _val_dataset(spec: EvalSpec, datasets: dict, data_specs: dict[str, DatasetSp
 def run_eval_spec(spec: EvalSpec, model, datasets: dict, label: str, out_dir: Path, device, num_workers: int = 0,
                   progress: bool = True, data_specs: dict[str, DatasetSpec] | None = None,
                   random_weights: bool = False):
-    """One configured evaluation, through the same :func:`mmfm.eval.evaluate` as `mmfm eval`."""
-    from .eval import evaluate, get_kind
+    """One configured evaluation, through the same :func:`mmfm.evaluate.evaluate` as `mmfm eval`."""
+    from .evaluate import evaluate, get_kind
     kind = get_kind(spec.kind)
     keys = (spec.dataset,) + ((spec.train_dataset,) if kind.needs_train else ()) + \
         ((spec.val_dataset,) if kind.name == "linear_probe" and spec.val_dataset not in (None, "auto") else ())

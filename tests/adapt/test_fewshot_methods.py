@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 import mmfm
-from mmfm.adapt.fewshot import METHODS
+from mmfm.adapt import few_shot
+from mmfm.adapt.fewshot import FEW_SHOT_METHODS
 from mmfm.adapt.fewshot.coop import PromptLearner
 from mmfm.adapt.fewshot.tip_adapter import search_alpha_beta, tip_logits
 from mmfm.data import ImageTextView, get_dataset
 from mmfm.data.transforms import image_transform
-from mmfm.eval import few_shot
 from mmfm.models import CLIPConfig, TextConfig, VisionConfig, build_model
 from mmfm.train import TrainConfig, Trainer
 
@@ -126,7 +126,8 @@ def test_every_method_beats_zero_shot_on_classes_it_gets_wrong_and_repeats(base,
 
 
 def test_registered_names():
-    assert set(METHODS) == {"zero_shot", "coop", "clip_adapter", "tip_adapter", "tip_adapter_f"}
-    from mmfm.eval.few_shot import FEW_SHOT_METHODS
-    assert set(METHODS) <= set(FEW_SHOT_METHODS)
-    assert mmfm.adapt.fewshot.METHODS is METHODS
+    """Every built-in method is in the one registry from the start: no import has to run for its side effect."""
+    assert {"zero_shot", "linear_probe", "nearest_centroid", "lora", "coop", "clip_adapter", "tip_adapter",
+            "tip_adapter_f"} <= set(FEW_SHOT_METHODS)
+    assert mmfm.adapt.FEW_SHOT_METHODS is FEW_SHOT_METHODS
+    assert FEW_SHOT_METHODS["lora"] is mmfm.adapt.lora_few_shot

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mmfm.adapt import apply_lora, lit
-from mmfm.models import create_model
+from mmfm.api import create_model
 from mmfm.models.hybrid import hybrid_from_clip
 
 

@@ -11,7 +11,8 @@ from mmfm.adapt import (LORA_PRESETS, apply_lora, export_merged, is_lora_model, 
                         merge_lora, merged_copy, save_lora, unload_lora, unmerge_lora)
 from mmfm.checkpoints import CheckpointError
 from mmfm.measure import count_parameters
-from mmfm.models import CLIP, CLIPConfig, TextConfig, build_model, create_model, get_model_config
+from mmfm.api import create_model
+from mmfm.models import CLIP, CLIPConfig, TextConfig, build_model, get_model_config
 
 
 def tiny(seed: int = 0) -> CLIP:
@@ -201,7 +202,7 @@ def test_loading_onto_the_wrong_base_is_a_clear_error_and_changes_nothing(tmp_pa
 
 def test_few_shot_lora_method_adapts_a_copy():
     from mmfm.data import get_dataset
-    from mmfm.eval import FEW_SHOT_METHODS, few_shot
+    from mmfm.adapt import FEW_SHOT_METHODS, few_shot
     from mmfm.eval.features import model_fingerprint
     assert "lora" in FEW_SHOT_METHODS
     model = tiny()

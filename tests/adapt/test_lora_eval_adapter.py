@@ -10,8 +10,9 @@ from mmfm.adapt import apply_lora, save_lora
 from mmfm.checkpoints import save_pretrained
 from mmfm.cli import main
 from mmfm.data import get_dataset
-from mmfm.eval import run_eval, zero_shot
-from mmfm.models import create_model
+from mmfm.eval import zero_shot
+from mmfm.evaluate import run_eval
+from mmfm.api import create_model
 
 SMALL = {"size": 40, "image_size": 32}
 

@@ -17,7 +17,7 @@ import torch
 
 from mmfm.adapt import LORA_PRESETS, apply_lora, load_lora, save_lora
 from mmfm.checkpoints import CheckpointError, export_hf
-from mmfm.models import create_model
+from mmfm.api import create_model
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

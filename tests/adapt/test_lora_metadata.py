@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from mmfm.adapt import apply_lora, is_lora_model, load_lora, lora_parameters, save_lora
 from mmfm.adapt.lora import ADAPTER_WEIGHTS
 from mmfm.checkpoints import CheckpointError
-from mmfm.models import create_model
+from mmfm.api import create_model
 
 
 def tiny(seed: int = 0):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mmfm.adapt import apply_lora, lora_parameters, sweep_table, wise_ft, wise_ft_sweep, zero_shot_metric
-from mmfm.models import create_model
+from mmfm.api import create_model
 
 
 def tiny(seed: int) -> torch.nn.Module:

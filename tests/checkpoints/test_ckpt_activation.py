@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 from mmfm.checkpoints import CheckpointError, save_pretrained
 from mmfm.checkpoints.openclip import infer_config
 from mmfm.checkpoints.validate import expected_shapes
-from mmfm.models import CLIPConfig, TextConfig, VisionConfig, create_model, get_model_config, list_models
+from mmfm.api import create_model
+from mmfm.models import CLIPConfig, TextConfig, VisionConfig, get_model_config, list_models
 from mmfm.models.registry import register_model
 
 # A small architecture that OpenAI's inference rules reproduce exactly (64-wide heads, argmax pooling).

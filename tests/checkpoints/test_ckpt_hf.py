@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mmfm.checkpoints import CheckpointError, export_hf
-from mmfm.models import CLIPConfig, TextConfig, VisionConfig, create_model, get_model_config
+from mmfm.api import create_model
+from mmfm.models import CLIPConfig, TextConfig, VisionConfig, get_model_config
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 100

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from mmfm.checkpoints import CheckpointError, export_hf, hub, to_openclip_config, to_openclip_state_dict
-from mmfm.models import create_model, get_model_config
+from mmfm.api import create_model
+from mmfm.models import get_model_config
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from mmfm.checkpoints import CheckpointError, load_state_dict_file, load_state_dict_strict, save_pretrained
-from mmfm.models import create_model
+from mmfm.api import create_model
 
 
 class _Trap:

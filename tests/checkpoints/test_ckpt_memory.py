@@ -19,7 +19,7 @@ import torch
 
 from mmfm.checkpoints import CheckpointError, load_state_dict_file
 from mmfm.checkpoints.hf import export_hf
-from mmfm.models import create_model
+from mmfm.api import create_model
 
 HUGE = 2 ** 23   # a ViT width: one q projection is 2**46 floats (256 TB), beyond any machine
 BOMB_NUMEL = 2 ** 26   # 256 MB of float zeros, deflated to ~250 KB
@@ -170,7 +170,7 @@ def test_deflated_records_that_inflate_are_refused_before_reading(kind, tmp_path
 
 _MEASURE = r"""
 import json, sys, torch
-from mmfm.models import create_model
+from mmfm.api import create_model
 
 def peak_mb():
     return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) // 1024

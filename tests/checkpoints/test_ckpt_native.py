@@ -7,9 +7,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from mmfm.checkpoints import from_pretrained, save_pretrained
+from mmfm.api import create_model, from_pretrained
+from mmfm.checkpoints import save_pretrained
 from mmfm.checkpoints.io import tensors_for_saving
-from mmfm.models import create_model, get_model_config
+from mmfm.models import get_model_config
 
 
 def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:

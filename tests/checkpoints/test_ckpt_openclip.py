@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 
 from mmfm.checkpoints import CheckpointError, load_state_dict_file, to_openclip_config, to_openclip_state_dict
 from mmfm.checkpoints.openclip import infer_config, openclip_to_mmfm
-from mmfm.models import CLIPConfig, TextConfig, VisionConfig, create_model, get_model_config
+from mmfm.api import create_model
+from mmfm.models import CLIPConfig, TextConfig, VisionConfig, get_model_config
 
 EMBED = 24
 VOCAB = 100

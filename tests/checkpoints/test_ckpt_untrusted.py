@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 
 from mmfm.checkpoints import CheckpointError, load_state_dict_file, save_pretrained
 from mmfm.checkpoints.hf import config_to_hf, export_hf
-from mmfm.models import create_model, get_model_config
+from mmfm.api import create_model
+from mmfm.models import get_model_config
 
 
 def _set(root: dict, dotted: str, value) -> dict:

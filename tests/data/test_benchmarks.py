@@ -8,7 +8,7 @@ import pytest
 
 from mmfm.data import benchmarks as B
 from mmfm.data.base import MultimodalDataset
-from mmfm.eval import templates as T
+from mmfm.data import templates as T
 
 
 def _jpg(path, color=(255, 0, 0), size=(12, 10)):

@@ -77,7 +77,7 @@ def ret_root(tmp_path_factory, shapes) -> Path:
 
 @pytest.fixture(scope="module")
 def model():
-    from mmfm.models import create_model
+    from mmfm.api import create_model
     torch.manual_seed(0)
     return create_model("ViT-tiny-test").eval()
 

@@ -94,7 +94,7 @@ def test_cc3m_tsv_with_header_and_local_paths(tmp_path):
 def test_retrieval_on_fake_flickr(flickr_root):
     import torch
     from mmfm.eval import retrieval
-    from mmfm.models import create_model
+    from mmfm.api import create_model
     torch.manual_seed(0)
     r = retrieval(create_model("ViT-tiny-test"), Flickr30k(flickr_root, split="test"), progress=False)
     assert r.num_images == 2 and r.num_texts == 10

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mmfm.adapt import apply_lora, load_lora, save_lora
-from mmfm.checkpoints import from_pretrained, save_pretrained
+from mmfm.api import create_model, from_pretrained
+from mmfm.checkpoints import save_pretrained
 from mmfm.eval import FeatureCache, extract_image_features, model_fingerprint, zero_shot
-from mmfm.models import create_model
 from mmfm.train import TrainConfig, Trainer
 
 

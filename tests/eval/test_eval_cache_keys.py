@@ -14,7 +14,8 @@ import torch
 from mmfm.adapt import apply_lora, merge_lora, unload_lora, unmerge_lora
 from mmfm.eval import FeatureCache, extract_image_features, model_fingerprint
 from mmfm.eval.zero_shot import build_zero_shot_classifier
-from mmfm.models import create_model, get_model_config
+from mmfm.api import create_model
+from mmfm.models import get_model_config
 
 
 def gelu_and_quickgelu():

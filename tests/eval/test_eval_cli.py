@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mmfm.eval import run_eval
+from mmfm.evaluate import run_eval
 
 SMALL = {"size": 40, "image_size": 32}
 

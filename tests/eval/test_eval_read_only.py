@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mmfm.adapt  # noqa: F401  (registers the "lora" few-shot method)
-from mmfm.eval import encode_texts, extract_image_features, few_shot, linear_probe, model_fingerprint, retrieval, zero_shot
-from mmfm.models import create_model
+from mmfm.adapt import few_shot
+from mmfm.eval import encode_texts, extract_image_features, linear_probe, model_fingerprint, retrieval, zero_shot
+from mmfm.api import create_model
 
 CALLS = {
     "fingerprint": lambda m, d: model_fingerprint(m),

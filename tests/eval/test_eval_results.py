@@ -89,9 +89,9 @@ def test_report_lays_models_side_by_side(tmp_path):
     assert table["rows"]["model-A"]["digits few-shot 1-shot"] == pytest.approx(0.5)
     assert "digits few-shot 1-shot" not in table["rows"]["model-B"]   # not evaluated: empty cell
     md = md_path.read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| model |"))
+    header = next(line for line in md.splitlines() if line.startswith("|") and line.split("|")[1].strip() == "model")
     assert "cifar10 zero-shot top1" in header and "flickr30k retrieval i2t_R@1" in header
-    row_a = next(line for line in md.splitlines() if line.startswith("| model-A |"))
+    row_a = next(line for line in md.splitlines() if line.startswith("|") and line.split("|")[1].strip() == "model-A")
     assert "75.00" in row_a and "50.00" in row_a           # zero-shot, few-shot
     assert "Throughput and memory" in md and "50.0" in md    # 100 images / 2 s
     # Results reloaded from JSON merge into a new report.
@@ -100,6 +100,22 @@ def test_report_lays_models_side_by_side(tmp_path):
     assert comparison_table(merged)["rows"] == table["rows"]
     write_report(merged + [results[0]], tmp_path / "merged")
     assert "peak RSS (MiB)" in md and "MiB" in results[0].to_markdown() and " MB" not in md
+
+
+def test_every_table_of_a_report_comes_from_the_one_writer(tmp_path):
+    """Comparison, throughput, per-result and per-class tables are all report.markdown_table's: padded columns,
+    so within each table every line has the same width (hand-written rows had not)."""
+    _, md_path = write_report(_results(), tmp_path)
+    tables, block = [], []
+    for line in md_path.read_text().splitlines() + [""]:
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            tables.append(block)
+            block = []
+    assert len(tables) >= 5
+    for table in tables:
+        assert len({len(line) for line in table}) == 1, table
 
 
 def test_report_is_replaced_atomically(tmp_path, monkeypatch):

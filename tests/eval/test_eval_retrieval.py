@@ -143,7 +143,7 @@ def test_retrieval_reports_mean_matched_cosine_and_example_png(tmp_path):
     from mmfm.data import get_dataset
     from mmfm.data.pipeline import all_captions
     from mmfm.eval import retrieval
-    from mmfm.models import create_model
+    from mmfm.api import create_model
     torch.manual_seed(0)
     model = create_model("ViT-tiny-test").eval()
     ds = get_dataset("shapes", split="test", size=12, image_size=32)
@@ -183,7 +183,7 @@ def test_example_png_marks_a_caption_with_the_right_text_as_right_and_has_a_lege
     real_plot, real_save = plots.plot_retrieval_examples, plots._save
     monkeypatch.setattr(plots, "plot_retrieval_examples", lambda ex, *a, **k: seen.append(ex) or real_plot(ex, *a, **k))
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or real_save(fig, path))
-    from mmfm.models import create_model
+    from mmfm.api import create_model
     torch.manual_seed(0)
     model = create_model("ViT-tiny-test").eval()
     retrieval(model, Twins(), progress=False, out_dir=tmp_path)

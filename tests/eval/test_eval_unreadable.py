@@ -2,7 +2,8 @@
 import pytest
 
 from mmfm.data import ImageLoadError, Shapes
-from mmfm.eval import extract_image_features, few_shot, linear_probe, retrieval, zero_shot
+from mmfm.adapt import few_shot
+from mmfm.eval import extract_image_features, linear_probe, retrieval, zero_shot
 
 BAD = {3, 7}
 

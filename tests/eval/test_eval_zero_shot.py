@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mmfm.eval import FeatureCache, build_zero_shot_classifier, zero_shot
-from mmfm.models import CLIPConfig, TextConfig, VisionConfig, create_model
+from mmfm.api import create_model
+from mmfm.models import CLIPConfig, TextConfig, VisionConfig
 
 open_clip = pytest.importorskip("open_clip")
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 import yaml
 
-from mmfm.eval import evaluate, get_protocol, protocol_precision, run_eval
-from mmfm.eval.registry import protocol_data_note
-from mmfm.eval.templates import CLASSNAMES, TEMPLATES, get_classnames, get_templates
+from mmfm.data.templates import CLASSNAMES, TEMPLATES, get_classnames, get_templates
+from mmfm.eval import get_protocol, protocol_precision
+from mmfm.eval.protocol import protocol_data_note
+from mmfm.evaluate import evaluate, run_eval
 from mmfm.experiment import run_experiment
 
 SHAPES = {"size": 40, "image_size": 32}
@@ -120,10 +121,10 @@ def test_cli_protocol_option(tmp_path, weights, capsys):
 @pytest.mark.parametrize("protocol", ["clip_paper", "clip_benchmark"])
 def test_published_comparison_names_the_protocol_used(monkeypatch, tmp_path, tiny_clip, protocol):
     import mmfm.api
-    import mmfm.eval as mmfm_eval
+    import mmfm.evaluate
     from mmfm.data import get_dataset
     monkeypatch.setattr(mmfm.api, "create_model", lambda *a, **k: tiny_clip)
-    monkeypatch.setattr(mmfm_eval, "_load_dataset",          # digits standing in for CIFAR-10 (no download)
+    monkeypatch.setattr(mmfm.evaluate, "_load_dataset",          # digits standing in for CIFAR-10 (no download)
                         lambda dataset, root, split, kw: get_dataset("digits", split=split, image_size=32))
     r = run_eval("zeroshot", "ViT-B-32", "openai", "cifar10", out_dir=tmp_path, progress=False, device="cpu",
                  protocol=protocol)

@@ -8,7 +8,7 @@ import torch
 import mmfm
 from mmfm.checkpoints import save_pretrained
 from mmfm.cli import main
-from mmfm.models import create_model
+from mmfm.api import create_model
 
 ort = pytest.importorskip("onnxruntime")
 

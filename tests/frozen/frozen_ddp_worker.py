@@ -10,7 +10,7 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
-from mmfm.models import create_model
+from mmfm.api import create_model
 from mmfm.train import TrainConfig, Trainer
 from mmfm.train.distributed import init_distributed
 from mmfm.train.objectives import split_batch

@@ -75,7 +75,7 @@ def test_vision_init_copies_a_clip_image_tower_and_rejects_another_shape(tiny_co
 
     from mmfm.checkpoints import save_pretrained
     from mmfm.frozen.demo import _init_vision
-    from mmfm.models import create_model
+    from mmfm.api import create_model
     from mmfm.models.frozen import FrozenModel
     clip = create_model("RN-tiny-test")
     save_pretrained(clip, tmp_path / "clip")

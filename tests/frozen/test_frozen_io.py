@@ -25,7 +25,7 @@ def test_save_load_round_trip(tiny_model, tokenizer, tmp_path):
     for (n, p), (_, q) in zip(tiny_model.lm.named_parameters(), loaded.lm.named_parameters()):
         assert torch.equal(p, q), n
     # The generic loader reads it too.
-    from mmfm.checkpoints import from_pretrained
+    from mmfm.api import from_pretrained
     generic = from_pretrained(tmp_path / "model")
     torch.testing.assert_close(generic.eval().embed_images(x), tiny_model.embed_images(x))
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmfm.models import ConfigError, build_model, create_model, get_model_config, list_models
+from mmfm.api import create_model
+from mmfm.models import ConfigError, build_model, get_model_config, list_models
 from mmfm.models.frozen import IGNORE_INDEX, FrozenConfig, FrozenModel
 from mmfm.models.registry import config_from_dict
 

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from mmfm.models import (ConfigError, build_model, create_model, get_model_config, list_models, register_model_file)
+from mmfm.api import create_model
+from mmfm.models import (ConfigError, build_model, get_model_config, list_models, register_model_file)
 from mmfm.measure import count_parameters
 
 

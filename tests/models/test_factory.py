@@ -7,7 +7,7 @@ import pytest
 
 import mmfm.models.factory as factory
 from mmfm.checkpoints import CheckpointError, save_pretrained
-from mmfm.models import create_model
+from mmfm.api import create_model
 
 
 @pytest.fixture

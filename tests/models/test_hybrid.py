@@ -6,9 +6,10 @@ import urllib.error
 import pytest
 import torch
 
-from mmfm.checkpoints import from_pretrained, save_pretrained
+from mmfm.api import create_model, from_pretrained
+from mmfm.checkpoints import save_pretrained
 from mmfm.measure import count_parameters
-from mmfm.models import CLIP, ConfigError, build_model, config_from_dict, create_model, get_model_config
+from mmfm.models import CLIP, ConfigError, build_model, config_from_dict, get_model_config
 from mmfm.models.hybrid import HybridCLIP, HybridConfig, HybridVisionConfig, hybrid_from_clip, load_text_tower
 
 

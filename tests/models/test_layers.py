@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from mmfm.models import create_model
+from mmfm.api import create_model
 from mmfm.models import layers
 
 

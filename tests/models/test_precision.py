@@ -21,7 +21,8 @@ from mmfm.data import Digits, Shapes
 from mmfm.data.transforms import image_transform
 from mmfm.eval import zero_shot
 from mmfm.eval.zero_shot import fill_templates, resolve_task
-from mmfm.models import create_model, layers, precision
+from mmfm.api import create_model
+from mmfm.models import layers, precision
 
 TASKS = {"shapes": "color", "digits": None}
 

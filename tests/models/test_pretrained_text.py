@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmfm.checkpoints import from_pretrained, save_pretrained
+from mmfm.api import from_pretrained
+from mmfm.checkpoints import save_pretrained
 from mmfm.measure import count_parameters
 from mmfm.models import build_model, config_from_dict
 from mmfm.models.hybrid import HybridConfig, HybridVisionConfig

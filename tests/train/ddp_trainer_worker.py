@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 
 from mmfm.data import collate_skip_none
-from mmfm.models import create_model
+from mmfm.api import create_model
 from mmfm.train import TrainConfig, Trainer
 from mmfm.train.distributed import init_distributed
 

@@ -4,7 +4,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from mmfm.models import create_model
+from mmfm.api import create_model
 from mmfm.train.objectives import ContrastiveObjective, split_batch
 
 

@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from mmfm.models import create_model
+from mmfm.api import create_model
 from mmfm.train import TrainConfig, Trainer
 from mmfm.train.checkpointing import (TRAINING_KEYS, latest_valid_checkpoint, list_checkpoints, prune_checkpoints,
                                       save_checkpoint)

@@ -150,7 +150,7 @@ class Pairs(torch.utils.data.Dataset):
 
 
 def _fit_tiny(out, steps):
-    from mmfm.models import create_model
+    from mmfm.api import create_model
     from mmfm.train import TrainConfig, Trainer
     torch.manual_seed(0)
     cfg = TrainConfig(max_steps=steps, batch_size=4, ckpt_every=1, keep_last=2, progress=False, tensorboard=False)

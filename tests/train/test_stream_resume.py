@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmfm.data import Shapes, ShardDataset, write_shards
-from mmfm.models import create_model
+from mmfm.api import create_model
 from mmfm.train import TrainConfig, Trainer
 from mmfm.train.checkpointing import latest_valid_checkpoint
 

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from mmfm.models import create_model
+from mmfm.api import create_model
 from mmfm.train import TrainConfig, Trainer
 
 

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from mmfm.adapt import apply_lora, load_lora, merge_lora, save_lora, unload_lora, unmerge_lora, wise_ft
-from mmfm.models import create_model, get_model_config
+from mmfm.api import create_model
+from mmfm.models import get_model_config
 from mmfm.util.weights import Stamp, architecture_key, meta_copy, version
 
 
@@ -108,7 +109,7 @@ _FINGERPRINT_SCRIPT = """
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from mmfm.eval import model_fingerprint
-from mmfm.models import create_model
+from mmfm.api import create_model
 torch.manual_seed(0)
 model = create_model("ViT-tiny-test")
 # A list of targets, as PEFT-format adapters carry it: PEFT turns it into a set (order varies by hash seed).

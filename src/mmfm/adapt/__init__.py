@@ -6,18 +6,22 @@
     save_lora(model, "runs/lora/adapter")                         # PEFT's format, adapter weights only
     export_merged(model, "runs/lora/merged", format="hf")         # a plain HF CLIPModel directory
 
-Few-shot: ``mmfm.eval.few_shot(model, train, test, method="lora")`` once this package is imported
-(or ``method=lora_few_shot``). Locked towers: :func:`lit` and :func:`hybrid_from_clip` (from
-:mod:`mmfm.models.hybrid`).
+Few-shot: ``few_shot(model, train, test, method="lora")`` runs every (k, seed) episode of one of
+the registered methods (:data:`FEW_SHOT_METHODS`: linear_probe, nearest_centroid, zero_shot, lora,
+coop, clip_adapter, tip_adapter, tip_adapter_f; :mod:`mmfm.adapt.fewshot`). Locked towers: :func:`lit`
+and :func:`hybrid_from_clip` (from :mod:`mmfm.models.hybrid`).
+
+This package sits above :mod:`mmfm.eval`: its methods reuse eval's feature extraction, zero-shot head
+and k-shot draw, and eval never imports it.
 """
 from ..models.hybrid import HybridCLIP, HybridConfig, hybrid_from_clip, lit
 from .lora import (LORA_PRESETS, LoraPreset, apply_lora, config_fingerprint, export_merged, is_lora_model,
                    load_lora, lora_few_shot, lora_parameters, merge_lora, merged_copy, save_lora, unload_lora,
                    unmerge_lora)
 from .wise_ft import sweep_table, wise_ft, wise_ft_sweep, zero_shot_metric
-from . import fewshot  # noqa: E402,F401  registers coop, clip_adapter, tip_adapter(_f), zero_shot
+from .fewshot import FEW_SHOT_METHODS, few_shot, register_few_shot_method
 
-__all__ = ["LORA_PRESETS", "LoraPreset", "apply_lora", "config_fingerprint", "export_merged", "is_lora_model",
-           "load_lora", "lora_few_shot", "lora_parameters", "merge_lora", "merged_copy", "save_lora", "unload_lora",
+__all__ = ["FEW_SHOT_METHODS", "few_shot", "register_few_shot_method", "LORA_PRESETS", "LoraPreset", "apply_lora",
+           "config_fingerprint", "export_merged", "is_lora_model", "load_lora", "lora_few_shot", "lora_parameters", "merge_lora", "merged_copy", "save_lora", "unload_lora",
            "unmerge_lora", "sweep_table", "wise_ft", "wise_ft_sweep", "zero_shot_metric", "HybridCLIP",
            "HybridConfig", "hybrid_from_clip", "lit"]

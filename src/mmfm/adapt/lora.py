@@ -539,7 +539,7 @@ def load_lora(model: nn.Module, directory: str | Path, adapter_name: str = DEFAU
 
 
 # ---------------------------------------------------------------------------------------------
-# Few-shot classification with LoRA (a method for mmfm.eval.few_shot)
+# Few-shot classification with LoRA (the "lora" method of mmfm.adapt.fewshot)
 def _task_templates(dataset, attribute: str | None) -> list[str]:
     tasks = dataset.zero_shot_tasks() if hasattr(dataset, "zero_shot_tasks") else {}
     for task in tasks.values():
@@ -556,7 +556,7 @@ def _class_text_features(model: nn.Module, tokens: torch.Tensor, num_classes: in
 
 
 def lora_few_shot(episode) -> dict[str, Any]:
-    """Few-shot method for ``mmfm.eval.few_shot(..., method=lora_few_shot)`` (registered as ``"lora"``).
+    """Few-shot method ``"lora"`` of ``mmfm.adapt.few_shot(..., method="lora")`` (:mod:`mmfm.adapt.fewshot`).
 
     Fine-tunes a LoRA'd copy of ``episode.model`` on the k-shot images with the class prompts
     ("a photo of a {class}"), then classifies the test set zero-shot with the adapted model.
@@ -626,10 +626,3 @@ def lora_few_shot(episode) -> dict[str, Any]:
             "extra": {"final_loss": float(loss.detach()), "train_s": train_s, "objective": objective, "preset": preset,
                       "trainable_params": int(sum(p.numel() for p in params))}}
 
-
-def _register_few_shot() -> None:
-    from ..eval.few_shot import register_few_shot_method
-    register_few_shot_method("lora", lora_few_shot, overwrite=True)
-
-
-_register_few_shot()

@@ -27,7 +27,7 @@ from .native import is_native_dir, read_native_dir, save_pretrained
 from .openclip import config_from_openclip, infer_config, openclip_to_mmfm, to_openclip_config, to_openclip_state_dict
 from .validate import CheckpointError, check_shapes, expected_shapes, load_state_dict_strict
 
-__all__ = ["load_pretrained", "save_pretrained", "from_pretrained", "export_hf", "to_openclip_state_dict",
+__all__ = ["load_pretrained", "save_pretrained", "export_hf", "to_openclip_state_dict",
            "to_openclip_config", "CheckpointError", "load_state_dict_strict", "load_state_dict_file"]
 
 logger = logging.getLogger("mmfm.checkpoints")
@@ -174,11 +174,3 @@ def load_pretrained(pretrained: str | os.PathLike, model_name: str | None = None
                       f"'-quickgelu' model name or set quick_gelu)", stacklevel=2)
     return config, sd
 
-
-def __getattr__(name: str):
-    # ``mmfm.checkpoints.from_pretrained`` was public before the door moved above checkpoints (mmfm.api);
-    # kept for callers outside the package, resolved on first use so checkpoints never imports it at load.
-    if name == "from_pretrained":
-        from ..api import from_pretrained
-        return from_pretrained
-    raise AttributeError(f"module 'mmfm.checkpoints' has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 CIFAR-10/100, Food-101, Flowers-102, DTD and EuroSAT, read from a local folder in each dataset's
 official layout (the one torchvision downloads and reads; torchvision's classes do the reading), with
-CLIP's class names and prompt templates (:mod:`mmfm.eval.templates`) attached so that zero-shot
+CLIP's class names and prompt templates (:mod:`mmfm.data.templates`) attached so that zero-shot
 evaluation works out of the box.
 
 Nothing is downloaded unless asked (``download=True``). When files are missing, a
@@ -28,7 +28,7 @@ Samples carry no captions (``captions == []``): label-only data, for which the d
 caption from the templates and the class name when one is needed.
 
 Importing this module must not import :mod:`mmfm.data` (it is imported *by* it); the templates come
-from :mod:`mmfm.eval.templates`, whose package never imports :mod:`mmfm.data` at module level.
+from its sibling :mod:`mmfm.data.templates`, which imports nothing.
 """
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 from torchvision import datasets as tv_datasets  # already loaded with torchvision itself
+
+from .templates import EUROSAT_FOLDER_TO_CLASSNAME, FLOWERS102_CLASSNAMES, get_templates, prettify_classname
 
 from .base import MultimodalDataset, Sample
 
@@ -134,12 +136,10 @@ class _Flowers102PresenceOnly(tv_datasets.Flowers102):
 
 
 def _templates(name: str) -> list[str]:
-    from ..eval.templates import get_templates
     return get_templates(name)
 
 
 def _pretty(names: Sequence[str]) -> list[str]:
-    from ..eval.templates import prettify_classname
     return [prettify_classname(n) for n in names]
 
 
@@ -187,7 +187,6 @@ def food101(root: str | Path, split: str = "test", download: bool = False) -> To
 def flowers102(root: str | Path, split: str = "test", download: bool = False,
                verify_checksums: bool = False) -> TorchvisionClassification:
     """Oxford Flowers-102 (1,020 train / 1,020 val / 6,149 test); CLIP reports mean per-class accuracy."""
-    from ..eval.templates import FLOWERS102_CLASSNAMES
     _check_split(split, ("train", "val", "test"), "flowers102")
     root = Path(root).expanduser()
     if download:
@@ -237,7 +236,6 @@ def eurosat_split_indices(targets: Sequence[int], split: str, seed: int = 0,
 def eurosat(root: str | Path, split: str = "test", download: bool = False, seed: int = 0,
             fractions: Sequence[float] = EUROSAT_FRACTIONS) -> TorchvisionClassification:
     """EuroSAT RGB (27,000 64x64 satellite images, 10 land-use classes), split by :func:`eurosat_split_indices`."""
-    from ..eval.templates import EUROSAT_FOLDER_TO_CLASSNAME, prettify_classname
     _check_split(split, ("train", "val", "test"), "eurosat")
     root = Path(root).expanduser()
     if download:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .features import FeatureCache, FeatureKind, extract_image_features
-from .results import ClassificationMetrics, LinearProbeResult, PerfStats, _slug, skipped_names
+from .results import ClassificationMetrics, LinearProbeResult, PerfStats, file_slug, skipped_names
 
 C_RANGE = (1e-6, 1e6)
 
@@ -262,7 +262,7 @@ def linear_probe(model: nn.Module, train_dataset, test_dataset, *, val_dataset=N
     if method not in PROBE_METHODS:
         raise ValueError(f"linear-probe method {method!r} is not one of {PROBE_METHODS}")
     features = features or ("embedding" if method == "clip_benchmark" else "pre_projection")
-    attribute, classnames, task_name = _task_labels(train_dataset, task)
+    attribute, classnames, task_name = task_labels(train_dataset, task)
     kw = dict(kind=features, attribute=attribute, batch_size=batch_size, num_workers=num_workers, device=device,
               transform=transform, cache=cache, progress=progress)
     name = getattr(train_dataset, "name", type(train_dataset).__name__)
@@ -304,7 +304,7 @@ def linear_probe(model: nn.Module, train_dataset, test_dataset, *, val_dataset=N
                 "skipped_images": skipped_names(tr, te, va)})
     if out_dir is not None:
         from .plots import plot_c_sweep, plot_confusion_matrix
-        stem = _slug(f"{result.model}_{result.dataset}" + (f"_{task_name}" if task_name else ""))
+        stem = file_slug(f"{result.model}_{result.dataset}" + (f"_{task_name}" if task_name else ""))
         if method == "clip_paper":
             result.plots["c_sweep"] = str(plot_c_sweep(sweep, Path(out_dir) / f"c_sweep_{stem}.png", best_c))
         result.plots["confusion_matrix"] = str(plot_confusion_matrix(
@@ -313,7 +313,7 @@ def linear_probe(model: nn.Module, train_dataset, test_dataset, *, val_dataset=N
     return result
 
 
-def _task_labels(dataset, task: str | None) -> tuple[str | None, list[str] | None, str | None]:
+def task_labels(dataset, task: str | None) -> tuple[str | None, list[str] | None, str | None]:
     """(attribute, classnames, task name) for the label a probe should predict; the task name is
     None for the primary label (results name only attribute tasks, like zero-shot)."""
     if task is None:

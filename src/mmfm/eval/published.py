@@ -5,9 +5,9 @@ open_clip publishes (``docs/openclip_results.csv`` and ``docs/openclip_retrieval
 commit the file names), with the protocol they were measured under (clip_benchmark; fp16 on GPU).
 Nothing here is computed: every value was read from that source.
 
-``mmfm published [MODEL [PRETRAINED]]`` prints the table; ``run_eval`` (``mmfm eval``) puts the
-published value, the reproduced one and their difference beside every evaluation of known weights
-on a known dataset (``result.config["published"]``, shown in the result's markdown).
+``mmfm published [MODEL [PRETRAINED]]`` prints the table; ``mmfm.evaluate.run_eval`` (``mmfm eval``)
+puts the published value, the reproduced one and their difference beside every evaluation of known
+weights on a known dataset (``result.config["published"]``, shown in the result's markdown).
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import functools
 import json
 from pathlib import Path
 from typing import Any
+
+from ..report.tables import markdown_table
 
 PUBLISHED_FILE = Path(__file__).with_name("published.json")
 
@@ -97,10 +99,10 @@ def comparison_markdown(comp: dict[str, Any]) -> str:
     """The published-vs-reproduced block of a result's markdown."""
     mine = ", ".join(f"{k.replace('_used', '')} {v}" for k, v in comp.items()
                      if k in ("protocol_used", "precision", "device"))
+    rows = [[r["metric"], _pct(r["published"], digits=2), _pct(r["reproduced"], digits=2),
+             _pct(r["difference"], True, digits=2)] for r in comp["rows"]]          # in %, as the metrics above
     lines = [f"Published ({comp['model']} {comp['pretrained']} on {comp['dataset']}; {comp['source']}):", "",
-             "| metric | published | reproduced | difference |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['metric']} | {_pct(r['published'], digits=2)} | {_pct(r['reproduced'], digits=2)} | "
-              f"{_pct(r['difference'], True, digits=2)} |" for r in comp["rows"]]   # in %, as the metrics above
+             markdown_table(["metric", "published", "reproduced", "difference"], rows, align="lrrr")]
     lines += ["", f"Published protocol: {comp['protocol']}" + (f" Reproduced here: {mine}." if mine else "")]
     return "\n".join(lines)
 
@@ -119,11 +121,9 @@ def published_table(model: str | None = None, pretrained: str | None = None) -> 
         raise ValueError(f"open_clip publishes no results for {model!r} among mmfm's models; models with results: "
                          f"{', '.join(known)} (`mmfm published MODEL` lists their tags)")
     head = ["model", "pretrained"] + ZEROSHOT_COLUMNS + [f"flickr30k {c}" for c in RETRIEVAL_COLUMNS]
-    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
-    for e in entries:
-        zs = [_pct(e.get("zeroshot", {}).get(d)) for d in ZEROSHOT_COLUMNS]
-        rt = [_pct(e.get("retrieval", {}).get("flickr30k", {}).get(c)) for c in RETRIEVAL_COLUMNS]
-        lines.append(f"| {e['model']} | {e['pretrained']} | " + " | ".join(zs + rt) + " |")
+    rows = [[e["model"], e["pretrained"]] + [_pct(e.get("zeroshot", {}).get(d)) for d in ZEROSHOT_COLUMNS]
+            + [_pct(e.get("retrieval", {}).get("flickr30k", {}).get(c)) for c in RETRIEVAL_COLUMNS] for e in entries]
+    lines = [markdown_table(head, rows, align="ll" + "r" * (len(head) - 2))]
     src, proto = doc["source"], doc["protocol"]
     lines += ["", "Zero-shot top-1 % (Flowers-102: mean per-class recall %); Flickr30k: recall@1 % of text->image "
                   "(t2i) and image->text (i2t) retrieval.",
@@ -147,3 +147,20 @@ def loadable_pretrained() -> list[tuple[str, str, bool]]:
         for tag in open_clip.list_pretrained_tags_by_model(model):
             out.append((model, tag, _entry(model, tag) is not None))
     return out
+
+
+def published_comparison(result, model_name: str | None, pretrained: str | None, dataset: str, **settings):
+    """open_clip's published value beside ``result`` when the weights are a pretrained tag it has results
+    for (``MODEL`` + ``TAG``, or ``TAG/MODEL`` / ``MODEL/TAG``); never for a local checkpoint."""
+    if not pretrained or Path(str(pretrained)).expanduser().exists():
+        return None
+    pretrained = str(pretrained)
+    pairs = [(model_name, pretrained)] if model_name and "/" not in pretrained else []
+    if pretrained.count("/") == 1:
+        a, b = pretrained.split("/")
+        pairs += [(b, a), (a, b)]
+    for model, tag in pairs:
+        comp = compare_with_published(result, model, tag, dataset, **settings)
+        if comp:
+            return comp
+    return None

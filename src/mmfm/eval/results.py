@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..report.tables import is_fraction_metric
+from ..report.tables import is_fraction_metric, markdown_table
 from ..util.atomic import atomic_write_json, atomic_write_text
 
 
@@ -166,11 +166,10 @@ class ClassificationMetrics:
         return d
 
     def per_class_markdown(self, limit: int = 200) -> str:
-        rows = ["| class | accuracy | support |", "|---|---:|---:|"]
         support = self.confusion.sum(axis=1)
-        for name, acc, s in list(zip(self.classnames, self.per_class, support))[:limit]:
-            rows.append(f"| {name} | {_pct(acc)} | {int(s)} |")
-        return "\n".join(rows)
+        rows = [[str(name), _pct(acc), str(int(s))]
+                for name, acc, s in list(zip(self.classnames, self.per_class, support))[:limit]]
+        return markdown_table(["class", "accuracy", "support"], rows, align="lrr")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,9 +211,8 @@ class EvalResult:
         if self.config.get("random_weights"):
             lines += ["**Warning: random weights** (no pretrained checkpoint, no training): these numbers describe "
                       "an untrained model.", ""]
-        lines += ["| metric | value |", "|---|---:|"]
-        for k, v in self.headline().items():
-            lines.append(f"| {k} | {_fmt_metric(k, v)} |")
+        lines.append(markdown_table(["metric", "value"], [[k, _fmt_metric(k, v)] for k, v in self.headline().items()],
+                                    align="lr"))
         skipped = self.config.get("skipped_images") or []
         if skipped:
             more = " ..." if len(skipped) > 20 else ""
@@ -236,7 +234,7 @@ class EvalResult:
         """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir``; returns the JSON path."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        stem = stem or _slug(f"{self.kind}_{self.model}_{self.dataset}" + (f"_{self.task}" if self.task else ""))
+        stem = stem or file_slug(f"{self.kind}_{self.model}_{self.dataset}" + (f"_{self.task}" if self.task else ""))
         path = out / f"{stem}.json"
         atomic_write_json(path, self.to_dict())
         atomic_write_text(out / f"{stem}.md", self.to_markdown())
@@ -294,14 +292,13 @@ class LinearProbeResult(EvalResult):
 
     def _markdown_extra(self):
         if self.sweep and "weight_decay" in self.sweep[0]:    # clip_benchmark's probe sweeps AdamW's weight decay
-            rows = ["| weight decay | val accuracy |", "|---:|---:|"] + \
-                   [f"| {s['weight_decay']:.3g} | {_pct(s['val_accuracy'])} |" for s in self.sweep]
+            table = markdown_table(["weight decay", "val accuracy"],
+                                   [[f"{s['weight_decay']:.3g}", _pct(s["val_accuracy"])] for s in self.sweep], align="rr")
             return f"Weight-decay sweep (best = {self.config.get('weight_decay', float('nan')):.3g}; " \
-                   f"refit on {self.num_train}+{self.num_val} samples):\n\n" + "\n".join(rows)
-        rows = ["| C | val accuracy |", "|---:|---:|"] + \
-               [f"| {s['C']:.3g} | {_pct(s['val_accuracy'])} |" for s in self.sweep]
-        return f"C sweep (best C = {self.best_c:.3g}; refit on {self.num_train}+{self.num_val} samples):\n\n" + \
-            "\n".join(rows)
+                   f"refit on {self.num_train}+{self.num_val} samples):\n\n" + table
+        table = markdown_table(["C", "val accuracy"], [[f"{s['C']:.3g}", _pct(s["val_accuracy"])] for s in self.sweep],
+                               align="rr")
+        return f"C sweep (best C = {self.best_c:.3g}; refit on {self.num_train}+{self.num_val} samples):\n\n" + table
 
 
 @dataclass
@@ -324,10 +321,10 @@ class FewShotResult(EvalResult):
                 "plots": self.plots}
 
     def _markdown_extra(self):
-        rows = ["| shots | accuracy (mean ± std) | seeds |", "|---:|---:|---:|"]
-        for k, v in sorted(self.per_shot.items()):
-            rows.append(f"| {k} | {_pct(v['mean'])} ± {100 * v['std']:.2f} | {len(v['accuracies'])} |")
-        return f"Method: `{self.method}`\n\n" + "\n".join(rows)
+        rows = [[str(k), f"{_pct(v['mean'])} ± {100 * v['std']:.2f}", str(len(v["accuracies"]))]
+                for k, v in sorted(self.per_shot.items())]
+        return f"Method: `{self.method}`\n\n" + markdown_table(["shots", "accuracy (mean ± std)", "seeds"], rows,
+                                                                 align="rrr")
 
 
 @dataclass
@@ -383,6 +380,12 @@ def result_to_dict(r: EvalResult | Mapping[str, Any]) -> dict[str, Any]:
     return r.to_dict() if isinstance(r, EvalResult) else dict(r)
 
 
+def headline(result: EvalResult | Mapping[str, Any]) -> dict[str, float]:
+    """The headline numbers of a result (its type's ``headline()``), without the missing ones: the one
+    definition of the numbers that go into comparison tables."""
+    return {k: v for k, v in result_to_dict(result).get("headline", {}).items() if isinstance(v, (int, float))}
+
+
 def column_name(d: Mapping[str, Any], metric: str) -> str:
     ds = d["dataset"] + (f"/{d['task']}" if d.get("task") else "")
     return f"{ds} {_KIND_TITLES.get(d['kind'], d['kind']).lower()} {metric}"
@@ -423,19 +426,16 @@ def write_report(results: Sequence[EvalResult | Mapping[str, Any]], out_dir: str
     atomic_write_json(json_path, {"results": dicts, "table": table})
 
     lines = [f"# {title}", ""]
-    lines += _markdown_table(table["columns"], table["rows"], fmt=_fmt_metric_col)
+    if table["columns"]:
+        lines += ["Accuracies and recalls in %.", "",
+                  markdown_table(["model"] + table["columns"],
+                                 [[model] + [_fmt_metric_col(c, row.get(c)) for c in table["columns"]]
+                                  for model, row in table["rows"].items()], align="l" + "r" * len(table["columns"]))]
+    else:
+        lines.append("(no results)")
     perf = [d for d in dicts if d.get("perf")]
     if perf:
-        lines += ["", "## Throughput and memory", "",
-                  "| model | dataset | evaluation | images/s | model images/s | batch latency (ms, mean) | peak RSS (MiB) | peak CUDA (MiB) | device |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---|"]
-        for d in perf:
-            p = d["perf"]
-            lat = p.get("batch_latency_ms") or {}
-            lines.append(f"| {d['model']} | {d['dataset']}{'/' + d['task'] if d.get('task') else ''} | {d['kind']} | "
-                         f"{_num(p.get('items_per_s'))} | {_num(p.get('model_items_per_s'))} | {_num(lat.get('mean'))} | "
-                         f"{_num(p.get('peak_rss_mb'))} | {_num(p.get('peak_cuda_mb'))} | {p.get('device')}"
-                         + (" (cached)" if p.get("cached") else "") + " |")
+        lines += ["", "## Throughput and memory", "", _throughput_table(perf)]
     lines += ["", "## Details", ""]
     for r, d in zip(results, dicts):
         if isinstance(r, EvalResult):
@@ -446,6 +446,19 @@ def write_report(results: Sequence[EvalResult | Mapping[str, Any]], out_dir: str
     md_path = out / "results.md"
     atomic_write_text(md_path, "\n".join(lines) + "\n")
     return json_path, md_path
+
+
+def _throughput_table(dicts: Sequence[Mapping[str, Any]]) -> str:
+    rows = []
+    for d in dicts:
+        p = d["perf"]
+        lat = p.get("batch_latency_ms") or {}
+        rows.append([d["model"], d["dataset"] + ("/" + d["task"] if d.get("task") else ""), d["kind"],
+                     _num(p.get("items_per_s")), _num(p.get("model_items_per_s")), _num(lat.get("mean")),
+                     _num(p.get("peak_rss_mb")), _num(p.get("peak_cuda_mb")),
+                     f"{p.get('device')}" + (" (cached)" if p.get("cached") else "")])
+    return markdown_table(["model", "dataset", "evaluation", "images/s", "model images/s", "batch latency (ms, mean)",
+                           "peak RSS (MiB)", "peak CUDA (MiB)", "device"], rows, align="lllrrrrrl")
 
 
 def load_results(path: str | Path) -> list[dict[str, Any]]:
@@ -498,17 +511,7 @@ def _fmt_metric_col(col: str, v) -> str:
     return _fmt_metric(col.rsplit(" ", 1)[-1], v)
 
 
-def _markdown_table(columns: list[str], rows: dict[str, dict[str, Any]], fmt) -> list[str]:
-    if not columns:
-        return ["(no results)"]
-    out = ["Accuracies and recalls in %.", "",
-           "| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-    for model, row in rows.items():
-        out.append(f"| {model} | " + " | ".join(fmt(c, row.get(c)) for c in columns) + " |")
-    return out
-
-
-def _slug(s: str) -> str:
+def file_slug(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s).strip("_")
 
 

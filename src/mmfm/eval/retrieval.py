@@ -130,7 +130,7 @@ def retrieval(model: nn.Module, dataset, *, ks: Sequence[int] = (1, 5, 10), ties
     ``num_examples`` images with their top-3 retrieved captions and cosine similarities.
     """
     from ..data.pipeline import all_captions
-    from .results import _slug
+    from .results import file_slug
     from .zero_shot import model_label
     device = torch.device(device) if device is not None else model_device(model)
     captions, owner = all_captions(dataset)
@@ -171,7 +171,7 @@ def retrieval(model: nn.Module, dataset, *, ks: Sequence[int] = (1, 5, 10), ties
             examples.append((dataset.get_sample(image_ids[i]).image,
                              [(captions[j], float(v), captions[j] in truth)
                               for v, j in zip(top.values[i].tolist(), top.indices[i].tolist())]))
-        plot_retrieval_examples(examples, Path(out_dir) / f"retrieval_{_slug(getattr(dataset, 'name', 'data'))}.png",
+        plot_retrieval_examples(examples, Path(out_dir) / f"retrieval_{file_slug(getattr(dataset, 'name', 'data'))}.png",
                                 title=f"{model_label(model, model_name)}: top captions per image")
     return RetrievalResult(
         model=model_label(model, model_name), dataset=getattr(dataset, "name", type(dataset).__name__),

@@ -21,7 +21,7 @@ from torch import nn
 from .features import (FeatureCache, cache_key, encode_texts, extract_image_features, get_cache, get_text_tokenizer,
                        model_device, model_fingerprint)
 from .results import skipped_names
-from .results import ClassificationMetrics, ZeroShotResult, _slug
+from .results import ClassificationMetrics, ZeroShotResult, file_slug
 
 Template = str | Callable[[str], str]
 
@@ -150,7 +150,7 @@ def zero_shot(model: nn.Module, dataset, *, task=None, classnames: Sequence[str]
                 "classifier_s": classifier_s, "batch_size": batch_size})
     if out_dir is not None:
         from .plots import plot_confusion_matrix
-        stem = _slug("_".join(p for p in (result.model, result.dataset, result.task) if p))   # no "None" part
+        stem = file_slug("_".join(p for p in (result.model, result.dataset, result.task) if p))   # no "None" part
         path = Path(out_dir) / f"confusion_{stem}.png"
         plot_confusion_matrix(metrics.confusion, metrics.classnames, path, title=result.title)
         result.plots["confusion_matrix"] = str(path)

@@ -12,16 +12,8 @@ from . import frozen  # noqa: E402  registers the Frozen family (transformers is
 from .hybrid import HybridCLIP, HybridConfig, hybrid_from_clip, lit  # noqa: E402
 from .pretrained_text import PretrainedTextConfig, PretrainedTextTower  # noqa: E402
 
-__all__ = ["CLIP", "CLIPConfig", "ConfigError", "TextConfig", "VisionConfig", "build_model", "create_model",
+__all__ = ["CLIP", "CLIPConfig", "ConfigError", "TextConfig", "VisionConfig", "build_model",
            "register_builder", "ModifiedResNet", "config_from_dict", "get_model_config", "list_models",
            "register_config_class", "register_model", "register_model_file", "TextTransformer", "VisionTransformer", "HybridCLIP", "HybridConfig",
            "hybrid_from_clip", "lit", "PretrainedTextConfig", "PretrainedTextTower"]
 
-
-def __getattr__(name: str):
-    # ``mmfm.models.create_model`` stays a public name, but the door lives above models and checkpoints
-    # (mmfm.api); resolved on first use, so importing models never imports checkpoints.
-    if name == "create_model":
-        from ..api import create_model
-        return create_model
-    raise AttributeError(f"module 'mmfm.models' has no attribute {name!r}")

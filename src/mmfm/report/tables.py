@@ -1,4 +1,4 @@
-"""Plain-text/markdown tables: the one renderer used by the CLI, run reports and benchmarks."""
+"""Plain-text/markdown tables: the one writer used by the CLI, evaluation results, run reports and benchmarks."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -25,11 +25,18 @@ def is_fraction_metric(name: str) -> bool:
     return "rank" not in name and name != "best_C"
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
+    """The one markdown table writer: cells through :func:`fmt` (strings as given), columns padded to one
+    width so the text reads as a table too. ``align``: one letter per column, ``l`` (default) or ``r``
+    (numbers: right-aligned, ``---:`` in the separator)."""
+    align = align or "l" * len(headers)
+    if len(align) != len(headers) or set(align) - {"l", "r"}:
+        raise ValueError(f"align must be one 'l' or 'r' per column ({len(headers)}), got {align!r}")
     cells = [[fmt(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = lambda xs: "| " + " | ".join(x.ljust(w) for x, w in zip(xs, widths)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    just = lambda x, w, a: x.rjust(w) if a == "r" else x.ljust(w)   # noqa: E731
+    line = lambda xs: "| " + " | ".join(just(x, w, a) for x, w, a in zip(xs, widths, align)) + " |"   # noqa: E731
+    sep = "|" + "|".join("-" * (w + 1) + ":" if a == "r" else "-" * (w + 2) for w, a in zip(widths, align)) + "|"
     return "\n".join([line(list(headers)), sep] + [line(r) for r in cells])
 
 

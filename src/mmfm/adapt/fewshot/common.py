@@ -16,6 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...eval.features import FeatureSet, extract_image_features
+from ...eval.few_shot import sample_k_shot
+from ...eval.zero_shot import build_zero_shot_classifier
+
 #: CLIP's logit scale as the adapter papers write their formulas: OpenAI's CLIP learns exp(s) = 100.
 CLIP_SCALE = 100.0
 
@@ -37,8 +41,7 @@ class EpisodeFeatures:
     classifier: torch.Tensor     # [D, C] zero-shot text classifier (unit columns)
 
 
-def _embeddings(episode, dataset) -> "FeatureSet":  # noqa: F821
-    from ...eval.features import extract_image_features
+def _embeddings(episode, dataset) -> FeatureSet:
     return extract_image_features(episode.model, dataset, kind="embedding", attribute=episode.attribute,
                                   batch_size=episode.batch_size, num_workers=episode.num_workers,
                                   device=episode.device, transform=episode.transform, progress=False)
@@ -47,14 +50,12 @@ def _embeddings(episode, dataset) -> "FeatureSet":  # noqa: F821
 def validation_indices(labels: np.ndarray, exclude: np.ndarray, k: int, seed: int) -> np.ndarray:
     """CoOp's few-shot validation set: ``min(k, 4)`` examples per class, drawn with the episode's seed from
     the training split without the k-shot training examples."""
-    from ...eval.few_shot import sample_k_shot
     masked = labels.copy()
     masked[exclude] = -1
     return sample_k_shot(masked, min(k, 4), seed + 10_000)
 
 
 def episode_features(episode) -> EpisodeFeatures:
-    from ...eval.zero_shot import build_zero_shot_classifier
     train_all = _embeddings(episode, episode.train_dataset)
     test = _embeddings(episode, episode.test_dataset)
     labels = train_all.labels.numpy()

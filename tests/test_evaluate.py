@@ -6,8 +6,10 @@ import PIL.Image
 import pytest
 import yaml
 
-from mmfm.eval import KINDS, evaluate, get_kind, headline, official_val_split, run_eval
+from mmfm.adapt import few_shot
+from mmfm.eval import headline, linear_probe, official_val_split, retrieval, zero_shot
 from mmfm.eval.results import RESULT_CLASSES
+from mmfm.evaluate import KINDS, cli_choices, evaluate, get_kind, run_eval
 from mmfm.experiment import run_experiment
 
 SHAPES = {"size": 40, "image_size": 32}
@@ -90,8 +92,10 @@ def test_benchmark_linear_probe_uses_the_official_val_split_both_ways(tmp_path, 
 
 def test_registry_names_function_result_type_and_spellings():
     assert set(KINDS) == set(RESULT_CLASSES)
+    assert {name: kind.function for name, kind in KINDS.items()} == {
+        "zeroshot": zero_shot, "linear_probe": linear_probe, "fewshot": few_shot, "retrieval": retrieval}
     for name, kind in KINDS.items():
-        assert kind.result_type is RESULT_CLASSES[name] and kind.function.__name__ == kind.module
+        assert kind.result_type is RESULT_CLASSES[name]
         for spelling in kind.cli_names:
             assert get_kind(spelling) is kind
     with pytest.raises(ValueError, match="unknown evaluation 'captioning'"):
@@ -135,5 +139,15 @@ def test_eval_help_lists_datasets_and_an_example(capsys):
 
 def test_cli_eval_choices_are_the_registrys():
     from mmfm.cli import EVAL_CHOICES
-    from mmfm.eval.registry import cli_choices
     assert EVAL_CHOICES == cli_choices()
+
+
+def test_eval_works_without_adapt_which_sits_above_it():
+    """eval never imports adapt (not even for a side effect): the few-shot evaluation and its methods
+    live in adapt, the table of kinds above both."""
+    import subprocess
+    import sys
+    code = ("import sys, mmfm.eval; from mmfm.eval import zero_shot, linear_probe, retrieval; "
+            "print(sorted(m for m in ('mmfm.adapt', 'mmfm.evaluate') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
