@@ -30,7 +30,7 @@ def served(tmp_path_factory, tokenizer, lm_config, lm_dir):
     from mmfm.cli import main
     from mmfm.data import get_dataset
     from mmfm.frozen.io import save_frozen
-    from mmfm.models import create_model
+    from mmfm.api import create_model
     from mmfm.models.frozen import FrozenConfig, FrozenModel
     root = tmp_path_factory.mktemp("serve")
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ LABELS = ["a red circle", "a blue square", "a green star"]
 def loaded(served):
     """The models as `mmfm serve` loads them: from their folders."""
     from mmfm.frozen import load_frozen
-    from mmfm.models import create_model
+    from mmfm.api import create_model
     return (create_model("ViT-tiny-test", pretrained=str(served.clip)).eval(), load_index(served.index),
             load_frozen(served.frozen))
 
@@ -147,7 +147,7 @@ def test_the_page_escapes_the_model_name(loaded):
 
 
 def test_an_index_built_by_another_model_is_refused(served, loaded, capsys):
-    from mmfm.models import create_model
+    from mmfm.api import create_model
     with pytest.raises(UserError, match="not by the model being served"):
         build_app(create_model("ViT-tiny-test").eval(), index=loaded[1])
     # The command refuses it in one line before it listens (random weights: another model).
@@ -195,7 +195,7 @@ def test_every_refusal_has_the_same_one_line_shape(client):
 
 
 def test_a_low_precision_model_classifies_and_an_fp32_index_is_refused_with_it(served, capsys):
-    from mmfm.models import create_model
+    from mmfm.api import create_model
     int8 = create_model("ViT-tiny-test", pretrained=str(served.clip), precision="int8").eval()
     got = TestClient(build_app(int8)).post("/api/classify", files=_upload(served.images[0]),
                                            data={"labels": ", ".join(LABELS)})
