@@ -9,7 +9,8 @@ import torch
 from mmfm.checkpoints import from_pretrained, save_pretrained
 from mmfm.measure import count_parameters
 from mmfm.models import CLIP, ConfigError, build_model, config_from_dict, create_model, get_model_config
-from mmfm.models.hybrid import HybridCLIP, HybridConfig, HybridVisionConfig, hybrid_from_clip, load_text_tower
+from mmfm.api import hybrid_from_clip   # a CLIP model or a checkpoint path (the door reads it)
+from mmfm.models.hybrid import HybridCLIP, HybridConfig, HybridVisionConfig, load_text_tower
 
 
 def tiny_hybrid(seed: int = 0) -> HybridCLIP:

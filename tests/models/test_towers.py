@@ -75,9 +75,9 @@ def _trainable(model: nn.Module) -> str:
     return _digest(" ".join(n for n, p in model.named_parameters() if p.requires_grad).encode())
 
 
-def _bn_training(model: nn.Module) -> str:
-    return _digest(" ".join(n for n, m in model.named_modules()
-                            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training).encode())
+def _modes(model: nn.Module) -> str:
+    """Which modules are in training mode (BatchNorm freezing; a pretrained encoder handed over in eval)."""
+    return _digest(" ".join(n for n, m in model.named_modules() if m.training).encode())
 
 
 def _inputs(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +98,7 @@ def _full(model: nn.Module) -> dict[str, object]:
     values = "\n".join(f"{k}:{_tensor_digest(v)}" for k, v in model.state_dict().items())
     rec: dict[str, object] = {"values": _digest(values.encode()),
                               "rng_after_build": _tensor_digest(torch.rand(8)),
-                              "trainable": _trainable(model)}
+                              "trainable": _trainable(model), "modes": _modes(model)}
     model.eval()
     images, ids = _inputs(model)
     with torch.no_grad():
@@ -114,12 +114,13 @@ def _full(model: nn.Module) -> dict[str, object]:
         locks = {}
         for n in (0, 1, 2, 3, 100):
             model.lock_image_tower(n)
+            after_lock = _modes(model)
             model.train()
-            locks[str(n)] = [_trainable(model), _bn_training(model)]
+            locks[str(n)] = [_trainable(model), after_lock, _modes(model)]
         locks["text"] = []
         for n in (0, 1, 100):
             model.lock_text_tower(n)
-            locks["text"].append(_trainable(model))
+            locks["text"].append([_trainable(model), _modes(model)])
         rec["locks"] = locks
     return rec
 

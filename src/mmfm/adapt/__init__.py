@@ -10,7 +10,8 @@ Few-shot: ``mmfm.eval.few_shot(model, train, test, method="lora")`` once this pa
 (or ``method=lora_few_shot``). Locked towers: :func:`lit` and :func:`hybrid_from_clip` (from
 :mod:`mmfm.models.hybrid`).
 """
-from ..models.hybrid import HybridCLIP, HybridConfig, hybrid_from_clip, lit
+from ..api import hybrid_from_clip   # takes a CLIP model or a checkpoint path
+from ..models.hybrid import HybridCLIP, HybridConfig, lit
 from .lora import (LORA_PRESETS, LoraPreset, apply_lora, config_fingerprint, export_merged, is_lora_model,
                    load_lora, lora_few_shot, lora_parameters, merge_lora, merged_copy, save_lora, unload_lora,
                    unmerge_lora)

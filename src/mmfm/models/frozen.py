@@ -19,22 +19,24 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..util.weights import track_loads
-from .config import ConfigError, VisionConfig
+from .config import ConfigError, ModelConfig, VisionConfig
 from .factory import register_builder
 from .registry import register_config_class, register_model
+from .torchvision_tower import TorchvisionEncoder
+from .towers import build_image_tower
 
 IGNORE_INDEX = -100   # label value cross-entropy skips: visual prefix, prompt and padding positions
 
 
 @dataclass
-class FrozenConfig:
+class FrozenConfig(ModelConfig):
     """Frozen = vision encoder + linear map to ``prefix_length`` LM embeddings + a frozen causal LM.
 
     vision: a torchvision classification model name (``"resnet50"``, as in the paper, trained from
@@ -62,6 +64,8 @@ class FrozenConfig:
     tokenizer: str | None = None
     context_length: int = 32
     family: Literal["frozen"] = "frozen"
+
+    NESTED: ClassVar[dict[str, Any]] = {"vision": VisionConfig}
 
     def __post_init__(self):
         if isinstance(self.vision, dict):
@@ -100,65 +104,16 @@ class FrozenConfig:
             d["vision"]["layers"] = list(d["vision"]["layers"])
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FrozenConfig":
-        d = dict(d)
-        d.pop("family", None)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"frozen model: unknown key(s) {unknown}; allowed keys: {sorted(names)}")
-        return cls(**d)
-
 
 # ------------------------------------------------------------------------------------------
 # Vision encoder: anything that maps [B, 3, H, W] to a pooled feature vector [B, C].
-_HEAD_NAMES = ("fc", "classifier", "heads", "head")
-
-
-class TorchvisionEncoder(nn.Module):
-    """A torchvision classifier with its classification head removed: pooled features [B, C]."""
-
-    def __init__(self, name: str):
-        super().__init__()
-        import torchvision
-        try:
-            net = torchvision.models.get_model(name, weights=None)   # the paper trains the encoder from scratch
-        except ValueError:
-            known = ", ".join(n for n in torchvision.models.list_models(torchvision.models) if "resnet" in n)
-            raise ConfigError(f"frozen.vision: {name!r} is not a torchvision classification model "
-                              f"(e.g. {known}) and not a vision tower config") from None
-        self.feature_dim = self._strip_head(net, name)
-        self.net = net
-
-    @staticmethod
-    def _strip_head(net: nn.Module, name: str) -> int:
-        """Replace the classification head with Identity; return the width of what it received."""
-        for attr in _HEAD_NAMES:
-            head = getattr(net, attr, None)
-            if not isinstance(head, nn.Module):
-                continue
-            linears = [head] if isinstance(head, nn.Linear) else [m for m in head.modules() if isinstance(m, nn.Linear)]
-            if linears:
-                setattr(net, attr, nn.Identity())
-                return linears[0].in_features   # the first Linear: everything from it on is the head
-        raise ConfigError(f"frozen.vision: cannot find the classification head of torchvision model {name!r} "
-                          f"(looked for {', '.join(_HEAD_NAMES)})")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).flatten(1)   # some heads (ConvNeXt) also held the flatten
-
-
 def build_vision_encoder(cfg: FrozenConfig) -> tuple[nn.Module, int]:
     """(encoder, width of its output)."""
     if isinstance(cfg.vision, VisionConfig):
-        from .modified_resnet import ModifiedResNet
-        from .vit import VisionTransformer
         dim = cfg.vision_embed_dim or cfg.vision.feature_dim
         # The tower's own head (attention pool / projection) is kept and trained: every parameter is
         # used, which DDP requires, and it is the tower's natural pooled output.
-        tower = ModifiedResNet(cfg.vision, dim) if cfg.vision.kind == "modified_resnet" else VisionTransformer(cfg.vision, dim)
-        return tower, dim
+        return build_image_tower(cfg.vision, dim), dim
     if cfg.vision_embed_dim is not None:
         raise ConfigError("frozen.vision_embed_dim applies to mmfm vision towers only, not torchvision models")
     encoder = TorchvisionEncoder(cfg.vision)
