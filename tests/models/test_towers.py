@@ -169,3 +169,78 @@ def test_model_builds_as_before_the_redesign(name):
 
 def test_every_registered_config_is_in_the_reference():
     assert set(list_models()) <= set(_reference())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A new image tower is one file: this class plus its registration is all it takes for CLIP, hybrids and Frozen.
+from mmfm.api import from_pretrained  # noqa: E402
+from mmfm.checkpoints import save_pretrained  # noqa: E402
+from mmfm.models.config import CLIPConfig, ConfigError, TextConfig  # noqa: E402
+from mmfm.models.registry import config_from_dict  # noqa: E402
+from mmfm.models.towers import IMAGE_TOWERS, ImageTower, register_image_tower  # noqa: E402
+
+
+class PatchMeanTower(ImageTower):
+    """Patchify with a strided convolution, BatchNorm, average: about the smallest tower with a BatchNorm."""
+
+    def __init__(self, cfg: VisionConfig, embed_dim: int, quick_gelu: bool = False, load_weights: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
+        self.bn = nn.BatchNorm2d(cfg.width)
+        self.proj = nn.Linear(cfg.width, embed_dim)
+
+    @classmethod
+    def check_config(cls, cfg: VisionConfig) -> None:
+        if cfg.image_size % cfg.patch_size:
+            raise ConfigError("vision: the patch size must divide the image size")
+
+    @property
+    def output_dim(self) -> int:
+        return self.proj.out_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)).mean(dim=(2, 3))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(features)
+
+    def groups(self):
+        return [self.proj, [self.conv, self.bn]]
+
+
+@pytest.fixture
+def patch_mean_tower():
+    register_image_tower("patch_mean")(PatchMeanTower)
+    yield VisionConfig(kind="patch_mean", image_size=32, patch_size=8, width=16, head_width=16)
+    del IMAGE_TOWERS["patch_mean"]
+
+
+def test_a_registered_tower_builds_clip_hybrid_and_frozen(patch_mean_tower, tmp_path):
+    vision, text = patch_mean_tower, TextConfig(context_length=16, width=32, heads=4, layers=2)
+    with pytest.raises(ConfigError, match="patch size"):
+        VisionConfig(kind="patch_mean", image_size=30, patch_size=8, width=16, head_width=16)
+    images, ids = torch.randn(2, 3, 32, 32), torch.randint(1, 1000, (2, 16))
+    for cfg in (CLIPConfig(embed_dim=24, vision=vision, text=text),
+                HybridConfig(embed_dim=24, vision=vision, text=text, lock_text=False)):
+        assert config_from_dict(cfg.to_dict()) == cfg           # the config names the tower and comes back
+        model = create_model(cfg)
+        assert isinstance(model.visual, PatchMeanTower)
+        out = model(images, ids)
+        assert out["image_features"].shape == out["text_features"].shape == (2, 24)
+        assert model.image_features(images).shape == (2, 16)
+        model.lock_image_tower(1)                                # lock by groups and BatchNorm freezing, inherited
+        model.train()
+        assert model.visual.proj.weight.requires_grad and not model.visual.conv.weight.requires_grad
+        assert not model.visual.bn.training and model.text.training
+        save_pretrained(model, tmp_path / cfg.family)            # checkpoints know nothing of the tower either
+        again = from_pretrained(tmp_path / cfg.family)
+        torch.testing.assert_close(again.eval()(images, ids)["image_features"], model.eval()(images, ids)["image_features"])
+    frozen = create_model(FrozenConfig(vision=vision, vision_embed_dim=20, lm=dict(_TINY_LM), context_length=12))
+    assert isinstance(frozen.visual, PatchMeanTower) and frozen.mapper.in_features == 20
+    assert frozen(images, torch.randint(1, 64, (2, 6)))["logits"].shape == (2, 2 + 6, 64)
+
+
+def test_an_unknown_tower_kind_names_the_registered_ones():
+    with pytest.raises(ConfigError, match=r"vision.kind: 'transformer' is not one of \['modified_resnet', "
+                                          r"'torchvision', 'vit'\]"):
+        VisionConfig(kind="transformer")

@@ -84,7 +84,7 @@ class HybridCLIP(CLIP):
                               "mmfm.create_model (which reads it), or load the text tower with mmfm.hybrid_from_clip")
         super().__init__(cfg, load_weights=load)
         if load:
-            if cfg.vision.weights is not None:
+            if getattr(cfg.vision, "weights", None) is not None:   # torchvision towers only
                 cfg.initialized_from["vision"] = f"torchvision:{cfg.vision.torchvision_name}:{cfg.vision.weights}"
                 cfg.vision.weights = None
             if cfg.text_pretrained is not None:

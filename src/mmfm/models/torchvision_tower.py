@@ -121,6 +121,12 @@ class TorchvisionTower(ImageTower):
         else:
             self.head = None
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if not isinstance(cfg, TorchvisionConfig):
+            raise ConfigError("vision.kind: a torchvision tower is configured by its own fields (torchvision_name, "
+                              "weights, image_size, head_hidden), without a kind")
+
     @property
     def body(self) -> nn.Module:
         return self._modules[self.trunk_name]
