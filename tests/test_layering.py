@@ -45,8 +45,6 @@ ALLOWED: dict[str, str] = {
     # __getattr__, run only when an outside caller asks for that name; nothing inside mmfm uses them.
     "mmfm.models -> mmfm.api": "mmfm.models.create_model kept as a public name (lazy re-export)",
     "mmfm.checkpoints -> mmfm.api": "mmfm.checkpoints.from_pretrained kept as a public name (lazy re-export)",
-    # models.frozen builds its language model with frozen.lm (transformers + hub download checks).
-    "mmfm.models.frozen -> mmfm.frozen.lm": "FrozenModel builds its causal LM through frozen.lm",
 }
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .checkpoints import load_pretrained
+from .checkpoints.language_model import build_language_model
 from .checkpoints.native import is_native_dir, saved_precision
 from .checkpoints.validate import (check_claimed_depth, check_shapes, check_state_dict, expected_shapes,
                                    load_state_dict_strict)
@@ -76,10 +77,14 @@ def _load(name: str | Any | None, cfg: Any, pretrained: str, cache_dir: str | No
 
 
 def _build_options(cfg: Any) -> dict[str, Any]:
-    # A hybrid config's text_pretrained names a CLIP checkpoint; reading checkpoints is this door's job.
-    if getattr(cfg, "text_pretrained", None) is None:
-        return {}
-    return {"text_pretrained_loader": lambda path: create_model(None, pretrained=str(path))}
+    # Weights a config names by path or identifier are read here, by the door, never by models: a hybrid's
+    # text_pretrained (a CLIP checkpoint) and Frozen's pretrained_lm (a causal LM).
+    options: dict[str, Any] = {}
+    if getattr(cfg, "text_pretrained", None) is not None:
+        options["text_pretrained_loader"] = lambda path: create_model(None, pretrained=str(path))
+    if getattr(cfg, "pretrained_lm", None) is not None:
+        options["lm_loader"] = build_language_model
+    return options
 
 
 def hybrid_from_clip(clip: nn.Module | str | os.PathLike, *args: Any, **kwargs: Any) -> nn.Module:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..util.weights import track_loads
+from .causal_lm import causal_lm_from_config
 from .config import ConfigError, ModelConfig, VisionConfig
 from .factory import register_builder
 from .registry import register_config_class, register_model
@@ -126,6 +127,23 @@ def _building_on_meta() -> bool:
 
 
 # ------------------------------------------------------------------------------------------
+# The language model: (lm config dict or None, pretrained_lm, load_weights) -> causal LM.
+LMLoader = Callable[[Optional[dict], str, bool], nn.Module]
+
+
+def _language_model(cfg: FrozenConfig, lm_loader: LMLoader | None) -> nn.Module:
+    """Random weights from ``cfg.lm`` unless ``cfg.pretrained_lm`` must be read (weights, or on the meta device
+    the shapes of a config that gives only ``pretrained_lm``)."""
+    on_meta = _building_on_meta()
+    if cfg.pretrained_lm is None or (on_meta and cfg.lm is not None):
+        return causal_lm_from_config(cfg.lm)
+    if lm_loader is None:
+        raise ConfigError(f"frozen: the language model {cfg.pretrained_lm!r} has to be read from disk or the hub: "
+                          "build this config with mmfm.create_model (which reads it), or give FrozenModel the "
+                          "lm (lm=) or a loader (lm_loader=)")
+    return lm_loader(cfg.lm, cfg.pretrained_lm, not on_meta)
+
+
 class FrozenModel(nn.Module):
     """``visual`` (trained) -> ``mapper`` (trained) -> ``lm`` (frozen, always in eval mode).
 
@@ -136,13 +154,15 @@ class FrozenModel(nn.Module):
     ``prefix_targets`` the loss also pulls the prefix onto given token embeddings (see ``forward``).
     """
 
-    def __init__(self, cfg: FrozenConfig, lm: nn.Module | None = None):
+    def __init__(self, cfg: FrozenConfig, lm: nn.Module | None = None, lm_loader: LMLoader | None = None):
+        """``lm``: the language model, already built; else built from ``cfg.lm`` (random weights) or, when
+        ``cfg.pretrained_lm`` is to be read, by ``lm_loader(cfg.lm, cfg.pretrained_lm, load_weights)``:
+        reading weights from disk or the hub is not models' job (``mmfm.create_model`` passes the loader)."""
         super().__init__()
         self.config = cfg
         self.visual, feature_dim = build_vision_encoder(cfg)
         if lm is None:
-            from ..frozen.lm import build_language_model
-            lm = build_language_model(cfg.lm, cfg.pretrained_lm, load_weights=not _building_on_meta())
+            lm = _language_model(cfg, lm_loader)
         self.lm = lm
         self.embed_dim = int(lm.get_input_embeddings().embedding_dim)
         self.mapper = nn.Linear(feature_dim, cfg.prefix_length * self.embed_dim)
@@ -236,12 +256,8 @@ def _drop_lm_keys(module: nn.Module, state_dict: dict, prefix: str, local_metada
         del state_dict[key]
 
 
-def build_frozen(cfg: FrozenConfig) -> FrozenModel:
-    return FrozenModel(cfg)
-
-
 register_config_class("frozen", FrozenConfig)
-register_builder(FrozenConfig, build_frozen)
+register_builder(FrozenConfig, FrozenModel)   # create_model(cfg, ...) builds Frozen with a random or given LM
 
 
 # ------------------------------------------------------------------------------------------

@@ -5,13 +5,16 @@ trained contrastively against the *frozen* text encoder of CLIP ViT-B/32 (``hybr
 about 29M of 92M parameters train (31%). The mirror image, LiT ("locked-image tuning": a pretrained
 image tower locked, the text tower trained), is :func:`lit`.
 
-``HybridCLIP`` subclasses ``CLIP`` and only replaces the image tower, so the CLIP forward contract
-(``forward(image, text) -> {"image_features", "text_features", "logit_scale"}``, ``encode_*``,
-``lock_*``) and everything built on it (trainer, evaluation, checkpoints) work unchanged.
+``HybridCLIP`` is a ``CLIP`` built by ``CLIP.__init__`` from a hybrid config: the image tower is the
+registered ``torchvision`` tower (``torchvision_tower.py``) or any other registered tower whose config the
+``vision`` field holds, the text tower CLIP's or a pretrained transformers encoder (``text_encoder``). So the
+CLIP forward contract (``forward(image, text) -> {"image_features", "text_features", "logit_scale"}``,
+``encode_*``, ``lock_*``) and everything built on it (trainer, evaluation, checkpoints) work unchanged.
 
 Initial weights. ``HybridConfig`` can ask for torchvision ImageNet weights (``vision.weights``) and
-for a CLIP checkpoint whose text tower initialises ours (``text_pretrained``). They are loaded when
-the model is built (never on the meta device, where only shapes matter), and the built model's
+for a CLIP checkpoint whose text tower initialises ours (``text_pretrained``, read by the door,
+``mmfm.create_model``: models never read checkpoints). They are loaded when the model is built (never on
+the meta device, where only shapes matter), and the built model's
 config then records them in ``initialized_from`` and clears the two fields: they are instructions
 for building a *new* model, so a saved hybrid reloads from its own weights without a download.
 """
