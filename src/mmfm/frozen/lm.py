@@ -1,9 +1,7 @@
-"""The language side of Frozen: loading a causal LM and its tokenizer, or training a small one from text.
+"""The language side of Frozen: its tokenizer, and training a small causal LM from text.
 
-Loading follows mmfm's rule for pretrained weights: a local directory is used as is, a hub identifier
-is taken from the Hugging Face cache or downloaded, and when the network cannot be reached the error
-says so at once (no minute of retries) and names the identifier and how to pass a local directory.
-There is never a silent fallback to random weights.
+Loading a tokenizer follows mmfm's rule for pretrained weights (local directory, Hugging Face cache or
+download, fast failure offline, never a silent fallback), through the same resolver as the LM.
 
 The LM itself is built by :mod:`mmfm.models.causal_lm` (from its config dict) and read from disk or the hub
 by :mod:`mmfm.checkpoints.language_model` (``mmfm.create_model`` builds a Frozen model with it); this module
