@@ -28,10 +28,6 @@ LAYER_OF = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 
 # "importer -> imported" (modules, dotted under mmfm) : why it is still there.
 ALLOWED: dict[str, str] = {
-    # hybrid_from_clip / load_text_tower accept a checkpoint path and load it through the door.
-    "mmfm.models.hybrid -> mmfm.api": "hybrid_from_clip(path) loads the CLIP checkpoint with create_model",
-    # models.frozen builds its language model with frozen.lm (transformers + hub download checks).
-    "mmfm.models.frozen -> mmfm.frozen.lm": "FrozenModel builds its causal LM through frozen.lm",
 }
 
 

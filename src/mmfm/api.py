@@ -5,6 +5,7 @@ as open_clip's factory sits on model, pretrained and convert, so neither of thos
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from .checkpoints import load_pretrained
+from .checkpoints.language_model import build_language_model
 from .checkpoints.native import is_native_dir, saved_precision
 from .checkpoints.validate import (check_claimed_depth, check_shapes, check_state_dict, expected_shapes,
                                    load_state_dict_strict)
@@ -46,7 +48,7 @@ def create_model(name: str | Any | None = None, pretrained: str | None = None, d
     else:
         if cfg is None:
             raise ValueError("create_model needs a model name/config, a pretrained checkpoint, or both")
-        model = builders.build_model(cfg)
+        model = builders.build_model(cfg, **_build_options(cfg))
     if precision in ("fp16", "bf16"):
         model = model.to(PRECISIONS[precision])
     if device is not None:
@@ -69,9 +71,28 @@ def _load(name: str | Any | None, cfg: Any, pretrained: str, cache_dir: str | No
         check_state_dict(expected_shapes(cfg), state_dict, source)
     else:   # missing/unexpected keys are logged once, by load_state_dict_strict below
         check_shapes(expected_shapes(cfg), state_dict, source)
-    model = builders.build_model(cfg)
+    model = builders.build_model(cfg, **_build_options(cfg))
     load_state_dict_strict(model, state_dict, source=source, strict=strict)
     return model
+
+
+def _build_options(cfg: Any) -> dict[str, Any]:
+    # Weights a config names by path or identifier are read here, by the door, never by models: a hybrid's
+    # text_pretrained (a CLIP checkpoint) and Frozen's pretrained_lm (a causal LM).
+    options: dict[str, Any] = {}
+    if getattr(cfg, "text_pretrained", None) is not None:
+        options["text_pretrained_loader"] = lambda path: create_model(None, pretrained=str(path))
+    if getattr(cfg, "pretrained_lm", None) is not None:
+        options["lm_loader"] = build_language_model
+    return options
+
+
+def hybrid_from_clip(clip: nn.Module | str | os.PathLike, *args: Any, **kwargs: Any) -> nn.Module:
+    """``mmfm.models.hybrid.hybrid_from_clip`` from a CLIP model or a checkpoint path (read here)."""
+    from .models import hybrid
+    if isinstance(clip, (str, os.PathLike)):
+        return hybrid.hybrid_from_clip(create_model(None, pretrained=str(clip)), *args, source=str(clip), **kwargs)
+    return hybrid.hybrid_from_clip(clip, *args, **kwargs)
 
 
 def from_pretrained(directory: str | Path, device: str | torch.device | None = None, precision: str | None = None,

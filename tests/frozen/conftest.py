@@ -35,10 +35,10 @@ def lm_dir(tmp_path_factory, hf_tokenizer, lm_config):
     """A "pretrained" LM directory (random weights, saved like any Hugging Face model) with its tokenizer."""
     from transformers import AutoModelForCausalLM
 
-    from mmfm.frozen.lm import _lm_config
+    from mmfm.models.causal_lm import lm_config as hf_config
     path = tmp_path_factory.mktemp("lm")
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(_lm_config(lm_config)).save_pretrained(str(path))
+    AutoModelForCausalLM.from_config(hf_config(lm_config)).save_pretrained(str(path))
     hf_tokenizer.save_pretrained(str(path))
     return path
 
@@ -55,6 +55,6 @@ def tiny_config(lm_config, lm_dir) -> FrozenConfig:
 
 @pytest.fixture
 def tiny_model(tiny_config):
-    from mmfm.models.frozen import FrozenModel
+    from mmfm.api import create_model   # the door reads the LM from lm_dir (models never read weights)
     torch.manual_seed(0)
-    return FrozenModel(tiny_config)
+    return create_model(tiny_config)

@@ -76,13 +76,12 @@ def test_vision_init_copies_a_clip_image_tower_and_rejects_another_shape(tiny_co
     from mmfm.checkpoints import save_pretrained
     from mmfm.frozen.demo import _init_vision
     from mmfm.api import create_model
-    from mmfm.models.frozen import FrozenModel
     clip = create_model("RN-tiny-test")
     save_pretrained(clip, tmp_path / "clip")
     with pytest.raises(ValueError, match=r"frozen.vision_init: .*frozen.vision is .*width=8"):
-        _init_vision(FrozenModel(tiny_config), str(tmp_path / "clip"))   # a narrower tower than the CLIP's
+        _init_vision(create_model(tiny_config), str(tmp_path / "clip"))   # a narrower tower than the CLIP's
     tiny_config.vision = clip.config.vision
-    model = FrozenModel(tiny_config)
+    model = create_model(tiny_config)
     _init_vision(model, str(tmp_path / "clip"))
     for (name, a), b in zip(model.visual.state_dict().items(), clip.visual.state_dict().values()):
         assert torch.equal(a, b), name

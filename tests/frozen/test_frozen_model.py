@@ -108,7 +108,7 @@ def test_lm_is_frozen_and_stays_in_eval_mode(tiny_model):
 def test_state_dict_leaves_out_a_pretrained_lm(tiny_model, tiny_config):
     sd = tiny_model.state_dict()
     assert sd and not any(k.startswith("lm.") for k in sd)
-    fresh = FrozenModel(tiny_config)
+    fresh = create_model(tiny_config)
     fresh.load_state_dict(sd)                      # complete without the LM: strict load succeeds
     with pytest.raises(RuntimeError):
         fresh.load_state_dict({k: v for k, v in sd.items() if not k.startswith("mapper.")})
@@ -130,7 +130,7 @@ def test_pretrained_lm_shapes_must_match_the_config(lm_config, lm_dir):
     from mmfm.checkpoints import CheckpointError
     cfg = FrozenConfig(vision="resnet18", image_size=32, lm={**lm_config, "n_layer": 3}, pretrained_lm=str(lm_dir))
     with pytest.raises(CheckpointError, match="n_layer"):
-        FrozenModel(cfg)
+        create_model(cfg)
 
 
 def test_offline_hub_identifier_fails_fast_with_a_clear_message(monkeypatch, tiny_config, lm_config):
@@ -143,7 +143,7 @@ def test_offline_hub_identifier_fails_fast_with_a_clear_message(monkeypatch, tin
     # Same LM identifier, small vision side and LM shapes: only the loading is under test.
     cfg = FrozenConfig(vision=tiny_config.vision, lm=dict(lm_config), pretrained_lm="gpt2-large")
     with pytest.raises(CheckpointError) as info:
-        FrozenModel(cfg)
+        create_model(cfg)
     msg = str(info.value)
     assert "'gpt2-large'" in msg and "pretrained_lm" in msg and "local" in msg and "offline mode is on" in msg
 
@@ -156,3 +156,13 @@ def test_text_lm_pretraining_shows_progress(hf_tokenizer, lm_config, capsys):
     assert "text LM" in capsys.readouterr().err
     train_text_lm(["a red circle"] * 4, hf_tokenizer, lm_config, steps=2, batch_size=2, log=None)
     assert "text LM" not in capsys.readouterr().err
+
+
+def test_models_never_read_a_pretrained_lm_themselves(tiny_config, lm_config):
+    # Reading weights from disk or the hub is the door's job (hub checks, checkpoint errors live above models).
+    with pytest.raises(ConfigError, match=r"has to be read from disk or the hub: build this config with mmfm.create_model"):
+        FrozenModel(tiny_config)
+    with torch.device("meta"):            # shapes alone need no reading
+        assert FrozenModel(tiny_config).lm.config.n_layer == lm_config["n_layer"]
+    lm = create_model(tiny_config).lm
+    assert FrozenModel(tiny_config, lm=lm).lm is lm

@@ -45,15 +45,15 @@ def test_only_the_vision_side_trains(tiny_model, tokenizer, tmp_path):
 
 
 def test_resume_restores_the_vision_side(tiny_config, tokenizer, tmp_path):
-    from mmfm.models.frozen import FrozenModel
+    from mmfm.api import create_model   # the door reads pretrained_lm
     train, val = _views(tokenizer)
     torch.manual_seed(0)
-    first = FrozenModel(tiny_config)
+    first = create_model(tiny_config)
     Trainer(first, train, _cfg(max_steps=2), tmp_path, objective=FrozenObjective.for_tokenizer(tokenizer)).fit()
     ckpt = torch.load(sorted((tmp_path / "checkpoints").glob("ckpt-*.pt"))[-1], weights_only=False)
     assert not any(k.startswith("lm.") for k in ckpt["model"])     # checkpoints carry the trained part only
     torch.manual_seed(1)
-    second = FrozenModel(tiny_config)
+    second = create_model(tiny_config)
     result = Trainer(second, train, _cfg(max_steps=3), tmp_path, objective=FrozenObjective.for_tokenizer(tokenizer)).fit()
     assert result.resumed_from_step == 2 and result.steps == 3
 

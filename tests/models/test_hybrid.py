@@ -9,8 +9,9 @@ import torch
 from mmfm.api import create_model, from_pretrained
 from mmfm.checkpoints import save_pretrained
 from mmfm.measure import count_parameters
+from mmfm.api import create_model, hybrid_from_clip   # hybrid_from_clip: a CLIP model or a checkpoint path (the door reads it)
 from mmfm.models import CLIP, ConfigError, build_model, config_from_dict, get_model_config
-from mmfm.models.hybrid import HybridCLIP, HybridConfig, HybridVisionConfig, hybrid_from_clip, load_text_tower
+from mmfm.models.hybrid import HybridCLIP, HybridConfig, HybridVisionConfig, load_text_tower
 
 
 def tiny_hybrid(seed: int = 0) -> HybridCLIP:

@@ -14,7 +14,8 @@ and :func:`hybrid_from_clip` (from :mod:`mmfm.models.hybrid`).
 This package sits above :mod:`mmfm.eval`: its methods reuse eval's feature extraction, zero-shot head
 and k-shot draw, and eval never imports it.
 """
-from ..models.hybrid import HybridCLIP, HybridConfig, hybrid_from_clip, lit
+from ..api import hybrid_from_clip   # takes a CLIP model or a checkpoint path
+from ..models.hybrid import HybridCLIP, HybridConfig, lit
 from .lora import (LORA_PRESETS, LoraPreset, apply_lora, config_fingerprint, export_merged, is_lora_model,
                    load_lora, lora_few_shot, lora_parameters, merge_lora, merged_copy, save_lora, unload_lora,
                    unmerge_lora)

@@ -183,10 +183,11 @@ def _log(msg: str) -> None:
 
 
 def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool = False) -> dict[str, Any]:
+    from ..api import create_model   # reads the pretrained LM (models never read weights)
     from ..data import ImageTextView, Shapes
     from ..data.transforms import image_transform
     from ..measure import count_parameters, measure_latency, track_memory
-    from ..models.frozen import FrozenConfig, FrozenModel
+    from ..models.frozen import FrozenConfig
     from ..train import TrainConfig, Trainer
     from .corpus import nonsense_words, text_corpus, vocabulary_texts
     from .generate import caption
@@ -242,7 +243,7 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool 
     model_cfg = FrozenConfig(vision=vision, vision_embed_dim=vision_dim,
                              image_size=cfg.image_size, prefix_length=cfg.frozen.prefix_length, lm=lm_cfg,
                              pretrained_lm=str(lm_dir.resolve()), context_length=cfg.frozen.context_length)
-    model = FrozenModel(model_cfg)
+    model = create_model(model_cfg)   # the door reads the LM pretrained above from lm_dir
     if vision_init:
         _init_vision(model, vision_init)
     lm_before = _lm_fingerprint(model)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..api import create_model
 from ..models.frozen import FrozenConfig, FrozenModel
 from .text import FrozenTokenizer
 
@@ -53,7 +54,7 @@ def load_frozen(directory: str | Path, device: str | torch.device | None = None,
     if pretrained_lm is not None or tokenizer is not None:
         cfg = dataclasses.replace(cfg, pretrained_lm=pretrained_lm or cfg.pretrained_lm,
                                   tokenizer=tokenizer or cfg.tokenizer)
-    model = FrozenModel(cfg)
+    model = create_model(cfg)   # the door reads cfg.pretrained_lm
     load_state_dict_strict(model, state_dict, source=str(directory))
     if device is not None:
         model = model.to(device)

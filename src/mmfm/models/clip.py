@@ -1,4 +1,9 @@
-"""CLIP: an image tower and a text tower projected into one embedding space, with a learnable temperature."""
+"""CLIP: an image tower and a text tower projected into one embedding space, with a learnable temperature.
+
+``CLIP`` is also the base of every two-tower model (hybrids: ``mmfm.models.hybrid``): the image tower is whatever
+``cfg.vision.kind`` names in the tower registry (``mmfm.models.towers``), the text tower an mmfm text
+transformer or, when the config names one (``text_encoder``), a pretrained transformers encoder.
+"""
 from __future__ import annotations
 
 import torch
@@ -7,16 +12,17 @@ from torch import nn
 
 from ..util.weights import track_loads
 from .config import CLIPConfig
-from .modified_resnet import ModifiedResNet
 from .precision import module_dtype
 from .text import TextTransformer
-from .vit import VisionTransformer
+from .towers import build_image_tower
 
 
-def build_image_tower(cfg: CLIPConfig) -> nn.Module:
-    if cfg.vision.kind == "modified_resnet":
-        return ModifiedResNet(cfg.vision, cfg.embed_dim)
-    return VisionTransformer(cfg.vision, cfg.embed_dim, cfg.quick_gelu)
+def build_text_tower(cfg, load_weights: bool = True) -> nn.Module:
+    """``cfg.text_encoder`` (a pretrained transformers encoder, when the config has one) or ``cfg.text``."""
+    if getattr(cfg, "text_encoder", None) is not None:
+        from .pretrained_text import PretrainedTextTower
+        return PretrainedTextTower(cfg.text_encoder, cfg.embed_dim, load_weights=load_weights)
+    return TextTransformer(cfg.text, cfg.embed_dim, cfg.quick_gelu)
 
 
 def _run_tower(tower: nn.Module, fn, x: torch.Tensor) -> torch.Tensor:
@@ -36,13 +42,16 @@ class CLIP(nn.Module):
     and both are easier when the model only produces embeddings.
     """
 
-    def __init__(self, cfg: CLIPConfig):
+    def __init__(self, cfg: CLIPConfig, load_weights: bool = True):
+        # load_weights=False: towers that can start from pretrained weights (a torchvision trunk, a transformers
+        # encoder) are built with random ones (the meta device, where only shapes matter).
         super().__init__()
         self.config = cfg
-        self.visual = build_image_tower(cfg)
-        self.text = TextTransformer(cfg.text, cfg.embed_dim, cfg.quick_gelu)
+        self.visual = build_image_tower(cfg.vision, cfg.embed_dim, cfg.quick_gelu, load_weights=load_weights)
+        self.text = build_text_tower(cfg, load_weights=load_weights)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
-        self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias))) if cfg.init_logit_bias is not None else None
+        bias = getattr(cfg, "init_logit_bias", None)   # SigLIP-style; hybrids have none
+        self.logit_bias = nn.Parameter(torch.tensor(float(bias))) if bias is not None else None
         track_loads(self)   # loading weights advances mmfm's weights version (caches re-check)
 
     # Inference -----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 
 class ConfigError(ValueError):
@@ -23,6 +23,34 @@ def _from_dict(cls, d: dict[str, Any], where: str):
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed keys: {sorted(names)}")
     return cls(**d)
+
+
+class ModelConfig:
+    """The one ``from_dict`` / ``to_dict`` of every model family's config (a dataclass with a ``family`` field).
+
+    ``NESTED`` names the fields that hold a config of their own: their mappings are built (and checked for
+    unknown keys) into that class, or into ``NESTED[field](mapping)`` when it is a function that chooses the
+    class; ``None`` and non-mappings are passed through for the dataclass to judge.
+    """
+
+    NESTED: ClassVar[dict[str, Any]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        if not isinstance(d, dict):
+            raise ConfigError(f"model: expected a mapping, got {type(d).__name__}")
+        d = dict(d)
+        family = d.pop("family", cls.family)
+        if family != cls.family:
+            raise ConfigError(f"model: family {family!r} is not {cls.family!r} ({cls.__name__})")
+        for name, sub in cls.NESTED.items():
+            if isinstance(d.get(name), dict):
+                sub_cls = sub if isinstance(sub, type) else sub(d[name])
+                d[name] = _from_dict(sub_cls, d[name], name)
+        return _from_dict(cls, d, "model")
 
 
 def _check_int(obj: Any, where: str, *names: str, minimum: int = 1) -> None:
@@ -45,9 +73,10 @@ def _check_number(obj: Any, where: str, name: str, positive: bool = False, optio
 
 @dataclass
 class VisionConfig:
-    """Image tower. ``kind='vit'`` is a Vision Transformer, ``'modified_resnet'`` OpenAI's ResNet."""
+    """An mmfm image tower: ``kind`` names one registered in ``mmfm.models.towers`` (``'vit'``: a Vision
+    Transformer, ``'modified_resnet'``: OpenAI's ResNet); the fields mean what that tower says."""
 
-    kind: Literal["vit", "modified_resnet"] = "vit"
+    kind: str = "vit"
     image_size: int = 224
     width: int = 768                      # ViT: token width; ResNet: stem width (features = width * 32)
     layers: int | tuple[int, ...] = 12    # ViT: depth; ResNet: blocks per stage (4 stages)
@@ -56,37 +85,25 @@ class VisionConfig:
     mlp_ratio: float = 4.0
 
     def __post_init__(self):
-        if self.kind not in ("vit", "modified_resnet"):
-            raise ConfigError(f"vision.kind: {self.kind!r} is not one of ['vit', 'modified_resnet']")
+        from .towers import image_tower_class
+        tower = image_tower_class(self.kind, where="vision.kind")
         if isinstance(self.layers, list):
             self.layers = tuple(self.layers)
         _check_int(self, "vision", "image_size", "width", "patch_size", "head_width")
         _check_number(self, "vision", "mlp_ratio", positive=True)
-        resnet = self.kind == "modified_resnet"
-        if resnet:
-            if not isinstance(self.layers, tuple) or len(self.layers) != 4 or \
-                    any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.layers):
-                raise ConfigError(f"vision.layers: a ModifiedResNet needs 4 stage depths (integers >= 1), got {self.layers!r}")
-            if self.image_size % 32:
-                raise ConfigError(f"vision.image_size: {self.image_size} is not a multiple of 32 (a ModifiedResNet "
-                                  "downsamples 32x)")
-            if self.width % 2:
-                raise ConfigError(f"vision.width: {self.width} is odd (a ModifiedResNet's stem is width // 2 wide)")
-        else:
-            _check_int(self, "vision", "layers")
-            if self.image_size % self.patch_size:
-                raise ConfigError(f"vision: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        tower.check_config(self)
         if self.feature_dim % self.head_width:
             raise ConfigError(f"vision: attention width {self.feature_dim} is not a multiple of head_width {self.head_width}")
 
     @property
     def heads(self) -> int:
-        return (self.width * 32 if self.kind == "modified_resnet" else self.width) // self.head_width
+        return self.feature_dim // self.head_width
 
     @property
     def feature_dim(self) -> int:
         """Width of the features before the projection (what a linear probe sees)."""
-        return self.width * 32 if self.kind == "modified_resnet" else self.width
+        from .towers import image_tower_class
+        return image_tower_class(self.kind).feature_width(self)
 
 
 @dataclass
@@ -113,7 +130,7 @@ class TextConfig:
 
 
 @dataclass
-class CLIPConfig:
+class CLIPConfig(ModelConfig):
     embed_dim: int = 512
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -121,6 +138,8 @@ class CLIPConfig:
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float | None = None    # set (e.g. -10) for SigLIP-style training
     family: Literal["clip"] = "clip"
+
+    NESTED: ClassVar[dict[str, Any]] = {"vision": VisionConfig, "text": TextConfig}
 
     def __post_init__(self):
         _check_int(self, "model", "embed_dim")
@@ -130,16 +149,3 @@ class CLIPConfig:
         _check_number(self, "model", "init_logit_bias", optional=True)
         if not isinstance(self.vision, VisionConfig) or not isinstance(self.text, TextConfig):
             raise ConfigError("model: vision and text must be a VisionConfig and a TextConfig")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CLIPConfig":
-        if not isinstance(d, dict):
-            raise ConfigError(f"model: expected a mapping, got {type(d).__name__}")
-        d = dict(d)
-        d.pop("family", None)
-        vision = _from_dict(VisionConfig, d.pop("vision", {}), "vision")
-        text = _from_dict(TextConfig, d.pop("text", {}), "text")
-        return _from_dict(cls, {**d, "vision": vision, "text": text}, "model")

@@ -17,9 +17,10 @@ def register_builder(config_cls: type, builder: Callable[[Any], nn.Module]) -> N
     MODEL_BUILDERS[config_cls] = builder
 
 
-def build_model(cfg: Any) -> nn.Module:
+def build_model(cfg: Any, **options: Any) -> nn.Module:
+    """The model ``cfg`` describes; ``options`` go to its builder (e.g. a hybrid's ``text_pretrained_loader``)."""
     try:
         builder = MODEL_BUILDERS[type(cfg)]
     except KeyError:
         raise TypeError(f"no model builder registered for config type {type(cfg).__name__}") from None
-    return builder(cfg)
+    return builder(cfg, **options)

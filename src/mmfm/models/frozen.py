@@ -19,22 +19,25 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..util.weights import track_loads
-from .config import ConfigError, VisionConfig
+from .causal_lm import causal_lm_from_config
+from .config import ConfigError, ModelConfig, VisionConfig
 from .factory import register_builder
 from .registry import register_config_class, register_model
+from .torchvision_tower import TorchvisionEncoder
+from .towers import build_image_tower
 
 IGNORE_INDEX = -100   # label value cross-entropy skips: visual prefix, prompt and padding positions
 
 
 @dataclass
-class FrozenConfig:
+class FrozenConfig(ModelConfig):
     """Frozen = vision encoder + linear map to ``prefix_length`` LM embeddings + a frozen causal LM.
 
     vision: a torchvision classification model name (``"resnet50"``, as in the paper, trained from
@@ -62,6 +65,8 @@ class FrozenConfig:
     tokenizer: str | None = None
     context_length: int = 32
     family: Literal["frozen"] = "frozen"
+
+    NESTED: ClassVar[dict[str, Any]] = {"vision": VisionConfig}
 
     def __post_init__(self):
         if isinstance(self.vision, dict):
@@ -100,65 +105,16 @@ class FrozenConfig:
             d["vision"]["layers"] = list(d["vision"]["layers"])
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FrozenConfig":
-        d = dict(d)
-        d.pop("family", None)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"frozen model: unknown key(s) {unknown}; allowed keys: {sorted(names)}")
-        return cls(**d)
-
 
 # ------------------------------------------------------------------------------------------
 # Vision encoder: anything that maps [B, 3, H, W] to a pooled feature vector [B, C].
-_HEAD_NAMES = ("fc", "classifier", "heads", "head")
-
-
-class TorchvisionEncoder(nn.Module):
-    """A torchvision classifier with its classification head removed: pooled features [B, C]."""
-
-    def __init__(self, name: str):
-        super().__init__()
-        import torchvision
-        try:
-            net = torchvision.models.get_model(name, weights=None)   # the paper trains the encoder from scratch
-        except ValueError:
-            known = ", ".join(n for n in torchvision.models.list_models(torchvision.models) if "resnet" in n)
-            raise ConfigError(f"frozen.vision: {name!r} is not a torchvision classification model "
-                              f"(e.g. {known}) and not a vision tower config") from None
-        self.feature_dim = self._strip_head(net, name)
-        self.net = net
-
-    @staticmethod
-    def _strip_head(net: nn.Module, name: str) -> int:
-        """Replace the classification head with Identity; return the width of what it received."""
-        for attr in _HEAD_NAMES:
-            head = getattr(net, attr, None)
-            if not isinstance(head, nn.Module):
-                continue
-            linears = [head] if isinstance(head, nn.Linear) else [m for m in head.modules() if isinstance(m, nn.Linear)]
-            if linears:
-                setattr(net, attr, nn.Identity())
-                return linears[0].in_features   # the first Linear: everything from it on is the head
-        raise ConfigError(f"frozen.vision: cannot find the classification head of torchvision model {name!r} "
-                          f"(looked for {', '.join(_HEAD_NAMES)})")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).flatten(1)   # some heads (ConvNeXt) also held the flatten
-
-
 def build_vision_encoder(cfg: FrozenConfig) -> tuple[nn.Module, int]:
     """(encoder, width of its output)."""
     if isinstance(cfg.vision, VisionConfig):
-        from .modified_resnet import ModifiedResNet
-        from .vit import VisionTransformer
         dim = cfg.vision_embed_dim or cfg.vision.feature_dim
         # The tower's own head (attention pool / projection) is kept and trained: every parameter is
         # used, which DDP requires, and it is the tower's natural pooled output.
-        tower = ModifiedResNet(cfg.vision, dim) if cfg.vision.kind == "modified_resnet" else VisionTransformer(cfg.vision, dim)
-        return tower, dim
+        return build_image_tower(cfg.vision, dim), dim
     if cfg.vision_embed_dim is not None:
         raise ConfigError("frozen.vision_embed_dim applies to mmfm vision towers only, not torchvision models")
     encoder = TorchvisionEncoder(cfg.vision)
@@ -171,6 +127,23 @@ def _building_on_meta() -> bool:
 
 
 # ------------------------------------------------------------------------------------------
+# The language model: (lm config dict or None, pretrained_lm, load_weights) -> causal LM.
+LMLoader = Callable[[Optional[dict], str, bool], nn.Module]
+
+
+def _language_model(cfg: FrozenConfig, lm_loader: LMLoader | None) -> nn.Module:
+    """Random weights from ``cfg.lm`` unless ``cfg.pretrained_lm`` must be read (weights, or on the meta device
+    the shapes of a config that gives only ``pretrained_lm``)."""
+    on_meta = _building_on_meta()
+    if cfg.pretrained_lm is None or (on_meta and cfg.lm is not None):
+        return causal_lm_from_config(cfg.lm)
+    if lm_loader is None:
+        raise ConfigError(f"frozen: the language model {cfg.pretrained_lm!r} has to be read from disk or the hub: "
+                          "build this config with mmfm.create_model (which reads it), or give FrozenModel the "
+                          "lm (lm=) or a loader (lm_loader=)")
+    return lm_loader(cfg.lm, cfg.pretrained_lm, not on_meta)
+
+
 class FrozenModel(nn.Module):
     """``visual`` (trained) -> ``mapper`` (trained) -> ``lm`` (frozen, always in eval mode).
 
@@ -181,13 +154,15 @@ class FrozenModel(nn.Module):
     ``prefix_targets`` the loss also pulls the prefix onto given token embeddings (see ``forward``).
     """
 
-    def __init__(self, cfg: FrozenConfig, lm: nn.Module | None = None):
+    def __init__(self, cfg: FrozenConfig, lm: nn.Module | None = None, lm_loader: LMLoader | None = None):
+        """``lm``: the language model, already built; else built from ``cfg.lm`` (random weights) or, when
+        ``cfg.pretrained_lm`` is to be read, by ``lm_loader(cfg.lm, cfg.pretrained_lm, load_weights)``:
+        reading weights from disk or the hub is not models' job (``mmfm.create_model`` passes the loader)."""
         super().__init__()
         self.config = cfg
         self.visual, feature_dim = build_vision_encoder(cfg)
         if lm is None:
-            from ..frozen.lm import build_language_model
-            lm = build_language_model(cfg.lm, cfg.pretrained_lm, load_weights=not _building_on_meta())
+            lm = _language_model(cfg, lm_loader)
         self.lm = lm
         self.embed_dim = int(lm.get_input_embeddings().embedding_dim)
         self.mapper = nn.Linear(feature_dim, cfg.prefix_length * self.embed_dim)
@@ -281,12 +256,8 @@ def _drop_lm_keys(module: nn.Module, state_dict: dict, prefix: str, local_metada
         del state_dict[key]
 
 
-def build_frozen(cfg: FrozenConfig) -> FrozenModel:
-    return FrozenModel(cfg)
-
-
 register_config_class("frozen", FrozenConfig)
-register_builder(FrozenConfig, build_frozen)
+register_builder(FrozenConfig, FrozenModel)   # create_model(cfg, ...) builds Frozen with a random or given LM
 
 
 # ------------------------------------------------------------------------------------------

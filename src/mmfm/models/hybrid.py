@@ -5,13 +5,16 @@ trained contrastively against the *frozen* text encoder of CLIP ViT-B/32 (``hybr
 about 29M of 92M parameters train (31%). The mirror image, LiT ("locked-image tuning": a pretrained
 image tower locked, the text tower trained), is :func:`lit`.
 
-``HybridCLIP`` subclasses ``CLIP`` and only replaces the image tower, so the CLIP forward contract
-(``forward(image, text) -> {"image_features", "text_features", "logit_scale"}``, ``encode_*``,
-``lock_*``) and everything built on it (trainer, evaluation, checkpoints) work unchanged.
+``HybridCLIP`` is a ``CLIP`` built by ``CLIP.__init__`` from a hybrid config: the image tower is the
+registered ``torchvision`` tower (``torchvision_tower.py``) or any other registered tower whose config the
+``vision`` field holds, the text tower CLIP's or a pretrained transformers encoder (``text_encoder``). So the
+CLIP forward contract (``forward(image, text) -> {"image_features", "text_features", "logit_scale"}``,
+``encode_*``, ``lock_*``) and everything built on it (trainer, evaluation, checkpoints) work unchanged.
 
 Initial weights. ``HybridConfig`` can ask for torchvision ImageNet weights (``vision.weights``) and
-for a CLIP checkpoint whose text tower initialises ours (``text_pretrained``). They are loaded when
-the model is built (never on the meta device, where only shapes matter), and the built model's
+for a CLIP checkpoint whose text tower initialises ours (``text_pretrained``, read by the door,
+``mmfm.create_model``: models never read checkpoints). They are loaded when the model is built (never on
+the meta device, where only shapes matter), and the built model's
 config then records them in ``initialized_from`` and clears the two fields: they are instructions
 for building a *new* model, so a saved hybrid reloads from its own weights without a download.
 """
@@ -20,37 +23,26 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
-from torch import nn
 
-from ..util.weights import track_loads
 from .clip import CLIP
-from .config import ConfigError, TextConfig, _from_dict
+from .config import ConfigError, ModelConfig, TextConfig, VisionConfig
 from .factory import register_builder
-from .pretrained_text import PretrainedTextConfig, PretrainedTextTower
+from .pretrained_text import PretrainedTextConfig
 from .registry import get_model_config, register_config_class, register_model
-from .text import TextTransformer
+from .torchvision_tower import TorchvisionConfig
+
+# A hybrid's image tower is a torchvision model + head unless its config names another registered tower.
+HybridVisionConfig = TorchvisionConfig
 
 
 @dataclass
-class HybridVisionConfig:
-    """A torchvision classification model (any name ``torchvision.models.list_models()`` gives) whose
-    classifier is replaced by ``Linear(features, head_hidden) -> GELU -> Linear(head_hidden, embed_dim)``."""
-
-    torchvision_name: str = "resnet50"
-    weights: str | None = None        # torchvision weights ("DEFAULT", "IMAGENET1K_V2", ...) or None: random init
-    image_size: int = 224
-    head_hidden: int = 2048
-
-
-@dataclass
-class HybridConfig:
+class HybridConfig(ModelConfig):
     embed_dim: int = 512
-    vision: HybridVisionConfig = field(default_factory=HybridVisionConfig)
+    vision: HybridVisionConfig | VisionConfig = field(default_factory=HybridVisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     text_pretrained: str | None = None   # a CLIP checkpoint (anything create_model reads) for the text tower
     # A pretrained transformers encoder as the text tower instead of ``text`` (see pretrained_text.py).
@@ -64,158 +56,42 @@ class HybridConfig:
     initialized_from: dict[str, str] = field(default_factory=dict)   # provenance, filled at build time
     family: Literal["hybrid"] = "hybrid"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "HybridConfig":
-        d = dict(d)
-        if d.pop("family", "hybrid") != "hybrid":
-            raise ConfigError("HybridConfig.from_dict: family must be 'hybrid'")
-        vision = _from_dict(HybridVisionConfig, d.pop("vision", {}), "vision")
-        text = _from_dict(TextConfig, d.pop("text", {}), "text")
-        enc = d.pop("text_encoder", None)
-        enc = _from_dict(PretrainedTextConfig, enc, "text_encoder") if enc is not None else None
-        cfg = _from_dict(cls, d, "model")
-        cfg.vision, cfg.text, cfg.text_encoder = vision, text, enc
-        return cfg
+    # A vision mapping with a ``kind`` is an mmfm tower (VisionConfig), without one a torchvision model.
+    NESTED: ClassVar[dict[str, Any]] = {"vision": lambda d: VisionConfig if "kind" in d else HybridVisionConfig,
+                                        "text": TextConfig, "text_encoder": PretrainedTextConfig}
 
 
-# ---------------------------------------------------------------------------------------------
-# The image tower
 def _on_meta_device() -> bool:
     """Whether tensors are being created on the meta device (``with torch.device("meta"):``)."""
     return torch.empty(0).device.type == "meta"
 
 
-def _torchvision_model(name: str, weights: str | None) -> nn.Module:
-    """``torchvision.models.<name>(weights=...)`` with clear errors for unknown names and for downloads
-    that cannot happen (no internet)."""
-    import torchvision
-    from torchvision.models import get_model_builder, get_model_weights
-    try:
-        builder = get_model_builder(name)
-    except ValueError:
-        names = torchvision.models.list_models(module=torchvision.models)
-        raise ConfigError(f"vision.torchvision_name: {name!r} is not a torchvision classification model; "
-                          f"choose one of {names}") from None
-    if weights is None:
-        return builder(weights=None)
-    enum = get_model_weights(name)
-    try:
-        resolved = enum.verify(weights)
-    except (KeyError, ValueError):
-        raise ConfigError(f"vision.weights: {weights!r} is not a weight set of {name}; choose 'DEFAULT', one of "
-                          f"{[w.name for w in enum]} or None (random initialisation)") from None
-    try:
-        return builder(weights=resolved)
-    except OSError as e:   # urllib's URLError, socket errors, a read-only cache directory
-        from torch.hub import get_dir
-        raise RuntimeError(
-            f"cannot get the torchvision weights {name} {resolved.name} ({resolved.url}): {type(e).__name__}: {e}. "
-            f"Without internet access, put the file in {os.path.join(get_dir(), 'checkpoints')} (set TORCH_HOME "
-            f"to point at a cache that has it), or build with vision.weights=None for random initialisation."
-        ) from e
-
-
-def _replace_classifier(model: nn.Module) -> int:
-    """Replace the model's last ``nn.Linear`` (torchvision's classifier: ``fc``, ``classifier[-1]``,
-    ``heads.head``, ``head``) by an identity; returns the width of the features it received."""
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError(f"{type(model).__name__} has no nn.Linear classifier to replace by a projection head")
-    name, last = linears[-1]
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
-    return last.in_features
-
-
-class TorchvisionTower(nn.Module):
-    """``trunk`` (the torchvision model without its classifier) followed by the projection ``head``."""
-
-    def __init__(self, cfg: HybridVisionConfig, embed_dim: int, weights: str | None = None):
-        super().__init__()
-        self.cfg = cfg
-        self.trunk = _torchvision_model(cfg.torchvision_name, weights)
-        feature_dim = _replace_classifier(self.trunk)
-        self.head = nn.Sequential(nn.Linear(feature_dim, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, embed_dim))
-
-    @property
-    def output_dim(self) -> int:
-        return self.head[-1].out_features
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled trunk features before the head (what a linear probe uses)."""
-        out = self.trunk(x)
-        if not torch.is_tensor(out):   # Inception/GoogLeNet return (logits, aux...) in training mode
-            out = out[0]
-        return out.flatten(1)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def groups(self) -> list[nn.Module]:
-        """Layer groups from the output end: the head, then the trunk's top-level stages (a
-        ``features`` Sequential, as in EfficientNet/MobileNet/ConvNeXt/VGG, is split into its stages)."""
-        stages: list[nn.Module] = []
-        for name, child in self.trunk.named_children():
-            if name == "features" and isinstance(child, nn.Sequential):
-                stages += list(child.children())
-            else:
-                stages.append(child)
-        return [self.head] + [s for s in reversed(stages) if any(True for _ in s.parameters())]
-
-    def lock(self, unlocked_groups: int = 0) -> None:
-        """Freeze the tower except its last ``unlocked_groups`` groups (1 = the head only)."""
-        for p in self.parameters():
-            p.requires_grad_(False)
-        for group in self.groups()[:max(unlocked_groups, 0)]:
-            for p in group.parameters():
-                p.requires_grad_(True)
-        self.train(self.training)
-
-    def train(self, mode: bool = True):
-        # A locked BatchNorm must not keep updating its running statistics in training mode,
-        # or the "frozen" tower would still change.
-        super().train(mode)
-        if mode:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
-                    m.eval()
-        return self
-
-
 # ---------------------------------------------------------------------------------------------
 # The model
 class HybridCLIP(CLIP):
-    """A torchvision image tower + head and an mmfm text tower, with CLIP's forward contract."""
+    """A torchvision image tower + head and an mmfm text tower, with CLIP's forward contract.
 
-    def __init__(self, cfg: HybridConfig, load_initial_weights: bool | None = None):
-        # CLIP.__init__ builds CLIP's own towers from a CLIPConfig; only its methods are inherited.
-        nn.Module.__init__(self)
+    ``text_pretrained`` (a checkpoint path) is read by ``text_pretrained_loader(path) -> CLIP``: reading
+    checkpoints is the door's job (``mmfm.create_model`` passes its own), so models never import it.
+    """
+
+    def __init__(self, cfg: HybridConfig, load_initial_weights: bool | None = None,
+                 text_pretrained_loader: Callable[[str], CLIP] | None = None):
         cfg = copy.deepcopy(cfg)
         load = (not _on_meta_device()) if load_initial_weights is None else load_initial_weights
-        self.config = cfg
-        self.visual = TorchvisionTower(cfg.vision, cfg.embed_dim, weights=cfg.vision.weights if load else None)
-        if cfg.text_encoder is not None:
-            if cfg.text_pretrained is not None:
-                raise ConfigError("text_pretrained (a CLIP text tower) and text_encoder (a transformers encoder) "
-                                  "both name the text tower: keep one")
-            self.text = PretrainedTextTower(cfg.text_encoder, cfg.embed_dim, load_weights=load)
-        else:
-            self.text = TextTransformer(cfg.text, cfg.embed_dim, cfg.quick_gelu)
-        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
-        self.logit_bias = None
-        track_loads(self)   # loading weights advances mmfm's weights version (caches re-check)
+        if cfg.text_encoder is not None and cfg.text_pretrained is not None:
+            raise ConfigError("text_pretrained (a CLIP text tower) and text_encoder (a transformers encoder) "
+                              "both name the text tower: keep one")
+        if load and cfg.text_pretrained is not None and text_pretrained_loader is None:
+            raise ConfigError(f"text_pretrained {cfg.text_pretrained!r} is a checkpoint: build this config with "
+                              "mmfm.create_model (which reads it), or load the text tower with mmfm.hybrid_from_clip")
+        super().__init__(cfg, load_weights=load)
         if load:
-            if cfg.vision.weights is not None:
+            if getattr(cfg.vision, "weights", None) is not None:   # torchvision towers only
                 cfg.initialized_from["vision"] = f"torchvision:{cfg.vision.torchvision_name}:{cfg.vision.weights}"
                 cfg.vision.weights = None
             if cfg.text_pretrained is not None:
-                load_text_tower(self, cfg.text_pretrained)
+                load_text_tower(self, text_pretrained_loader(cfg.text_pretrained), cfg.text_pretrained)
                 cfg.text_pretrained = None
         if cfg.lock_text:
             default = 1 if cfg.text_encoder is not None else 0
@@ -236,13 +112,11 @@ def _differences(a: Any, b: Any) -> list[str]:
     return [f"{k}: {da[k]!r} vs {db.get(k)!r}" for k in da if da[k] != db.get(k)]
 
 
-def load_text_tower(model: HybridCLIP, source: CLIP | str | os.PathLike) -> HybridCLIP:
-    """Copy the text tower of a CLIP model (or of a checkpoint ``create_model`` reads) into ``model``."""
-    if isinstance(source, (str, os.PathLike)):
-        from ..api import create_model
-        clip, name = create_model(None, pretrained=str(source)), str(source)
-    else:
-        clip, name = source, f"an in-memory {type(source).__name__}"
+def load_text_tower(model: HybridCLIP, clip: CLIP, source: str | None = None) -> HybridCLIP:
+    """Copy the text tower of a CLIP model into ``model``; ``source`` names where it came from (provenance).
+
+    A checkpoint path is read by the door: ``mmfm.api.hybrid_from_clip(path)``."""
+    name = source if source is not None else f"an in-memory {type(clip).__name__}"
     cfg = model.config
     problems = _differences(cfg.text, clip.config.text)
     if clip.text.output_dim != cfg.embed_dim:
@@ -256,28 +130,22 @@ def load_text_tower(model: HybridCLIP, source: CLIP | str | os.PathLike) -> Hybr
     return model
 
 
-def hybrid_from_clip(clip_model_or_path: CLIP | str | os.PathLike, torchvision_name: str = "resnet50",
-                     weights: str | None = None, lock_text: bool = True, image_size: int | None = None,
-                     head_hidden: int = 2048) -> HybridCLIP:
-    """A hybrid whose text tower (config and weights) comes from an mmfm CLIP model or checkpoint.
+def hybrid_from_clip(clip: CLIP, torchvision_name: str = "resnet50", weights: str | None = None,
+                     lock_text: bool = True, image_size: int | None = None, head_hidden: int = 2048,
+                     source: str | None = None) -> HybridCLIP:
+    """A hybrid whose text tower (config and weights) comes from an mmfm CLIP model (``source``: where it was
+    read from, recorded as provenance; ``mmfm.api.hybrid_from_clip`` also takes a checkpoint path).
 
     The text tower is frozen by default (the published setup: a ResNet-50 + head trained against
     CLIP ViT-B/32's frozen text encoder). ``image_size`` defaults to the CLIP model's. ``weights``:
     torchvision ImageNet weights for the trunk (needs internet or a ``TORCH_HOME`` cache), or None.
     """
-    if isinstance(clip_model_or_path, (str, os.PathLike)):
-        from ..api import create_model
-        clip, source = create_model(None, pretrained=str(clip_model_or_path)), str(clip_model_or_path)
-    else:
-        clip, source = clip_model_or_path, None
     cfg = HybridConfig(embed_dim=clip.text.output_dim,
                        vision=HybridVisionConfig(torchvision_name, weights, image_size or clip.image_size, head_hidden),
                        text=copy.deepcopy(clip.config.text), lock_text=lock_text,
                        quick_gelu=bool(getattr(clip.config, "quick_gelu", False)))
     model = HybridCLIP(cfg)
-    load_text_tower(model, clip)
-    if source is not None:
-        model.config.initialized_from["text"] = source
+    load_text_tower(model, clip, source)
     return model
 
 

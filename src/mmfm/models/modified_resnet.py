@@ -12,8 +12,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .config import VisionConfig
+from .config import ConfigError, VisionConfig
 from .layers import Attention
+from .towers import Group, ImageTower, register_image_tower
 
 
 class Bottleneck(nn.Module):
@@ -63,8 +64,10 @@ class AttentionPool2d(nn.Module):
         return self.attn(x[:, :1], kv=x)[:, 0]
 
 
-class ModifiedResNet(nn.Module):
-    def __init__(self, cfg: VisionConfig, embed_dim: int):
+@register_image_tower("modified_resnet")
+class ModifiedResNet(ImageTower):
+    # quick_gelu: the tower has no GELU (ReLU convolutions, attention pooling); load_weights: nothing to load.
+    def __init__(self, cfg: VisionConfig, embed_dim: int, quick_gelu: bool = False, load_weights: bool = True):
         super().__init__()
         self.cfg = cfg
         w = cfg.width
@@ -104,6 +107,21 @@ class ModifiedResNet(nn.Module):
             for block in layer:
                 nn.init.zeros_(block.bn3.weight)
 
+    @classmethod
+    def check_config(cls, cfg: VisionConfig) -> None:
+        if not isinstance(cfg.layers, tuple) or len(cfg.layers) != 4 or \
+                any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in cfg.layers):
+            raise ConfigError(f"vision.layers: a ModifiedResNet needs 4 stage depths (integers >= 1), got {cfg.layers!r}")
+        if cfg.image_size % 32:
+            raise ConfigError(f"vision.image_size: {cfg.image_size} is not a multiple of 32 (a ModifiedResNet "
+                              "downsamples 32x)")
+        if cfg.width % 2:
+            raise ConfigError(f"vision.width: {cfg.width} is odd (a ModifiedResNet's stem is width // 2 wide)")
+
+    @classmethod
+    def feature_width(cls, cfg: VisionConfig) -> int:
+        return cfg.width * 32   # the last stage's channels (4 stages doubling from width, 4x bottleneck expansion)
+
     @property
     def output_dim(self) -> int:
         return self.attnpool.attn.out_proj.out_features
@@ -131,24 +149,11 @@ class ModifiedResNet(nn.Module):
         return self.forward_feature_map(x).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The attention pool reads the whole feature map, not the averaged forward_features: the projection
+        # is the pooling itself, so this tower has no separate forward_head.
         return self.attnpool(self.forward_feature_map(x))
 
-    def train(self, mode: bool = True):
-        # BatchNorm layers whose affine parameters are frozen keep their running statistics frozen
-        # too; otherwise a "locked" tower would still drift while training the other one.
-        super().train(mode)
-        if mode:
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm2d) and not any(p.requires_grad for p in m.parameters()):
-                    m.eval()
-        return self
-
-    def lock(self, unlocked_groups: int = 0) -> None:
-        for p in self.parameters():
-            p.requires_grad_(False)
-        groups = [self.attnpool, self.layer4, self.layer3, self.layer2, self.layer1,
-                  nn.ModuleList([self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3])]
-        for g in groups[:max(unlocked_groups, 0)]:
-            for p in g.parameters():
-                p.requires_grad_(True)
-        self.train(self.training)
+    def groups(self) -> list[Group]:
+        """attnpool, layer4, layer3, layer2, layer1, [the stem]."""
+        return [self.attnpool, self.layer4, self.layer3, self.layer2, self.layer1,
+                [self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3]]

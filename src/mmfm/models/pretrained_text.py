@@ -33,6 +33,7 @@ from torch import nn
 
 from ..util.hf import quiet_transformers
 from ..util.modes import eval_mode
+from .towers import Group, Tower
 
 Pooling = Literal["cls", "mean", "max", "mean_sqrt_len"]
 _ST_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
@@ -101,7 +102,7 @@ class HFTokenizer:
         return enc["input_ids"]
 
 
-class PretrainedTextTower(nn.Module):
+class PretrainedTextTower(Tower):
     """``encoder`` (a transformers ``AutoModel``), pooling, then ``proj`` (``Linear(hidden, embed_dim)``)."""
 
     def __init__(self, name_or_path: str | os.PathLike | PretrainedTextConfig, embed_dim: int | None = None,
@@ -166,9 +167,6 @@ class PretrainedTextTower(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.proj(features)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(ids))
-
     @torch.no_grad()
     def encode_sentences(self, sentences: list[str], batch_size: int = 64) -> torch.Tensor:
         """Pooled features (before projection) of ``sentences``; equal to sentence-transformers' pooling."""
@@ -178,21 +176,12 @@ class PretrainedTextTower(nn.Module):
                    for i in range(0, len(sentences), batch_size)]
         return torch.cat(out) if out else torch.empty(0, self.hidden_size)
 
-    def groups(self) -> list[list[nn.Module]]:
-        """Layer groups from the output end: the projection, each encoder layer (last first), embeddings."""
+    def groups(self) -> list[Group]:
+        """Layer groups from the output end: the projection, each encoder layer (last first), embeddings
+        (``lock(1)`` = the new projection only, ``1 + N`` = it and the last N encoder layers)."""
         layers = _encoder_layers(self.encoder)
         rest = [m for name, m in self.encoder.named_children() if name not in ("encoder", "layers", "layer")]
-        return [[self.proj]] + [[layer] for layer in reversed(layers)] + [rest]
-
-    def lock(self, unlocked_groups: int = 0) -> None:
-        """Freeze the tower except its last ``unlocked_groups`` groups (1 = the new projection only,
-        1 + N = the projection and the last N encoder layers)."""
-        for p in self.parameters():
-            p.requires_grad_(False)
-        for group in self.groups()[:max(unlocked_groups, 0)]:
-            for m in group:
-                for p in m.parameters():
-                    p.requires_grad_(True)
+        return [self.proj] + list(reversed(layers)) + [rest]
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:

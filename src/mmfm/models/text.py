@@ -6,9 +6,10 @@ from torch import nn
 
 from .config import TextConfig
 from .layers import LayerNorm, Transformer
+from .towers import Group, Tower
 
 
-class TextTransformer(nn.Module):
+class TextTransformer(Tower):
     def __init__(self, cfg: TextConfig, embed_dim: int, quick_gelu: bool = False):
         super().__init__()
         self.cfg = cfg
@@ -61,15 +62,7 @@ class TextTransformer(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return features @ self.text_projection
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(ids))
-
-    def lock(self, unlocked_groups: int = 0) -> None:
-        for p in self.parameters():
-            p.requires_grad_(False)
-        groups = [[self.ln_final, self.text_projection]] + [[b] for b in reversed(self.transformer.blocks)] + \
-                 [[self.token_embedding, self.positional_embedding]]
-        for group in groups[:max(unlocked_groups, 0)]:
-            for item in group:
-                for p in ([item] if isinstance(item, nn.Parameter) else item.parameters()):
-                    p.requires_grad_(True)
+    def groups(self) -> list[Group]:
+        """[ln_final + text_projection], block[-1], ..., block[0], [token + positional embeddings]."""
+        return [[self.ln_final, self.text_projection]] + list(reversed(self.transformer.blocks)) + \
+               [[self.token_embedding, self.positional_embedding]]

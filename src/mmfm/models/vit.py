@@ -4,12 +4,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import VisionConfig
+from .config import ConfigError, VisionConfig, _check_int
 from .layers import LayerNorm, Transformer
+from .towers import Group, ImageTower, register_image_tower
 
 
-class VisionTransformer(nn.Module):
-    def __init__(self, cfg: VisionConfig, embed_dim: int, quick_gelu: bool = False):
+@register_image_tower("vit")
+class VisionTransformer(ImageTower):
+    def __init__(self, cfg: VisionConfig, embed_dim: int, quick_gelu: bool = False, load_weights: bool = True):
         super().__init__()
         self.cfg = cfg
         w = cfg.width
@@ -22,6 +24,12 @@ class VisionTransformer(nn.Module):
         self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.mlp_ratio, quick_gelu)
         self.ln_post = LayerNorm(w)
         self.proj = nn.Parameter(scale * torch.randn(w, embed_dim))
+
+    @classmethod
+    def check_config(cls, cfg: VisionConfig) -> None:
+        _check_int(cfg, "vision", "layers")
+        if cfg.image_size % cfg.patch_size:
+            raise ConfigError(f"vision: image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
 
     @property
     def output_dim(self) -> int:
@@ -48,19 +56,7 @@ class VisionTransformer(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return features @ self.proj
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def lock(self, unlocked_groups: int = 0) -> None:
-        """Freeze the tower, leaving the last ``unlocked_groups`` blocks (and ln_post/proj with them) trainable."""
-        for p in self.parameters():
-            p.requires_grad_(False)
-        if unlocked_groups <= 0:
-            return
-        # Groups from the output end: [ln_post + proj], block[-1], block[-2], ..., [embeddings + ln_pre]
-        groups = [[self.ln_post, self.proj]] + [[b] for b in reversed(self.transformer.blocks)] + \
-                 [[self.conv1, self.class_embedding, self.positional_embedding, self.ln_pre]]
-        for group in groups[:unlocked_groups]:
-            for item in group:
-                for p in ([item] if isinstance(item, nn.Parameter) else item.parameters()):
-                    p.requires_grad_(True)
+    def groups(self) -> list[Group]:
+        """[ln_post + proj], block[-1], block[-2], ..., [embeddings + ln_pre]."""
+        return [[self.ln_post, self.proj]] + list(reversed(self.transformer.blocks)) + \
+               [[self.conv1, self.class_embedding, self.positional_embedding, self.ln_pre]]
