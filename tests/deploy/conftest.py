@@ -31,7 +31,7 @@ def served(tmp_path_factory, tokenizer, lm_config, lm_dir):
     from mmfm.data import get_dataset
     from mmfm.frozen.io import save_frozen
     from mmfm.api import create_model
-    from mmfm.models.frozen import FrozenConfig, FrozenModel
+    from mmfm.models.frozen import FrozenConfig
     root = tmp_path_factory.mktemp("serve")
     torch.manual_seed(0)
     model = create_model("ViT-tiny-test").eval()
@@ -47,8 +47,8 @@ def served(tmp_path_factory, tokenizer, lm_config, lm_dir):
     assert main(["embed", str(images), "--model", "ViT-tiny-test", "--pretrained", str(root / "clip"),
                  "--out", str(root / "index"), "--workers", "0", "--threads", "1"]) == 0
     torch.manual_seed(0)
-    frozen = FrozenModel(FrozenConfig(vision=_frozen.tiny_vision(), vision_embed_dim=32, prefix_length=2,
-                                      lm=dict(lm_config), pretrained_lm=str(lm_dir), context_length=12))
+    frozen = create_model(FrozenConfig(vision=_frozen.tiny_vision(), vision_embed_dim=32, prefix_length=2,
+                                       lm=dict(lm_config), pretrained_lm=str(lm_dir), context_length=12))
     save_frozen(frozen, root / "frozen", tokenizer)
     return SimpleNamespace(root=root, clip=root / "clip", model=model, images=[str(p) for p in paths],
                            index=root / "index", frozen=root / "frozen")
