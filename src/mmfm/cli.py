@@ -41,11 +41,7 @@ def _cmd_run(args) -> int:
     if isinstance(raw, dict) and "frozen_demo" in raw:
         # The Frozen demonstration has its own pipeline (text-only LM first, then Frozen on top).
         from .frozen.demo import load_demo_config, run_demo
-        overrides = {}
-        for item in args.set or []:
-            key, _, value = item.partition("=")
-            overrides[key.removeprefix("frozen_demo.")] = yaml.safe_load(value)
-        cfg = load_demo_config(path, overrides)
+        cfg = load_demo_config(path, args.set or [])
         if getattr(args, "threads", None):        # the command line wins over the config's threads
             cfg = cfg.model_copy(update={"threads": args.threads})
         from .experiment import run_lock
