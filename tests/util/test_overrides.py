@@ -17,6 +17,12 @@ def test_nested_keys_create_sections_and_index_lists():
     assert raw == {"models": [{"train": {"lr": 0.5}}], "seed": 3, "data": {"train": {"args": {"size": 8}}}}
 
 
+def test_an_empty_yaml_section_takes_keys():
+    raw = {"frozen": None}                      # `frozen:` with nothing under it
+    apply_overrides(raw, ["frozen.steps=4"])
+    assert raw == {"frozen": {"steps": 4}}
+
+
 def test_prefix_is_dropped():
     raw = {}
     apply_overrides(raw, ["frozen_demo.frozen.steps=4", "frozen.lr=0.1"], prefix="frozen_demo.")

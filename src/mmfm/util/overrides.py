@@ -43,7 +43,9 @@ def _child(node: Any, part: str, key: str) -> Any:
         return node[_index(node, part, key)]
     if not isinstance(node, dict):
         raise ValueError(f"override {key!r}: {part!r} is inside a value ({node!r}), not a section")
-    return node.setdefault(part, {})
+    if node.get(part) is None:     # absent, or an empty YAML section (`frozen:` with nothing under it)
+        node[part] = {}
+    return node[part]
 
 
 def _index(node: list, part: str, key: str) -> int:
