@@ -30,7 +30,7 @@ from .report import KIND_TITLES, fmt_metric, fmt_pct, perf_line, result_to_dict
 # Performance
 @dataclass
 class PerfStats:
-    """Speed and memory of one evaluation pass (see :class:`mmfm.eval.features.PerfMeter`).
+    """Speed and memory of one evaluation pass, as measured by :class:`mmfm.measure.Meter` (``PerfMeter.stats()``).
 
     ``items_per_s`` is end-to-end (data loading + model), ``model_items_per_s`` counts only the time
     spent in the model (what a faster data pipeline could reach). Peak RSS is the largest resident
