@@ -108,8 +108,7 @@ def resolved_config(config: Path, sets: list[str]) -> dict[str, Any]:
     raw = yaml.safe_load(config.read_text())
     if is_frozen_demo(raw):
         from mmfm.frozen.demo import load_demo_config
-        overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in sets)}
-        return load_demo_config(config, overrides).model_dump(mode="json")
+        return load_demo_config(config, sets).model_dump(mode="json")
     from mmfm.experiment import load_experiment
     return load_experiment(config, sets).model_dump(mode="json")
 

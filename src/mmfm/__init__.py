@@ -14,7 +14,7 @@ _EXPORTS = {
     "CLIP": "mmfm.models", "CLIPConfig": "mmfm.models",
     "tokenize": "mmfm.tokenizer", "get_tokenizer": "mmfm.tokenizer",
     "image_transform": "mmfm.data.transforms",
-    "count_parameters": "mmfm.measure",
+    "count_parameters": "mmfm.measure", "model_fingerprint": "mmfm.util.weights",
     "save_pretrained": "mmfm.checkpoints", "from_pretrained": "mmfm.api", "export_hf": "mmfm.checkpoints",
     "apply_lora": "mmfm.adapt",
     "model_info": "mmfm.info",

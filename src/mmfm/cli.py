@@ -41,11 +41,7 @@ def _cmd_run(args) -> int:
     if isinstance(raw, dict) and "frozen_demo" in raw:
         # The Frozen demonstration has its own pipeline (text-only LM first, then Frozen on top).
         from .frozen.demo import load_demo_config, run_demo
-        overrides = {}
-        for item in args.set or []:
-            key, _, value = item.partition("=")
-            overrides[key.removeprefix("frozen_demo.")] = yaml.safe_load(value)
-        cfg = load_demo_config(path, overrides)
+        cfg = load_demo_config(path, args.set or [])
         if getattr(args, "threads", None):        # the command line wins over the config's threads
             cfg = cfg.model_copy(update={"threads": args.threads})
         from .experiment import run_lock
@@ -181,7 +177,7 @@ def _cmd_classify(args) -> int:
 
 def _cmd_embed(args) -> int:
     from .deploy import embed_images, embed_texts, find_images, write_index
-    from .eval import model_fingerprint
+    from .util.weights import model_fingerprint
     from .api import create_model
     # Absolute paths: the index is searched (and its contact sheet drawn) from any working directory.
     paths = [os.path.abspath(p) for p in find_images(args.inputs)]
@@ -225,7 +221,7 @@ def _cmd_search(args) -> int:
     from .data.base import load_image
     from .data.transforms import image_transform
     from .deploy import contact_sheet, embed_texts, load_index, search
-    from .eval import model_fingerprint
+    from .util.weights import model_fingerprint
     from .api import create_model
     if (args.query is None) == (args.image is None):
         raise UserError('give a text query or --image IMG (one of them): mmfm search INDEX "a red circle"')

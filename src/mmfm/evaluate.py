@@ -33,8 +33,8 @@ from .eval.linear_probe import linear_probe
 from .eval.protocol import (Protocol, get_protocol, official_val_split, protocol_data_note,
                             protocol_precision)
 from .eval.published import published_comparison
-from .eval.results import (EvalResult, FewShotResult, LinearProbeResult, RetrievalResult, ZeroShotResult,
-                           write_report)
+from .eval.report import write_report
+from .eval.results import EvalResult, FewShotResult, LinearProbeResult, RetrievalResult, ZeroShotResult
 from .eval.retrieval import retrieval
 from .eval.zero_shot import zero_shot
 

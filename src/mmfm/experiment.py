@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .train.config import Strict, TrainConfig
+from .util.overrides import apply_overrides
 
 
 class DatasetSpec(Strict):
@@ -131,29 +132,12 @@ def _model_at(loc) -> type | None:
     return cls
 
 
-def _apply_override(d: dict, assignment: str) -> None:
-    if "=" not in assignment:
-        raise ValueError(f"override {assignment!r} is not KEY=VALUE")
-    key, value = assignment.split("=", 1)
-    node: Any = d
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-    last = parts[-1]
-    parsed = yaml.safe_load(value)
-    if isinstance(node, list):
-        node[int(last)] = parsed
-    else:
-        node[last] = parsed
-
-
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"experiment config {path} does not exist (bundled configs are in the repository's configs/)")
     raw = yaml.safe_load(path.read_text()) or {}
-    for o in overrides or []:
-        _apply_override(raw, o)
+    apply_overrides(raw, overrides or [])
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:

@@ -203,7 +203,7 @@ def test_loading_onto_the_wrong_base_is_a_clear_error_and_changes_nothing(tmp_pa
 def test_few_shot_lora_method_adapts_a_copy():
     from mmfm.data import get_dataset
     from mmfm.adapt import FEW_SHOT_METHODS, few_shot
-    from mmfm.eval.features import model_fingerprint
+    from mmfm.util.weights import model_fingerprint
     assert "lora" in FEW_SHOT_METHODS
     model = tiny()
     before = model_fingerprint(model)

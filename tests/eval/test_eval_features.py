@@ -15,6 +15,13 @@ def test_fingerprint_follows_weights_not_identity(tiny_clip):
     assert model_fingerprint(twin) != model_fingerprint(tiny_clip)
 
 
+def test_fingerprint_has_one_home_and_three_public_names():
+    import mmfm
+    import mmfm.eval
+    from mmfm.util import weights
+    assert mmfm.model_fingerprint is mmfm.eval.model_fingerprint is weights.model_fingerprint
+
+
 def test_cache_hits_in_memory_and_on_disk(pixel_model, shapes_small, tmp_path):
     cache = FeatureCache(tmp_path)
     pixel_model.calls = 0
@@ -79,7 +86,7 @@ def test_perf_meter_records_batches():
 
 def test_dataset_key_sees_configuration_beyond_repr():
     from mmfm.data import Shapes
-    from mmfm.eval.features import dataset_key
+    from mmfm.eval.cache import dataset_key
     plain = Shapes("test", size=20)
     assert dataset_key(plain) == dataset_key(Shapes("test", size=20))
     # Different data: must not share cached features (also when a repr leaves settings out).

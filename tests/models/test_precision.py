@@ -135,7 +135,7 @@ def test_low_precision_models_run_the_public_zero_shot_evaluation(trained, eval_
 
 def test_int8_fingerprint_follows_the_quantized_weights(trained):
     """Two int8 models that differ only in a quantized Linear must not share evaluation caches."""
-    from mmfm.eval.features import model_fingerprint
+    from mmfm.util.weights import model_fingerprint
     _, folder = trained
     a = create_model(pretrained=str(folder), precision="int8")
     b = create_model(pretrained=str(folder), precision="int8")

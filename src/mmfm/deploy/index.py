@@ -5,7 +5,7 @@
     INDEX/meta.json              {"format": "mmfm-index", "version": 1, "model", "pretrained", "fingerprint",
                                   "dim", "paths", "texts", "skipped", "created"}
 
-``fingerprint`` is :func:`mmfm.eval.model_fingerprint` of the model that wrote the embeddings: a search embeds
+``fingerprint`` is :func:`mmfm.util.weights.model_fingerprint` of the model that wrote the embeddings: a search embeds
 its query with the same weights or refuses. meta.json is written last, so a reader that finds it finds the
 arrays it describes; every file goes through :mod:`mmfm.util.atomic`.
 """

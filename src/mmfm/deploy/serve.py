@@ -79,7 +79,7 @@ def thumbnail_png(path: str, size: int = THUMBNAIL) -> bytes:
 
 def check_index(model: torch.nn.Module, index: Index) -> None:
     """The index's rows must come from this model's weights, or a text query is compared in another space."""
-    from ..eval import model_fingerprint
+    from ..util.weights import model_fingerprint
     if model_fingerprint(model) != index.meta["fingerprint"]:
         raise UserError(f"index {index.root} was built by {index.meta['model']} from {index.meta['pretrained']}, "
                         f"not by the model being served (its weights differ): serve that model, or rebuild the "

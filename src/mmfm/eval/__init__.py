@@ -22,14 +22,16 @@ modules with ``from mmfm.eval.zero_shot import build_zero_shot_classifier`` (whi
 """
 from __future__ import annotations
 
-from .features import (FeatureCache, FeatureSet, PerfMeter, encode_texts, extract_image_features,
-                       model_fingerprint)
+from ..util.weights import model_fingerprint   # documented in mmfm.util.weights; re-exported for callers
+from .cache import FeatureCache
+from .features import FeatureSet, PerfMeter, encode_texts, extract_image_features
 from .few_shot import FewShotEpisode, sample_k_shot
 from .linear_probe import fit_linear_probe, linear_probe, sweep_c
 from .protocol import OFFICIAL_VAL_SPLITS, PROTOCOLS, Protocol, get_protocol, official_val_split, protocol_precision
 from .published import published_comparison
+from .report import comparison_table, load_results, write_report
 from .results import (ClassificationMetrics, EvalResult, FewShotResult, LinearProbeResult, PerfStats,
-                      RetrievalResult, ZeroShotResult, comparison_table, headline, load_results, write_report)
+                      RetrievalResult, ZeroShotResult, headline)
 from .retrieval import retrieval, retrieval_metrics, retrieval_ranks
 from .zero_shot import build_zero_shot_classifier, zero_shot
 

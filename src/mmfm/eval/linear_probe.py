@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .features import FeatureCache, FeatureKind, extract_image_features
+from .cache import FeatureCache
+from .features import FeatureKind, extract_image_features
 from .results import ClassificationMetrics, LinearProbeResult, PerfStats, file_slug, skipped_names
 
 C_RANGE = (1e-6, 1e6)

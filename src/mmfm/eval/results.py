@@ -1,4 +1,4 @@
-"""Result objects of every evaluation, and the side-by-side report of many of them.
+"""Result objects of every evaluation.
 
 Each evaluation returns an :class:`EvalResult` subclass that
 
@@ -7,9 +7,8 @@ Each evaluation returns an :class:`EvalResult` subclass that
 * names a few *headline* metrics (``headline()``), the numbers that go into comparison tables;
 * serialises to plain JSON (``to_dict()``) and renders itself as markdown (``to_markdown()``).
 
-:func:`write_report` lays many results out side by side (rows = model, columns = dataset/metric) in
-``results.json`` + ``results.md``. It works from the ``to_dict()`` form only, so results loaded back
-from earlier ``results.json`` files can be merged into one report.
+:func:`mmfm.eval.report.write_report` lays many of them out side by side; :func:`headline` is the one
+definition of the numbers that go into comparison tables.
 """
 from __future__ import annotations
 
@@ -17,20 +16,21 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..report.tables import is_fraction_metric, markdown_table
+from ..report.tables import markdown_table
 from ..util.atomic import atomic_write_json, atomic_write_text
+from .report import KIND_TITLES, fmt_metric, fmt_pct, perf_line, result_to_dict
 
 
 # ---------------------------------------------------------------------------------------------
 # Performance
 @dataclass
 class PerfStats:
-    """Speed and memory of one evaluation pass (see :class:`mmfm.eval.features.PerfMeter`).
+    """Speed and memory of one evaluation pass, as measured by :class:`mmfm.measure.Meter` (``PerfMeter.stats()``).
 
     ``items_per_s`` is end-to-end (data loading + model), ``model_items_per_s`` counts only the time
     spent in the model (what a faster data pipeline could reach). Peak RSS is the largest resident
@@ -167,7 +167,7 @@ class ClassificationMetrics:
 
     def per_class_markdown(self, limit: int = 200) -> str:
         support = self.confusion.sum(axis=1)
-        rows = [[str(name), _pct(acc), str(int(s))]
+        rows = [[str(name), fmt_pct(acc), str(int(s))]
                 for name, acc, s in list(zip(self.classnames, self.per_class, support))[:limit]]
         return markdown_table(["class", "accuracy", "support"], rows, align="lrr")
 
@@ -204,14 +204,14 @@ class EvalResult:
     @property
     def title(self) -> str:
         task = f" [{self.task}]" if self.task else ""
-        return f"{_KIND_TITLES.get(self.kind, self.kind)}: {self.model} on {self.dataset}{task}"
+        return f"{KIND_TITLES.get(self.kind, self.kind)}: {self.model} on {self.dataset}{task}"
 
     def to_markdown(self) -> str:
         lines = [f"### {self.title}", ""]
         if self.config.get("random_weights"):
             lines += ["**Warning: random weights** (no pretrained checkpoint, no training): these numbers describe "
                       "an untrained model.", ""]
-        lines.append(markdown_table(["metric", "value"], [[k, _fmt_metric(k, v)] for k, v in self.headline().items()],
+        lines.append(markdown_table(["metric", "value"], [[k, fmt_metric(k, v)] for k, v in self.headline().items()],
                                     align="lr"))
         skipped = self.config.get("skipped_images") or []
         if skipped:
@@ -221,7 +221,7 @@ class EvalResult:
             from .published import comparison_markdown
             lines += ["", comparison_markdown(self.config["published"])]
         if self.perf:
-            lines += ["", _perf_line(self.perf.to_dict())]
+            lines += ["", perf_line(self.perf.to_dict())]
         extra = self._markdown_extra()
         if extra:
             lines += ["", extra]
@@ -293,10 +293,10 @@ class LinearProbeResult(EvalResult):
     def _markdown_extra(self):
         if self.sweep and "weight_decay" in self.sweep[0]:    # clip_benchmark's probe sweeps AdamW's weight decay
             table = markdown_table(["weight decay", "val accuracy"],
-                                   [[f"{s['weight_decay']:.3g}", _pct(s["val_accuracy"])] for s in self.sweep], align="rr")
+                                   [[f"{s['weight_decay']:.3g}", fmt_pct(s["val_accuracy"])] for s in self.sweep], align="rr")
             return f"Weight-decay sweep (best = {self.config.get('weight_decay', float('nan')):.3g}; " \
                    f"refit on {self.num_train}+{self.num_val} samples):\n\n" + table
-        table = markdown_table(["C", "val accuracy"], [[f"{s['C']:.3g}", _pct(s["val_accuracy"])] for s in self.sweep],
+        table = markdown_table(["C", "val accuracy"], [[f"{s['C']:.3g}", fmt_pct(s["val_accuracy"])] for s in self.sweep],
                                align="rr")
         return f"C sweep (best C = {self.best_c:.3g}; refit on {self.num_train}+{self.num_val} samples):\n\n" + table
 
@@ -321,7 +321,7 @@ class FewShotResult(EvalResult):
                 "plots": self.plots}
 
     def _markdown_extra(self):
-        rows = [[str(k), f"{_pct(v['mean'])} ± {100 * v['std']:.2f}", str(len(v["accuracies"]))]
+        rows = [[str(k), f"{fmt_pct(v['mean'])} ± {100 * v['std']:.2f}", str(len(v["accuracies"]))]
                 for k, v in sorted(self.per_shot.items())]
         return f"Method: `{self.method}`\n\n" + markdown_table(["shots", "accuracy (mean ± std)", "seeds"], rows,
                                                                  align="rrr")
@@ -363,21 +363,15 @@ class RetrievalResult(EvalResult):
                 f"text→image {m.get('t2i_mean_rank', float('nan')):.2f}.")
 
 
-_KIND_TITLES = {"zeroshot": "Zero-shot", "linear_probe": "Linear probe", "fewshot": "Few-shot",
-                "retrieval": "Retrieval"}
 RESULT_CLASSES: dict[str, type[EvalResult]] = {c.kind: c for c in
                                                 (ZeroShotResult, LinearProbeResult, FewShotResult, RetrievalResult)}
 
 
 # ---------------------------------------------------------------------------------------------
-# Side-by-side report
+# Helpers
 def skipped_names(*feature_sets) -> list[str]:
     """The unreadable images of feature passes, as ``"<index>: <why>"`` (the reason names the file)."""
     return [f"{i}: {why}" for fs in feature_sets if fs is not None for i, why in sorted(fs.skipped.items())]
-
-
-def result_to_dict(r: EvalResult | Mapping[str, Any]) -> dict[str, Any]:
-    return r.to_dict() if isinstance(r, EvalResult) else dict(r)
 
 
 def headline(result: EvalResult | Mapping[str, Any]) -> dict[str, float]:
@@ -386,129 +380,13 @@ def headline(result: EvalResult | Mapping[str, Any]) -> dict[str, float]:
     return {k: v for k, v in result_to_dict(result).get("headline", {}).items() if isinstance(v, (int, float))}
 
 
-def column_name(d: Mapping[str, Any], metric: str) -> str:
-    ds = d["dataset"] + (f"/{d['task']}" if d.get("task") else "")
-    return f"{ds} {_KIND_TITLES.get(d['kind'], d['kind']).lower()} {metric}"
-
-
-def comparison_table(results: Iterable[EvalResult | Mapping[str, Any]]) -> dict[str, Any]:
-    """``{"columns": [...], "rows": {model: {column: value}}}``: one row per model, one column per
-    (dataset, task, kind, headline metric), in first-seen order. A later result for the same
-    (model, column) overwrites an earlier one."""
-    columns: list[str] = []
-    rows: dict[str, dict[str, Any]] = {}
-    perf_rows: dict[str, dict[str, Any]] = {}
-    for d in map(result_to_dict, results):
-        row = rows.setdefault(d["model"], {})
-        for metric, value in d.get("headline", {}).items():
-            col = column_name(d, metric)
-            if col not in columns:
-                columns.append(col)
-            row[col] = value
-        if d.get("perf"):
-            perf_rows.setdefault(d["model"], {})[column_name(d, "images/s")] = d["perf"].get("items_per_s")
-    return {"columns": columns, "rows": rows, "throughput": perf_rows}
-
-
-def write_report(results: Sequence[EvalResult | Mapping[str, Any]], out_dir: str | Path,
-                 title: str = "Evaluation results") -> tuple[Path, Path]:
-    """Write ``results.json`` (every result in full + the comparison table) and ``results.md``
-    (the comparison table, a throughput/memory table, then each result's own section).
-
-    ``results`` may mix result objects and dicts loaded from earlier ``results.json`` files
-    (``load_results``), so reports of separate runs can be merged.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dicts = [result_to_dict(r) for r in results]
-    table = comparison_table(dicts)
-    json_path = out / "results.json"
-    atomic_write_json(json_path, {"results": dicts, "table": table})
-
-    lines = [f"# {title}", ""]
-    if table["columns"]:
-        lines += ["Accuracies and recalls in %.", "",
-                  markdown_table(["model"] + table["columns"],
-                                 [[model] + [_fmt_metric_col(c, row.get(c)) for c in table["columns"]]
-                                  for model, row in table["rows"].items()], align="l" + "r" * len(table["columns"]))]
-    else:
-        lines.append("(no results)")
-    perf = [d for d in dicts if d.get("perf")]
-    if perf:
-        lines += ["", "## Throughput and memory", "", _throughput_table(perf)]
-    lines += ["", "## Details", ""]
-    for r, d in zip(results, dicts):
-        if isinstance(r, EvalResult):
-            lines.append(r.to_markdown())
-        else:
-            lines += [f"### {d['kind']}: {d['model']} on {d['dataset']}", ""] + \
-                     [f"- {k}: {_fmt_metric(k, v)}" for k, v in d.get("headline", {}).items()] + [""]
-    md_path = out / "results.md"
-    atomic_write_text(md_path, "\n".join(lines) + "\n")
-    return json_path, md_path
-
-
-def _throughput_table(dicts: Sequence[Mapping[str, Any]]) -> str:
-    rows = []
-    for d in dicts:
-        p = d["perf"]
-        lat = p.get("batch_latency_ms") or {}
-        rows.append([d["model"], d["dataset"] + ("/" + d["task"] if d.get("task") else ""), d["kind"],
-                     _num(p.get("items_per_s")), _num(p.get("model_items_per_s")), _num(lat.get("mean")),
-                     _num(p.get("peak_rss_mb")), _num(p.get("peak_cuda_mb")),
-                     f"{p.get('device')}" + (" (cached)" if p.get("cached") else "")])
-    return markdown_table(["model", "dataset", "evaluation", "images/s", "model images/s", "batch latency (ms, mean)",
-                           "peak RSS (MiB)", "peak CUDA (MiB)", "device"], rows, align="lllrrrrrl")
-
-
-def load_results(path: str | Path) -> list[dict[str, Any]]:
-    """The result dicts of a ``results.json`` written by :func:`write_report` (or one result's JSON)."""
-    data = json.loads(Path(path).read_text())
-    if isinstance(data, dict) and "results" in data:
-        return list(data["results"])
-    return [data] if isinstance(data, dict) else list(data)
-
-
 # ---------------------------------------------------------------------------------------------
-# Formatting helpers
+# Serialisation helpers
 def _finite(v):
     if v is None:
         return None
     v = float(v)
     return v if math.isfinite(v) else None
-
-
-def _pct(v) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    return f"{100 * float(v):.2f}"
-
-
-def _perf_line(p: Mapping[str, Any]) -> str:
-    lat = p.get("batch_latency_ms") or {}
-    mem = f"peak RSS {_num(p.get('peak_rss_mb'))} MiB" + \
-        (f", peak CUDA {_num(p.get('peak_cuda_mb'))} MiB" if p.get("peak_cuda_mb") is not None else "")
-    return (f"Throughput: {_num(p.get('items_per_s'))} images/s end-to-end ({_num(p.get('model_items_per_s'))} in the "
-            f"model) on {p.get('device')}, {p.get('num_items')} images, batch latency {_num(lat.get('mean'))} ms mean; "
-            f"{mem}" + (" (features from cache; numbers of the original pass)" if p.get("cached") else "") + ".")
-
-
-def _num(v) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    return f"{float(v):.1f}"
-
-
-def _fmt_metric(name: str, v) -> str:
-    if v is None:
-        return "–"
-    if not is_fraction_metric(name):
-        return f"{float(v):.3g}"
-    return _pct(v)
-
-
-def _fmt_metric_col(col: str, v) -> str:
-    return _fmt_metric(col.rsplit(" ", 1)[-1], v)
 
 
 def file_slug(s: str) -> str:

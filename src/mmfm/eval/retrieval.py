@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .features import (FeatureCache, PerfMeter, cache_key, encode_texts, extract_image_features, get_cache,
-                       get_text_tokenizer, model_device, model_fingerprint)
+from ..util.weights import model_fingerprint
+from .cache import FeatureCache, cache_key, get_cache
+from .features import PerfMeter, encode_texts, extract_image_features, get_text_tokenizer, model_device
 from .results import RetrievalResult, skipped_names
 
 TieRule = Literal["optimistic", "pessimistic"]

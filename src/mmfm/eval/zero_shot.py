@@ -18,8 +18,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .features import (FeatureCache, cache_key, encode_texts, extract_image_features, get_cache, get_text_tokenizer,
-                       model_device, model_fingerprint)
+from ..util.weights import model_fingerprint
+from .cache import FeatureCache, cache_key, get_cache
+from .features import encode_texts, extract_image_features, get_text_tokenizer, model_device
 from .results import skipped_names
 from .results import ClassificationMetrics, ZeroShotResult, file_slug
 

@@ -27,13 +27,14 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal, Mapping
 
 import torch
 import yaml
 from pydantic import Field, model_validator
 
 from ..train.config import Strict
+from ..util.overrides import apply_overrides, set_path
 from .corpus import DEFAULT_MIX
 
 
@@ -114,17 +115,19 @@ class DemoConfig(Strict):
         return self
 
 
-def load_demo_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> DemoConfig:
+def load_demo_config(path: str | Path | None,
+                     overrides: Mapping[str, Any] | Iterable[str] | None = None) -> DemoConfig:
+    """The demo's settings: the file's ``frozen_demo`` section (or the whole file), then the overrides, either
+    ``--set`` strings (``frozen.steps=400``; a leading ``frozen_demo.`` is dropped) or ``{dotted key: value}``."""
     raw: dict[str, Any] = {}
     if path is not None:
         raw = yaml.safe_load(Path(path).read_text()) or {}
         raw = raw.get("frozen_demo", raw)   # the demo's section of a larger file, or the whole file
-    for key, value in (overrides or {}).items():
-        node = raw
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            set_path(raw, key, value)
+    else:
+        apply_overrides(raw, overrides or [], prefix="frozen_demo.")
     return DemoConfig.model_validate(raw)
 
 
@@ -465,11 +468,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a setting, e.g. frozen.steps=400")
     parser.add_argument("--progress", action="store_true", help="show a progress bar while training Frozen")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    run_demo(args.out, load_demo_config(args.config, overrides), progress=args.progress)
+    run_demo(args.out, load_demo_config(args.config, args.set), progress=args.progress)
     return 0
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -17,9 +18,16 @@ except ImportError:  # psutil is a dependency, but keep measurement optional
 
 
 def current_rss() -> int:
+    """The process's resident set size now, in bytes (without psutil: the lifetime peak, an upper bound)."""
     if psutil is not None:
         return psutil.Process(os.getpid()).memory_info().rss
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return lifetime_peak_rss()
+
+
+def lifetime_peak_rss() -> int:
+    """The process's peak resident set size so far, in bytes (``getrusage``: KiB on Linux, bytes on macOS)."""
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024
 
 
 @dataclass

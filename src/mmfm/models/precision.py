@@ -69,30 +69,3 @@ def module_dtype(module: nn.Module) -> torch.dtype:
         if p.is_floating_point():
             return p.dtype
     return torch.float32
-
-
-def state_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """``model.state_dict(keep_vars=True)`` as plain (name, tensor) pairs, for hashing weights.
-
-    A dynamically quantized Linear keeps its weights in a packed object whose state-dict entries are a dtype
-    and a (quantized weight, bias) tuple, not tensors: they become the weight's int8 values, its scales and
-    zero points and the bias, so caches keyed on the weights see them (the dtype is in the module's repr).
-    """
-    out: list[tuple[str, torch.Tensor]] = []
-
-    def add(name: str, value) -> None:
-        if isinstance(value, (tuple, list)):
-            for i, v in enumerate(value):
-                add(f"{name}.{i}", v)
-        elif isinstance(value, torch.Tensor) and value.is_quantized:
-            if value.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-                scales, zeros = value.q_per_channel_scales(), value.q_per_channel_zero_points()
-            else:
-                scales, zeros = torch.tensor([value.q_scale()]), torch.tensor([value.q_zero_point()])
-            out.extend([(f"{name}.int", value.int_repr()), (f"{name}.scale", scales), (f"{name}.zero", zeros)])
-        elif isinstance(value, torch.Tensor):
-            out.append((name, value))
-
-    for name, value in model.state_dict(keep_vars=True).items():
-        add(name, value)
-    return out

@@ -23,7 +23,8 @@ configs (GELU vs QuickGELU, a LoRA scale) compute different features. :func:`arc
 part of every evaluation cache key that names it (the model's config, PEFT's adapter configs and each
 module's type and ``extra_repr``); packed weights need no such key, they depend on their sources only.
 Disk caches key on a content hash (weights + architecture), never on the stamp, so reloaded weights
-hit them.
+hit them: :func:`model_fingerprint` (also ``mmfm.model_fingerprint`` and ``mmfm.eval.model_fingerprint``),
+memoised per model object under a stamp.
 
 Also here, :func:`meta_copy`: what reports on a model (FLOPs, counts with adapters) works on a
 structural copy, so nothing that reports on a model changes it.
@@ -31,6 +32,7 @@ structural copy, so nothing that reports on a model changes it.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import weakref
 from typing import Any, Iterable
@@ -151,6 +153,70 @@ def architecture_key(model: nn.Module) -> str:
 def _stable(o: Any) -> Any:
     """JSON for what json cannot write, the same in every process (a set's order depends on the hash seed)."""
     return sorted(map(str, o)) if isinstance(o, (set, frozenset)) else str(o)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprint: a content hash of weights + architecture, for caches that outlive the model object
+def state_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``model.state_dict(keep_vars=True)`` as plain (name, tensor) pairs, for hashing weights.
+
+    A dynamically quantized Linear keeps its weights in a packed object whose state-dict entries are a dtype
+    and a (quantized weight, bias) tuple, not tensors: they become the weight's int8 values, its scales and
+    zero points and the bias, so caches keyed on the weights see them (the dtype is in the module's repr).
+    """
+    out: list[tuple[str, torch.Tensor]] = []
+
+    def add(name: str, value) -> None:
+        if isinstance(value, (tuple, list)):
+            for i, v in enumerate(value):
+                add(f"{name}.{i}", v)
+        elif isinstance(value, torch.Tensor) and value.is_quantized:
+            if value.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+                scales, zeros = value.q_per_channel_scales(), value.q_per_channel_zero_points()
+            else:
+                scales, zeros = torch.tensor([value.q_scale()]), torch.tensor([value.q_zero_point()])
+            out.extend([(f"{name}.int", value.int_repr()), (f"{name}.scale", scales), (f"{name}.zero", zeros)])
+        elif isinstance(value, torch.Tensor):
+            out.append((name, value))
+
+    for name, value in model.state_dict(keep_vars=True).items():
+        add(name, value)
+    return out
+
+
+# Memo per model object (weak: it dies with the model, so a new model at a reused id never hits it).
+_FP_MEMO: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A hash of the model's architecture and of every parameter and buffer (names, dtypes, shapes, values).
+
+    Two models with equal weights *and* equal architecture (config, module types and settings, LoRA
+    scales: :func:`architecture_key`) get equal fingerprints whatever their object identity,
+    so reloaded weights hit a cache; a GELU and a QuickGELU model with equal weights do not share one.
+    The hash is memoised per object and recomputed whenever mmfm's weights-version mechanism says a
+    tensor may have changed (any optimizer step, fused or not; ``load_state_dict``; LoRA and WiSE-FT
+    mutations; a tensor replaced or modified in place), so a model being trained never reuses a stale one.
+    """
+    arch = architecture_key(model)
+    named = state_tensors(model)   # int8 models' packed weights as tensors too
+    names, tensors = [n for n, _ in named], [t for _, t in named]
+    hit = _FP_MEMO.get(model)
+    if hit is not None and hit[0] == arch and hit[1] == names and hit[2].matches(tensors):
+        return hit[3]
+    # Taken before hashing (a write during the hash invalidates it); not holding the storages: the memo must
+    # not keep weights alive (model.cpu() would leave the old GPU copy allocated).
+    stamp = Stamp(tensors, hold=False)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(arch.encode())
+    for name, t in named:
+        t = t.detach()
+        h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        # Byte view works for every dtype (bf16 has no numpy equivalent).
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    fp = h.hexdigest()
+    _FP_MEMO[model] = (arch, names, stamp, fp)
+    return fp
 
 
 # ---------------------------------------------------------------------------------------------

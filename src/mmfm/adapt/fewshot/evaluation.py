@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...eval.features import FeatureCache, FeatureKind, FeatureSet, extract_image_features, model_device
+from ...eval.cache import FeatureCache
+from ...eval.features import FeatureKind, FeatureSet, extract_image_features, model_device
 from ...eval.few_shot import FewShotEpisode, FewShotMethod, dataset_labels, sample_k_shot
 from ...eval.linear_probe import task_labels
 from ...eval.plots import plot_few_shot
