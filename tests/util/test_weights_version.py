@@ -131,3 +131,17 @@ def test_fingerprints_agree_across_processes():
         assert proc.returncode == 0, proc.stderr[-2000:]
         out.append(proc.stdout.split()[-1])
     assert out[0] == out[1]
+
+
+def test_fingerprint_under_inference_mode_and_of_an_int8_model():
+    """Inference tensors carry no version counter: an int8 model's unpacked weights made under
+    torch.inference_mode (as `mmfm serve` runs) used to crash the fingerprint with a RuntimeError."""
+    import mmfm
+    from mmfm.util.weights import model_fingerprint
+    torch.manual_seed(0)
+    model = mmfm.create_model("ViT-tiny-test", precision="int8")
+    outside = model_fingerprint(model)
+    with torch.inference_mode():
+        assert model_fingerprint(model) == outside
+        fresh = torch.nn.Linear(3, 2)              # parameters created inside inference_mode are inference tensors
+        assert model_fingerprint(fresh) == model_fingerprint(fresh)

@@ -82,6 +82,12 @@ def _sample(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1)[::step]
 
 
+def _version_of(t: torch.Tensor) -> int | None:
+    """The tensor's in-place write counter; None for inference tensors (made under ``torch.inference_mode``),
+    which have none: they cannot be modified outside inference mode, and the value sample still guards them."""
+    return None if t.is_inference() else t._version
+
+
 class _Source:
     """What one source tensor looked like: the tensor object (weakly), its address, version, dtype, device,
     shape and a value sample. With ``hold`` the storage is kept too, so its address cannot be reused."""
@@ -90,13 +96,13 @@ class _Source:
 
     def __init__(self, t: torch.Tensor, hold: bool):
         self.ref, self.storage = weakref.ref(t), (t.untyped_storage() if hold else None)
-        self.ptr, self.version = t.data_ptr(), t._version
+        self.ptr, self.version = t.data_ptr(), _version_of(t)
         self.dtype, self.device, self.shape = t.dtype, t.device, t.shape
         # Off the CPU a value check would synchronise with the host: there the counter has to do.
         self.sample = _sample(t).clone() if t.device.type == "cpu" else None
 
     def matches(self, t: torch.Tensor) -> bool:
-        return (self.ref() is t and t.data_ptr() == self.ptr and t._version == self.version and t.dtype == self.dtype
+        return (self.ref() is t and t.data_ptr() == self.ptr and _version_of(t) == self.version and t.dtype == self.dtype
                 and t.device == self.device and t.shape == self.shape
                 and (self.sample is None or torch.equal(_sample(t), self.sample)))
 
