@@ -27,8 +27,19 @@ after each step, mmfm clamps its exp() at 100 where it is used; mmfm writes a ch
 its optimizer is the fused AdamW kernel (open_clip: foreach); initialisations differ in detail (each library's
 own, different seeds), so the loss curves are not compared here.
 
-Expected (2 shared cores; peak memory is robust to load, samples/s is not): mmfm's peak RSS <= 0.8x
-open_clip's in both settings and mmfm at least as fast; see benchmarks/results/train_e2e.json.
+Expected peak memory (measured 2026-11-30, --steps 2, benchmarks/results/train_e2e.json; GiB):
+
+    setting        open_clip main / tree PSS    mmfm main / tree PSS    mmfm / open_clip
+    batch 32       5.02 / 5.37                  3.78 / 4.19             0.75x / 0.78x
+    8 x accum 4    3.91 / 4.24                  3.43 / 3.89             0.88x / 0.92x
+
+samples/s there is noise (2 cores shared with ~8 other jobs, load ~10, 100-560 s a step): rerun on a
+quiet machine for speed. Where mmfm's accum-4 peak goes (glibc mallinfo2 + RSS timeline of one run):
+`import torch` ~0.5 GiB (both libraries), weights + gradients + AdamW moments 2.26 GiB (both), batch-8
+activations of the gradient pass ~0.37 GiB, other malloc ~0.16 GiB, freed heap kept by glibc ~0.1 GiB
+(a fixed M_MMAP_THRESHOLD of 1 MiB took the peak from 3.46 to 3.37 GiB). 0.8x of open_clip's 3.91 GiB
+is 3.13 GiB: only ~0.37 GiB above what torch and exact AdamW alone hold, so that setting cannot get
+there without recomputation or lower-precision optimizer state.
 """
 from __future__ import annotations
 
@@ -303,7 +314,7 @@ def main() -> None:
         results[name] = run_setting(name, csv_path, work, args.steps, args.warmup)
         write_json(args, results)
         r = results[name]
-        print(f"[{name}] {r['samples_per_s']:.1f} samples/s, peak RSS main {r['peak_rss_main_gib']:.2f} GiB, "
+        print(f"[{name}] {r['samples_per_s']:.3g} samples/s, peak RSS main {r['peak_rss_main_gib']:.2f} GiB, "
               f"tree {r['peak_rss_tree_gib']:.2f} GiB (PSS {r['peak_pss_tree_gib']:.2f})", flush=True)
 
     table(results)
@@ -330,7 +341,7 @@ def table(results: dict) -> None:
         r = results[name]
         vs = (f"{q[name]['speed']:.2f}x / {q[name]['rss_main']:.2f}x / {q[name]['pss_tree']:.2f}x"
               if name in q else "")
-        print(f"| {name} | {r['samples_per_s']:.1f} | {r['peak_rss_main_gib']:.2f} | {r['peak_rss_tree_gib']:.2f} "
+        print(f"| {name} | {r['samples_per_s']:.3g} | {r['peak_rss_main_gib']:.2f} | {r['peak_rss_tree_gib']:.2f} "
               f"| {r['peak_pss_tree_gib']:.2f} | {vs} |")
 
 
