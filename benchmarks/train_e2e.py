@@ -38,8 +38,9 @@ quiet machine for speed. Where mmfm's accum-4 peak goes (glibc mallinfo2 + RSS t
 `import torch` ~0.5 GiB (both libraries), weights + gradients + AdamW moments 2.26 GiB (both), batch-8
 activations of the gradient pass ~0.37 GiB, other malloc ~0.16 GiB, freed heap kept by glibc ~0.1 GiB
 (a fixed M_MMAP_THRESHOLD of 1 MiB took the peak from 3.46 to 3.37 GiB). 0.8x of open_clip's 3.91 GiB
-is 3.13 GiB: only ~0.37 GiB above what torch and exact AdamW alone hold, so that setting cannot get
-there without recomputation or lower-precision optimizer state.
+is 3.13 GiB: only ~0.37 GiB above what torch and exact AdamW alone hold, so that setting gets there only
+by shrinking the gradient pass's activations (not done yet: e.g. compute dL/dfeatures once from the cached
+features, then back-propagate the image tower in chunks smaller than the micro-batch, GradCache-style).
 """
 from __future__ import annotations
 
