@@ -104,3 +104,37 @@ def test_cached_weights_follow_writes_that_bypass_version_counters(write):
     for a, b, old in zip(plain, cached, before):
         assert not torch.allclose(a, old, atol=1e-4)
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def _cache_entries(model) -> int:
+    return sum(len(m._cache._entries) for m in model.modules() if isinstance(getattr(m, "_cache", None), layers.PackedCache))
+
+
+def test_no_derived_weights_are_built_for_weights_about_to_be_stepped():
+    # Contrastive accumulation runs a no-grad feature pass in training mode; its weights change at the next
+    # optimizer step, so packed/concatenated copies made there are wasted work and double the weight memory.
+    torch.manual_seed(0)
+    model = create_model("ViT-tiny-test").train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32), torch.randint(1, 1000, (2, 16)))
+    assert _cache_entries(model) == 0
+
+
+@pytest.mark.parametrize("how", ["eval", "locked"])
+def test_derived_weights_still_serve_inference_and_locked_towers(how):
+    # eval() + no_grad with trainable parameters (inference after training) packs; so does a locked tower
+    # in a training run, whose weights are never stepped.
+    torch.manual_seed(0)
+    model = create_model("ViT-tiny-test")
+    img, ids = torch.randn(2, 3, 32, 32), torch.randint(1, 1000, (2, 16))
+    if how == "eval":
+        model.eval()
+        assert all(p.requires_grad for p in model.parameters())
+        _encode(model, img, ids)
+        assert _cache_entries(model.visual) and _cache_entries(model.text)
+        return
+    model.train()
+    model.lock_image_tower(0)
+    model.visual.train()                 # even in training mode: frozen weights are not going to change
+    _encode(model, img, ids)
+    assert _cache_entries(model.visual) and not _cache_entries(model.text)

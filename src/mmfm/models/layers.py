@@ -79,6 +79,17 @@ def use_packed(x: torch.Tensor, *weights: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() or not (x.requires_grad or any(w.requires_grad for w in weights))
 
 
+def about_to_step(module: nn.Module, *weights: torch.Tensor) -> bool:
+    """Whether these weights change at the next optimizer step: trainable weights of a module in training mode.
+
+    No derived copy is built for them, even in a no-grad pass: contrastive accumulation's feature pass runs
+    the whole model without grad once per step, and packing there would rebuild every copy each step (the
+    weights moved) and hold a second set of weights through the step (0.6 GB for ViT-B-32). A locked tower
+    (frozen weights) keeps its copies in a training run, and ``eval()`` inference always packs.
+    """
+    return module.training and any(w.requires_grad for w in weights)
+
+
 class PackedCache:
     """Tensors derived from weights (packed or concatenated copies), rebuilt when a source changes.
 
@@ -122,7 +133,7 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
 def linear(module: nn.Linear, x: torch.Tensor, cache: PackedCache, name: str, act: nn.Module | None = None):
     """``act(module(x))`` (``module(x)`` without ``act``), through the packed inference path when it
     applies; there an exact GELU runs inside the matmul."""
-    if _is_plain_linear(module) and use_packed(x, module.weight):
+    if _is_plain_linear(module) and use_packed(x, module.weight) and not about_to_step(module, module.weight):
         w = module.weight
         gelu = type(act) is nn.GELU and act.approximate == "none"
         y = packed_linear(x, cache.derived(name, lambda: pack(w), w), module.bias, gelu=gelu)
@@ -160,9 +171,9 @@ class Attention(nn.Module):
 
     def _qkv(self, x: torch.Tensor):
         projs = (self.q_proj, self.k_proj, self.v_proj)
-        plain = all(_is_plain_linear(p) for p in projs) and not torch.jit.is_scripting() \
-            and not torch.compiler.is_compiling()
         weights = [p.weight for p in projs]
+        plain = all(_is_plain_linear(p) for p in projs) and not torch.jit.is_scripting() \
+            and not torch.compiler.is_compiling() and not about_to_step(self, *weights)
         sources = weights + [p.bias for p in projs]
         if plain and use_packed(x, *weights):
             # One packed matmul for q, k and v, on the concatenated weights packed once.
