@@ -280,6 +280,22 @@ def _views(cfg, family: ModelFamily, model, tok, datasets, train: TrainConfig):
     return train_view, val_view
 
 
+def _check_evals(cfg: ExperimentConfig, datasets: dict) -> None:
+    """Evaluations that cannot run on their model or data fail before anything trains (nothing is lost)."""
+    from .evaluate import get_kind
+    from .frozen.evals import VQA_DATASETS, supports_vqa
+    for i, spec in enumerate(cfg.models):
+        family = getattr(model_config(spec), "family", None)      # None: only the checkpoint knows
+        for e in list(spec.evals if spec.evals is not None else cfg.evals) + list(cfg.eval_during_training):
+            kind = get_kind(e.kind)
+            if family is not None and (family == "frozen") != (kind.family == "frozen"):
+                raise ValueError(f"models.{i} ({spec.label}): evaluation {e.kind} does not apply to a {family!r} "
+                                 f"model; Frozen takes captioning / vqa, CLIP-family models the others")
+            if kind.name == "vqa" and e.dataset in datasets and not supports_vqa(datasets[e.dataset]):
+                raise ValueError(f"evaluation vqa: data {e.dataset!r} ({cfg.data[e.dataset].name}) provides no "
+                                 f"questions and answers; datasets that do: {list(VQA_DATASETS)}")
+
+
 def _val_dataset(spec: EvalSpec, datasets: dict, data_specs: dict[str, DatasetSpec] | None):
     """The linear probe's C-sweep set: the same rule as `mmfm eval` (:func:`mmfm.eval.official_val_split`)."""
     if spec.kind != "linear_probe" or spec.val_dataset is None:
@@ -466,6 +482,7 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     datasets = _build_datasets(cfg)
+    _check_evals(cfg, datasets)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows, all_results = [], []
     for spec in cfg.models:
