@@ -11,7 +11,9 @@ is ``mmfm eval``: it builds the model (with its LoRA adapter) and the datasets b
 This module sits above both :mod:`mmfm.eval` (zero-shot, linear probe, retrieval) and :mod:`mmfm.adapt`
 (the few-shot evaluation, whose methods are adaptations, and the adapter loading), which is why the table
 lives here and not in either. The numbers that go into comparison tables are each result type's own
-``headline()`` (:func:`mmfm.eval.headline`), so reports need nothing from here.
+``headline()`` (:func:`mmfm.eval.headline`), so reports need nothing from here. Each kind names the model
+family it evaluates: the embedding kinds CLIP-family models, ``captioning`` / ``vqa`` (:mod:`mmfm.frozen.evals`)
+Frozen models; :func:`evaluate` refuses the wrong one by name.
 
     from mmfm.evaluate import evaluate, run_eval
     r = evaluate("zeroshot", model, get_dataset("shapes", split="test"), task="color")
