@@ -11,7 +11,9 @@ is ``mmfm eval``: it builds the model (with its LoRA adapter) and the datasets b
 This module sits above both :mod:`mmfm.eval` (zero-shot, linear probe, retrieval) and :mod:`mmfm.adapt`
 (the few-shot evaluation, whose methods are adaptations, and the adapter loading), which is why the table
 lives here and not in either. The numbers that go into comparison tables are each result type's own
-``headline()`` (:func:`mmfm.eval.headline`), so reports need nothing from here.
+``headline()`` (:func:`mmfm.eval.headline`), so reports need nothing from here. Each kind names the model
+family it evaluates: the embedding kinds CLIP-family models, ``captioning`` / ``vqa`` (:mod:`mmfm.frozen.evals`)
+Frozen models; :func:`evaluate` refuses the wrong one by name.
 
     from mmfm.evaluate import evaluate, run_eval
     r = evaluate("zeroshot", model, get_dataset("shapes", split="test"), task="color")
@@ -29,6 +31,7 @@ from . import api
 from .adapt.fewshot import few_shot
 from .adapt.lora import load_lora
 from .data.templates import CLIP_BENCHMARK_CLASSNAMES
+from .eval.generation_results import CaptioningResult, VQAResult
 from .eval.linear_probe import linear_probe
 from .eval.protocol import (Protocol, get_protocol, official_val_split, protocol_data_note,
                             protocol_precision)
@@ -37,6 +40,7 @@ from .eval.report import write_report
 from .eval.results import EvalResult, FewShotResult, LinearProbeResult, RetrievalResult, ZeroShotResult
 from .eval.retrieval import retrieval
 from .eval.zero_shot import zero_shot
+from .frozen.evals import captioning, vqa
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class EvalKind:
     result_type: type[EvalResult]
     cli_names: tuple[str, ...]      # spellings `mmfm eval` accepts; the first is shown in --help
     needs_train: bool               # fitted on a training split (linear probe, few-shot)
+    family: str = "clip"            # the models it evaluates: "clip" (embeddings: CLIP, LoRA, hybrids) or "frozen" (text)
 
 
 KINDS: dict[str, EvalKind] = {k.name: k for k in (
@@ -53,6 +58,8 @@ KINDS: dict[str, EvalKind] = {k.name: k for k in (
     EvalKind("linear_probe", linear_probe, LinearProbeResult, ("linear-probe", "linear_probe", "linearprobe"), True),
     EvalKind("fewshot", few_shot, FewShotResult, ("fewshot", "few-shot", "few_shot"), True),
     EvalKind("retrieval", retrieval, RetrievalResult, ("retrieval",), False),
+    EvalKind("captioning", captioning, CaptioningResult, ("captioning", "caption"), False, family="frozen"),
+    EvalKind("vqa", vqa, VQAResult, ("vqa",), False, family="frozen"),
 )}
 
 #: every accepted spelling -> canonical kind name
@@ -67,7 +74,8 @@ def get_kind(name: str) -> EvalKind:
 
 
 def cli_choices() -> list[str]:
-    return [k.cli_names[0] for k in KINDS.values()]
+    """The kinds `mmfm eval` runs: the embedding ones (captioning / vqa run from `mmfm run` configs)."""
+    return [k.cli_names[0] for k in KINDS.values() if k.family == "clip"]
 
 
 def _protocol_args(p: Protocol, kind: EvalKind, dataset_name: str, task, args: dict, device) -> dict:
@@ -90,6 +98,16 @@ def warn_random_weights(result: EvalResult, label: str) -> None:
                   f"describe an untrained model", stacklevel=3)
 
 
+def _check_family(k: EvalKind, model) -> None:
+    """Embedding evaluations need a CLIP-family model, text-generating ones a Frozen model: say so by name."""
+    family = getattr(getattr(model, "config", None), "family", "clip")
+    if (family == "frozen") != (k.family == "frozen"):
+        need = "a Frozen model (it generates text)" if k.family == "frozen" else \
+            "a CLIP-family model (it compares image and text embeddings)"
+        raise ValueError(f"evaluation {k.name} needs {need}, not a {family!r} model; for Frozen use "
+                         f"{sorted(n for n, x in KINDS.items() if x.family == 'frozen')}, for CLIP the others")
+
+
 def evaluate(kind: str | EvalKind, model, test, train=None, val=None, *, label: str | None = None,
              out_dir: str | Path | None = None, device=None, num_workers: int = 0, progress: bool = True,
              task: str | None = None, random_weights: bool = False, protocol: str = "clip_paper",
@@ -105,6 +123,7 @@ def evaluate(kind: str | EvalKind, model, test, train=None, val=None, *, label: 
         in ``result.config["protocol"]``, with a note when the dataset's images are not the published ones.
     """
     k = kind if isinstance(kind, EvalKind) else get_kind(kind)
+    _check_family(k, model)
     p = get_protocol(protocol)
     dataset_name = getattr(test, "name", "")
     args = {**_protocol_args(p, k, dataset_name, task, args, device), **args}
@@ -125,8 +144,9 @@ def evaluate(kind: str | EvalKind, model, test, train=None, val=None, *, label: 
         if k.name == "linear_probe":
             call.setdefault("val_dataset", val)
         result = fn(model, train, test, **call)
-    result.config["protocol"] = p.name
-    note = protocol_data_note(p.name, dataset_name)
+    if k.family == "clip":    # the protocols are the embedding evaluations' (class names, probe method)
+        result.config["protocol"] = p.name
+    note = protocol_data_note(p.name, dataset_name) if k.family == "clip" else None
     if note:
         result.config["protocol_note"] = note
         warnings.warn(note, stacklevel=2)

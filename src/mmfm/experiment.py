@@ -9,11 +9,12 @@ import shutil
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Protocol
 
 import torch
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
+from torch import nn
 
 from .train.config import Strict, TrainConfig
 from .util.overrides import apply_overrides
@@ -41,7 +42,8 @@ def _path_part(value: str, what: str) -> str:
 
 
 class EvalSpec(Strict):
-    kind: Literal["zeroshot", "retrieval", "linear_probe", "fewshot"]
+    kind: Literal["zeroshot", "retrieval", "linear_probe", "fewshot", "captioning", "vqa"] = Field(
+        description="captioning / vqa: Frozen models (args: n, max_new_tokens, ...); the others: CLIP-family models")
     dataset: str = Field("test", description="key of `data` to evaluate on")
     train_dataset: str = Field("train", description="key of `data` the probe is fitted on (linear_probe, fewshot)")
     val_dataset: str | None = Field("auto", description="linear_probe: key of `data` its C is chosen on; 'auto' = "
@@ -57,6 +59,11 @@ class EvalSpec(Strict):
 class ModelSpec(Strict):
     label: str = Field(description="the model's name in reports and its folder under the run folder")
     model: str | None = Field(None, description="registered model config (`mmfm models`)")
+    config: dict[str, Any] | None = Field(None, description="an inline model config (its `family`: clip, hybrid, "
+                                          "frozen, ...; e.g. Frozen's vision, pretrained_lm, prefix_length); with "
+                                          "`model`, fields replacing the registered config's")
+    tokenizer: str | None = Field(None, description="Frozen: the LM's tokenizer (directory or hub id); default the "
+                                  "config's tokenizer, else its pretrained_lm")
     pretrained: str | None = None
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     lora: str | dict[str, Any] | None = Field(None, description="LoRA preset name, or apply_lora options {preset, r, alpha, ...}")
@@ -67,6 +74,37 @@ class ModelSpec(Strict):
     @classmethod
     def _label_is_a_folder_name(cls, v: str) -> str:
         return _path_part(v, "label")
+
+    @model_validator(mode="after")
+    def _config_fits(self):
+        # a wrong key or value, or an option the family does not take, fails here, naming it, before anything runs
+        if self.config is None and self.tokenizer is None and self.lora is None:
+            return self
+        cfg = model_config(self)
+        frozen = getattr(cfg, "family", None) == "frozen"
+        if self.lora is not None and frozen:
+            raise ValueError("lora: LoRA applies to CLIP-family models; Frozen trains its vision side only (remove `lora`)")
+        if self.tokenizer is not None and cfg is not None and not frozen:
+            raise ValueError("tokenizer: only Frozen models take a `tokenizer` (CLIP-family models bring their own)")
+        return self
+
+
+def model_config(spec: ModelSpec):
+    """The model config a spec names: the registered ``model``, its inline ``config``, or the first with the
+    second's fields replacing its own; None when only ``pretrained`` says what the model is."""
+    from .models import get_model_config
+    from .models.registry import config_from_dict
+    try:
+        base = get_model_config(spec.model) if spec.model else None
+    except KeyError as e:
+        raise ValueError(f"model: {e.args[0]}") from None
+    if spec.config is None:
+        return base
+    d = {**base.to_dict(), **spec.config} if base is not None else dict(spec.config)
+    try:
+        return config_from_dict(d)
+    except (ValueError, TypeError) as e:       # ConfigError is a ValueError
+        raise ValueError(f"config: {e}") from None
 
 
 class ExperimentConfig(Strict):
@@ -158,22 +196,88 @@ def _build_datasets(cfg: ExperimentConfig):
     return out
 
 
-def _views(cfg, model, datasets, train: TrainConfig):
-    from .data import ImageTextView
+class ModelFamily(Protocol):
+    """What the runner asks of a model's family; the Trainer knows none of it. CLIP-family models (CLIP, LoRA,
+    hybrids, LiT) answer with :class:`ClipFamily`, Frozen with :class:`mmfm.frozen.family.FrozenFamily`."""
+
+    name: str
+
+    def prepare(self, model: nn.Module, tokenizer: str | None = None) -> Any: ...   # -> the tokenizer
+    def image_size(self, model: nn.Module) -> int: ...
+    def objective(self, tokenizer, train_cfg: TrainConfig) -> Any: ...
+    def train_view(self, dataset, transform, tokenizer, seed: int) -> Any: ...
+    def val_view(self, dataset, transform, tokenizer) -> Any: ...
+    def save(self, model: nn.Module, directory: Path, tokenizer) -> None: ...
+
+
+class ClipFamily:
+    """Contrastive image-text training: CLIP tokenizer, ``ContrastiveObjective``, ``ImageTextView``."""
+
+    name = "clip"
+
+    def prepare(self, model, tokenizer=None):
+        from .tokenizer import get_tokenizer
+        return model.get_tokenizer() if hasattr(model, "get_tokenizer") else get_tokenizer(model.context_length)
+
+    def image_size(self, model) -> int:
+        return model.config.vision.image_size
+
+    def objective(self, tokenizer, train_cfg: TrainConfig):
+        from .train.objectives import ContrastiveObjective
+        return ContrastiveObjective(train_cfg.loss, train_cfg.local_loss)
+
+    def train_view(self, dataset, transform, tokenizer, seed: int):
+        from .data import ImageTextView
+        return ImageTextView(dataset, transform, tokenizer, caption_mode="random", seed=seed)
+
+    def val_view(self, dataset, transform, tokenizer):
+        from .data import ImageTextView
+        return ImageTextView(dataset, transform, tokenizer, caption_mode="first")
+
+    def save(self, model, directory: Path, tokenizer) -> None:
+        from .adapt import export_merged, is_lora_model, save_lora
+        from .checkpoints import save_pretrained
+        if is_lora_model(model):   # the adapter alone (PEFT format) and the merged model
+            save_lora(model, directory / "adapter")
+            export_merged(model, directory / "model")
+        else:
+            save_pretrained(model, directory / "model")
+
+
+def model_family(model: nn.Module) -> ModelFamily:
+    from .frozen.family import FrozenFamily, is_frozen
+    return FrozenFamily() if is_frozen(model) else ClipFamily()
+
+
+def _views(cfg, family: ModelFamily, model, tok, datasets, train: TrainConfig):
     from .data.transforms import image_transform
-    from .tokenizer import get_tokenizer
-    size = model.config.vision.image_size
-    tok = model.get_tokenizer() if hasattr(model, "get_tokenizer") else get_tokenizer(model.context_length)
+    size = family.image_size(model)
     a = cfg.augment
     train_tf = image_transform(size, train=True, scale=a.random_resized_crop or (1.0, 1.0), hflip=a.hflip,
                                pad_crop=a.pad_crop)
     if cfg.train_data not in datasets:
         raise ValueError(f"train_data {cfg.train_data!r} is not a key of data ({sorted(datasets)})")
-    train_view = ImageTextView(datasets[cfg.train_data], train_tf, tok, caption_mode="random", seed=train.seed)
+    train_view = family.train_view(datasets[cfg.train_data], train_tf, tok, seed=train.seed)
     val_view = None
     if cfg.val_data and cfg.val_data in datasets:
-        val_view = ImageTextView(datasets[cfg.val_data], image_transform(size), tok, caption_mode="first")
+        val_view = family.val_view(datasets[cfg.val_data], image_transform(size), tok)
     return train_view, val_view
+
+
+def _check_evals(cfg: ExperimentConfig, datasets: dict) -> None:
+    """Evaluations that cannot run on their model or data fail before anything trains (nothing is lost)."""
+    from .evaluate import get_kind
+    from .frozen.evals import VQA_DATASETS, supports_vqa
+    for i, spec in enumerate(cfg.models):
+        family = getattr(model_config(spec), "family", None)      # None: only the checkpoint knows
+        for e in list(spec.evals if spec.evals is not None else cfg.evals) + list(cfg.eval_during_training):
+            kind = get_kind(e.kind)
+            if family is not None and (family == "frozen") != (kind.family == "frozen"):
+                raise ValueError(f"models.{i} ({spec.label}): evaluation {e.kind} does not apply to a {family!r} "
+                                 f"model; Frozen takes captioning / vqa, CLIP-family models the others")
+            if kind.name == "vqa" and e.dataset in datasets and not supports_vqa(datasets[e.dataset]):
+                raise ValueError(f"evaluation vqa: data {e.dataset!r} ({cfg.data[e.dataset].name}) provides no "
+                                 f"questions and answers; datasets that do: {list(VQA_DATASETS)}")
 
 
 def _val_dataset(spec: EvalSpec, datasets: dict, data_specs: dict[str, DatasetSpec] | None):
@@ -210,7 +314,8 @@ def _attach_published(result, spec: ModelSpec, data: DatasetSpec | None, e: Eval
     """open_clip's published value beside the result, as `mmfm eval` shows it: only for pretrained weights used
     as they are (no training, no LoRA) on a dataset's test split."""
     from .eval import published_comparison
-    if spec.train is not None or spec.lora is not None or data is None or data.args.get("split", "test") != "test":
+    if spec.train is not None or spec.lora is not None or data is None or data.args.get("split", "test") != "test" \
+            or e.kind in ("captioning", "vqa"):
         return
     comp = published_comparison(result, spec.model, spec.pretrained, data.name, protocol_used=e.protocol,
                                 precision=spec.precision, device=str(device))
@@ -351,9 +456,9 @@ def run_experiment(config: str | Path | ExperimentConfig, out_dir: str | Path | 
 
 
 def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
+    from .api import create_model
     from .eval import headline, write_report
     from .measure import count_parameters, timer
-    from .api import create_model
     from .report.run_report import model_row, write_experiment_report
     from .train import Trainer
 
@@ -361,20 +466,25 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     datasets = _build_datasets(cfg)
+    _check_evals(cfg, datasets)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows, all_results = [], []
     for spec in cfg.models:
         mdir = out / spec.label
-        print(f"\n=== {spec.label}: {spec.model or ''} {('(' + spec.pretrained + ')') if spec.pretrained else ''}")
-        model = create_model(spec.model, pretrained=spec.pretrained, precision=spec.precision)
+        what = spec.model or (f"inline {spec.config.get('family', 'clip')} config" if spec.config else "")
+        print(f"\n=== {spec.label}: {what} {('(' + spec.pretrained + ')') if spec.pretrained else ''}")
+        model = create_model(model_config(spec) if spec.config is not None else spec.model,
+                             pretrained=spec.pretrained, precision=spec.precision)
         if spec.lora is not None:
             from .adapt import apply_lora
             opts = {"preset": spec.lora} if isinstance(spec.lora, str) else dict(spec.lora)
             model = apply_lora(model, **opts)
+        family = model_family(model)
+        tok = family.prepare(model, spec.tokenizer)
         train_result = None
         if spec.train is not None:
             tcfg = spec.train.model_copy(update={"device": spec.train.device or cfg.device})
-            train_view, val_view = _views(cfg, model, datasets, tcfg)
+            train_view, val_view = _views(cfg, family, model, tok, datasets, tcfg)
             during = [e for e in cfg.eval_during_training]
             eval_fn = None
             if during:
@@ -386,16 +496,11 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
                         for k, v in headline(r).items():
                             metrics[f"{e.kind}{'_' + e.task if e.task else ''}_{k}"] = v
                     return metrics
-            train_result = Trainer(model, train_view, tcfg, mdir, val_data=val_view, eval_fn=eval_fn).fit()
+            train_result = Trainer(model, train_view, tcfg, mdir, objective=family.objective(tok, tcfg),
+                                   val_data=val_view, eval_fn=eval_fn).fit()
             if not _is_main_process():
                 continue   # under torchrun, rank 0 alone evaluates and writes the reports
-            from .adapt import export_merged, is_lora_model, save_lora
-            from .checkpoints import save_pretrained
-            if is_lora_model(model):   # the adapter alone (PEFT format) and the merged model
-                save_lora(model, mdir / "adapter")
-                export_merged(model, mdir / "model")
-            else:
-                save_pretrained(model, mdir / "model")
+            family.save(model, mdir, tok)
         elif not _is_main_process():
             continue       # nothing to train: rank 0 alone evaluates it (every rank would write the same files)
         model.eval().to(device)
@@ -409,7 +514,8 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
                 _attach_published(results[-1], spec, cfg.data.get(e.dataset), e, device)
         all_results += results
         metrics = {f"{eval_tag(e)} {k}": v for e, r in zip(evals, results) for k, v in headline(r).items()}
-        rows.append(model_row(spec.label, spec.model, count_parameters(model), train_result,
+        name = spec.model if spec.config is None else f"{spec.model or family.name} + inline config"
+        rows.append(model_row(spec.label, name, count_parameters(model), train_result,
                               [r.to_dict() for r in results], metrics, eval_time(), random_weights=random_weights))
     if not _is_main_process():
         return {}

@@ -7,6 +7,8 @@ The model and its config live in :mod:`mmfm.models.frozen`; this package has eve
 * :mod:`.objective` - ``FrozenObjective`` for mmfm's ``Trainer``;
 * :mod:`.generate` - greedy / beam / nucleus decoding from interleaved image-text prompts;
 * :mod:`.io` - ``save_frozen`` / ``load_frozen``;
+* :mod:`.family`, :mod:`.evals` - what ``mmfm run`` asks of Frozen (tokenizer, objective, view, saving) and
+  its ``captioning`` / ``vqa`` evaluation kinds;
 * :mod:`.corpus`, :mod:`.tasks` - text corpus, VQA data and few-shot evaluations on ``shapes``;
 * :mod:`.demo` - the embedded demonstration (``python -m mmfm.frozen.demo --out DIR``);
 * :mod:`.cli` - ``caption_files`` / ``vqa_files`` behind ``mmfm caption`` / ``mmfm vqa``.
