@@ -8,7 +8,7 @@ import yaml
 
 from mmfm.adapt import few_shot
 from mmfm.eval import headline, linear_probe, official_val_split, retrieval, zero_shot
-from mmfm.eval.results import RESULT_CLASSES
+from mmfm.eval.results import FewShotResult, LinearProbeResult, RetrievalResult, ZeroShotResult
 from mmfm.evaluate import KINDS, cli_choices, evaluate, get_kind, run_eval
 from mmfm.experiment import run_experiment
 
@@ -94,7 +94,8 @@ def test_benchmark_linear_probe_uses_the_official_val_split_both_ways(tmp_path, 
 def test_registry_names_function_result_type_and_spellings():
     from mmfm.eval.generation_results import CaptioningResult, VQAResult
     from mmfm.frozen.evals import captioning, vqa
-    result_types = {**RESULT_CLASSES, "captioning": CaptioningResult, "vqa": VQAResult}
+    result_types = {"zeroshot": ZeroShotResult, "linear_probe": LinearProbeResult, "fewshot": FewShotResult,
+                    "retrieval": RetrievalResult, "captioning": CaptioningResult, "vqa": VQAResult}
     assert set(KINDS) == set(result_types)
     assert {name: kind.function for name, kind in KINDS.items()} == {
         "zeroshot": zero_shot, "linear_probe": linear_probe, "fewshot": few_shot, "retrieval": retrieval,

@@ -298,3 +298,15 @@ def test_evaluations_during_training_belong_to_the_weights_of_their_step(tmp_pat
         fresh.load_state_dict(ckpt["model"])
         assert zero_shot(fresh.eval(), val, task="color", progress=False).metrics.top1 == \
             pytest.approx(value, abs=1e-9), step
+
+
+def test_every_registered_evaluation_kind_is_accepted_by_run_configs():
+    """Adding an evaluation kind is one row in mmfm.evaluate.KINDS: run configs take every kind (and its CLI
+    spellings, stored by the canonical name) from that table, not from a second list."""
+    from mmfm.evaluate import KINDS
+    from mmfm.experiment import EvalSpec
+    for kind in KINDS.values():
+        for spelling in (kind.name, *kind.cli_names):
+            assert EvalSpec(kind=spelling).kind == kind.name
+    with pytest.raises(ValueError, match="unknown evaluation kind 'zero-shoot'"):
+        EvalSpec(kind="zero-shoot")

@@ -42,8 +42,8 @@ def _path_part(value: str, what: str) -> str:
 
 
 class EvalSpec(Strict):
-    kind: Literal["zeroshot", "retrieval", "linear_probe", "fewshot", "captioning", "vqa"] = Field(
-        description="captioning / vqa: Frozen models (args: n, max_new_tokens, ...); the others: CLIP-family models")
+    kind: str = Field(description="an evaluation kind of mmfm.evaluate.KINDS: zeroshot, retrieval, linear_probe, "
+                                  "fewshot (CLIP-family models); captioning, vqa (Frozen; args: n, max_new_tokens, ...)")
     dataset: str = Field("test", description="key of `data` to evaluate on")
     train_dataset: str = Field("train", description="key of `data` the probe is fitted on (linear_probe, fewshot)")
     val_dataset: str | None = Field("auto", description="linear_probe: key of `data` its C is chosen on; 'auto' = "
@@ -54,6 +54,16 @@ class EvalSpec(Strict):
         "clip_paper", description="clip_benchmark: open_clip's published protocol (raw CIFAR-100 names, AdamW "
                                   "linear probe on normalised embeddings), as `mmfm eval --protocol`")
     args: dict[str, Any] = Field(default_factory=dict)
+
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_is_registered(cls, v: str) -> str:
+        """Any kind in the one table (mmfm.evaluate.KINDS), by its name or a CLI spelling; stored canonical."""
+        from .evaluate import ALIASES, KINDS
+        if v not in ALIASES:
+            raise ValueError(f"unknown evaluation kind {v!r}; known: {', '.join(KINDS)}")
+        return ALIASES[v]
 
 
 class ModelSpec(Strict):

@@ -363,10 +363,6 @@ class RetrievalResult(EvalResult):
                 f"text→image {m.get('t2i_mean_rank', float('nan')):.2f}.")
 
 
-RESULT_CLASSES: dict[str, type[EvalResult]] = {c.kind: c for c in
-                                                (ZeroShotResult, LinearProbeResult, FewShotResult, RetrievalResult)}
-
-
 # ---------------------------------------------------------------------------------------------
 # Helpers
 def skipped_names(*feature_sets) -> list[str]:
