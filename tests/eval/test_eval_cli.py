@@ -33,6 +33,8 @@ def test_linear_probe_fewshot_retrieval(tmp_path):
 
 def test_unknown_kind_and_dataset():
     with pytest.raises(ValueError, match="unknown evaluation"):
+        run_eval("segmentation", "ViT-tiny-test", None, "shapes")
+    with pytest.raises(ValueError, match="captioning needs a Frozen model"):   # a kind, of another family
         run_eval("captioning", "ViT-tiny-test", None, "shapes")
     with pytest.raises(ValueError, match="unknown dataset"):
         run_eval("zeroshot", "ViT-tiny-test", None, "imagenet-9000", progress=False, device="cpu")
