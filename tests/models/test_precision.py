@@ -31,9 +31,8 @@ def _ridge(x: torch.Tensor, y: torch.Tensor, lam: float = 1e-1) -> torch.Tensor:
     return torch.linalg.solve(g + lam * g.trace() / len(g) * torch.eye(len(g)), x.T @ y)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A ViT-tiny-test that classifies colors (82%) and digits (63%) zero-shot, saved: (fp32 model, folder)."""
+def train_tiny_clip() -> nn.Module:
+    """A ViT-tiny-test that classifies colors (82%) and digits (63%) zero-shot (fp32, eval mode)."""
     torch.manual_seed(0)
     model = create_model("ViT-tiny-test")
     sets = [(Shapes("train", size=600, image_size=32, seed=0), "color"), (Digits("train"), None)]
@@ -64,14 +63,25 @@ def trained(tmp_path_factory):
         loss.backward()
         opt.step()
     model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+def evaluation_sets() -> dict:
+    return {"shapes": Shapes("test", size=300, image_size=32, seed=3), "digits": Digits("test")}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The tiny trained CLIP, saved: (fp32 model, folder)."""
+    model = train_tiny_clip()
     folder = tmp_path_factory.mktemp("precision") / "model"
     save_pretrained(model, folder)
-    return model.eval(), folder
+    return model, folder
 
 
 @pytest.fixture(scope="module")
 def eval_sets():
-    return {"shapes": Shapes("test", size=300, image_size=32, seed=3), "digits": Digits("test")}
+    return evaluation_sets()
 
 
 def _zero_shot_preds(model, dataset) -> tuple[torch.Tensor, float]:
@@ -162,6 +172,28 @@ def test_bf16_takes_float32_inputs_and_skips_the_fp32_packed_path(monkeypatch):
             feats = model.image_features(torch.randn(2, 3, 32, 32))
             txt = model.encode_text(ids)
         assert img.dtype == feats.dtype == txt.dtype == torch.float32 and img.shape == (2, 32)
+
+
+def test_bf16_keeps_the_residual_stream_in_fp32_and_runs_the_matmuls_in_bf16(monkeypatch):
+    """Rounding the residual stream to bf16 after every block cost most of bf16's disagreement with fp32."""
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    model = create_model("ViT-tiny-test", precision="bf16").eval()
+    seen = {}
+
+    def record(key):
+        def hook(module, args):
+            seen[key] = args[0].dtype
+        return hook
+    for tower in ("visual", "text"):
+        blocks = getattr(model, tower).transformer.blocks
+        blocks[0].register_forward_pre_hook(record(tower + ".stream"))
+        blocks[0].mlp.fc1.register_forward_pre_hook(record(tower + ".fc1"))
+    with torch.no_grad():
+        model.encode_image(torch.randn(2, 3, 32, 32))
+        model.encode_text(model.get_tokenizer()(["a red circle"]))
+    assert seen == {"visual.stream": torch.float32, "visual.fc1": torch.bfloat16,
+                    "text.stream": torch.float32, "text.fc1": torch.bfloat16}
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}   # saved and reloaded as bf16
 
 
 def test_bf16_on_a_cpu_without_native_bf16_says_so_once_and_still_works(monkeypatch):
