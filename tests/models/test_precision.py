@@ -9,6 +9,7 @@ the images against them: both towers are then exercised in bf16/int8 exactly as 
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -206,6 +207,22 @@ def test_bf16_on_a_cpu_without_native_bf16_says_so_once_and_still_works(monkeypa
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         create_model("ViT-tiny-test", precision="bf16")   # native: nothing to say
+
+
+def test_int8_uses_all_8_activation_bits_where_the_cpu_has_vnni(monkeypatch):
+    """torch.ao's 7-bit activations (reduce_range, for pre-VNNI CPUs) double the quantization error."""
+    torch.manual_seed(0)
+    fp32 = create_model("ViT-tiny-test").eval()
+    images = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        ref = fp32.encode_image(images)
+    errors = {}
+    for vnni in (False, True):
+        monkeypatch.setattr(precision, "cpu_has_vnni", lambda v=vnni: v)
+        low = precision.quantize_int8(copy.deepcopy(fp32))
+        with torch.no_grad():
+            errors[vnni] = float((low.encode_image(images) - ref).norm() / ref.norm())
+    assert errors[True] < 0.7 * errors[False], errors
 
 
 def test_int8_quantizes_the_linear_layers_only_and_is_cpu_inference():

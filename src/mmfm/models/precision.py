@@ -32,11 +32,12 @@ from .layers import LayerNorm
 
 # Flags in /proc/cpuinfo that mean bf16 matmuls run natively (x86: AVX512-BF16 or AMX; Arm: BF16).
 _NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+# Flags that mean u8 x s8 dot products accumulate in 32 bits (VNNI, AMX): no 16-bit saturation to avoid.
+_VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 @functools.cache
-def cpu_has_native_bf16() -> bool | None:
-    """True/False when the CPU's flags say whether it computes bf16 natively; None when they cannot be read."""
+def _cpu_flags() -> set[str] | None:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -46,7 +47,20 @@ def cpu_has_native_bf16() -> bool | None:
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
             flags.update(value.split())
-    return bool(flags & _NATIVE_BF16_FLAGS) and torch.backends.mkldnn.is_available()
+    return flags
+
+
+def cpu_has_native_bf16() -> bool | None:
+    """True/False when the CPU's flags say whether it computes bf16 natively; None when they cannot be read."""
+    flags = _cpu_flags()
+    return None if flags is None else bool(flags & _NATIVE_BF16_FLAGS) and torch.backends.mkldnn.is_available()
+
+
+def cpu_has_vnni() -> bool:
+    """Whether int8 matmuls accumulate without 16-bit saturation here (x86 VNNI/AMX), so activations may use
+    all 8 bits; False when unknown (the safe 7-bit range)."""
+    flags = _cpu_flags()
+    return bool(flags and flags & _VNNI_FLAGS) and torch.backends.quantized.engine in ("x86", "fbgemm")
 
 
 def bf16_fallback_message() -> str:
@@ -101,6 +115,19 @@ def cast_bf16(model: nn.Module) -> nn.Module:
     return model
 
 
+@functools.cache
+def _full_range_int8_linear():
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    class FullRangeInt8Linear(DynamicLinear):
+        """torch.ao's dynamic int8 Linear with 8-bit activations (``reduce_range=False``), for VNNI CPUs."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
+            return y.to(x.dtype)
+    return FullRangeInt8Linear
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
     """``model`` with every ``nn.Linear`` replaced (in place) by a dynamically quantized int8 one."""
     if any(p.device.type != "cpu" for p in model.parameters()):
@@ -112,7 +139,15 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
         # Per-output-channel weight scales: the default (one scale per matrix) costs agreement with fp32.
-        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+        model = quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    if cpu_has_vnni():
+        # torch.ao quantizes activations to 7 bits (reduce_range) so that pre-VNNI x86 kernels cannot saturate
+        # their 16-bit intermediate sums; with VNNI the full 8 bits are safe and halve the activation error.
+        full = _full_range_int8_linear()
+        for m in model.modules():
+            if type(m) is full.__mro__[1]:
+                m.__class__ = full
+    return model
 
 
 def module_dtype(module: nn.Module) -> torch.dtype:
