@@ -32,8 +32,12 @@ def _ridge(x: torch.Tensor, y: torch.Tensor, lam: float = 1e-1) -> torch.Tensor:
     return torch.linalg.solve(g + lam * g.trace() / len(g) * torch.eye(len(g)), x.T @ y)
 
 
-def train_tiny_clip() -> nn.Module:
-    """A ViT-tiny-test that classifies colors (82%) and digits (63%) zero-shot (fp32, eval mode)."""
+def train_tiny_clip(text_steps: int = 0, image_steps: int = 150) -> nn.Module:
+    """A ViT-tiny-test that classifies colors (82%) and digits (63%) zero-shot (fp32, eval mode).
+
+    ``text_steps`` > 0 also trains the text tower, so that the class prompts land on their directions through
+    features that tell the classes apart rather than through a fitted projection that amplifies small
+    differences between near-random features (the default); ``benchmarks/precision.py`` reports both."""
     torch.manual_seed(0)
     model = create_model("ViT-tiny-test")
     sets = [(Shapes("train", size=600, image_size=32, seed=0), "color"), (Digits("train"), None)]
@@ -41,12 +45,13 @@ def train_tiny_clip() -> nn.Module:
     n_classes = sum(len(t.classnames) for t in tasks)
     targets = torch.linalg.qr(torch.randn(model.config.embed_dim, n_classes,
                                           generator=torch.Generator().manual_seed(0))).Q.T   # [C, D]
-    feats, want, images, labels, offset = [], [], [], [], 0
+    feats, want, prompts, images, labels, offset = [], [], [], [], [], 0
     tok, tf = model.get_tokenizer(), image_transform(32)
     with torch.no_grad():
         for (ds, _), task in zip(sets, tasks):
             for c, texts in enumerate(fill_templates(task.classnames, task.templates)):
                 feats.append(model.text.forward_features(tok(texts)))
+                prompts.extend((t, offset + c) for t in texts)
                 want.append(targets[offset + c].expand(len(texts), -1))
             for i in range(len(ds)):
                 sample = ds.get_sample(i)
@@ -54,10 +59,17 @@ def train_tiny_clip() -> nn.Module:
                 labels.append(offset + (sample.label if task.attribute is None else sample.attributes[task.attribute]))
             offset += len(task.classnames)
         model.text.text_projection.copy_(_ridge(torch.cat(feats), torch.cat(want)))
+    ids, classes = tok([t for t, _ in prompts]), torch.tensor([c for _, c in prompts])
+    opt = torch.optim.AdamW(model.text.parameters(), lr=3e-3)
+    for _ in range(text_steps):
+        loss = F.cross_entropy(10 * model.encode_text(ids, normalize=True) @ targets.T, classes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     x, y = torch.stack(images), torch.tensor(labels)
     opt = torch.optim.AdamW(model.visual.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(150):
+    for _ in range(image_steps):
         idx = torch.randint(0, len(x), (64,), generator=g)
         loss = F.cross_entropy(10 * model.encode_image(x[idx], normalize=True) @ targets.T, y[idx])
         opt.zero_grad()
@@ -223,6 +235,16 @@ def test_int8_uses_all_8_activation_bits_where_the_cpu_has_vnni(monkeypatch):
         with torch.no_grad():
             errors[vnni] = float((low.encode_image(images) - ref).norm() / ref.norm())
     assert errors[True] < 0.7 * errors[False], errors
+
+
+def test_int8_refuses_saving_and_training_in_one_line(tmp_path):
+    from mmfm.train import TrainConfig, Trainer
+    model = create_model("ViT-tiny-test", precision="int8")
+    with pytest.raises(ValueError, match="cannot save an int8 model.*precision='int8'"):
+        save_pretrained(model, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+    with pytest.raises(ValueError, match="cannot train an int8 model"):
+        Trainer(model, [], TrainConfig(), tmp_path / "run")
 
 
 def test_int8_quantizes_the_linear_layers_only_and_is_cpu_inference():

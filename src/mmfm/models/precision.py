@@ -150,6 +150,20 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return model
 
 
+def is_int8(model: nn.Module) -> bool:
+    """Whether ``model`` holds dynamically quantized int8 layers (``create_model(precision="int8")``)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    return any(isinstance(m, DynamicLinear) for m in model.modules())
+
+
+def refuse_int8(model: nn.Module, action: str) -> None:
+    """One clear error where an int8 model would otherwise fail deep inside torch (saving, training)."""
+    if is_int8(model):
+        raise ValueError(f"cannot {action} an int8 model: its quantized weights are packed for CPU inference, not "
+                         f"parameters; {action} the fp32 model and quantize it when loading "
+                         f"(create_model(pretrained=..., precision='int8'))")
+
+
 def module_dtype(module: nn.Module) -> torch.dtype:
     """The dtype of a module's floating-point weights (float32 when it has none)."""
     for p in module.parameters():
