@@ -117,16 +117,35 @@ def _embeddings(model, dataset, n: int = 64) -> tuple[torch.Tensor, torch.Tensor
         return model.encode_image(images, normalize=True), model.encode_text(ids, normalize=True)
 
 
-# Zero-shot agreement with fp32. Measured here (fp32 top-1: colors 82%, digits 63%): bf16 100% / 98.3%, int8
-# 98.0% / 95.0%, i.e. the issue's targets (99% bf16, 98% int8) on colors. The bounds leave a few images of room
-# for other CPUs' kernels; the wrong answers on digits are near-ties, which low precision flips more often.
-AGREEMENT = {"bf16": {"shapes": 0.99, "digits": 0.97}, "int8": {"shapes": 0.97, "digits": 0.93}}
+# Zero-shot agreement with fp32, the issue's targets: >= 99% (bf16) and >= 98% (int8) of predictions, embedding
+# cosines >= 0.999 / 0.99. Measured here (benchmarks/results/precision.json has the full record):
+# - the tests' model (random text tower, ridge-fitted projection; fp32 top-1 colours 82%, digits 63%): bf16
+#   100% / 98.9%, int8 98.7% / 95.3%. The digits figures miss the targets: the flips come from the text tower
+#   (an fp32 text tower with a low-precision image tower flips 0 (bf16) and 3 (int8) digits), whose class
+#   prompts differ little and whose fitted projection amplifies the relative error of its features ~3x; the
+#   flipped images are near-ties (fp32 margins 0.004-0.08 against a median of 0.42). The bounds below are the
+#   measured figures less an image or two, so a change that loses agreement fails here.
+# - the same recipe with the text tower trained too (colours 94%, digits 88%): bf16 100% / 99.7%, int8
+#   100% / 100%: the targets hold.
+AGREEMENT = {("tests' model", "bf16"): {"shapes": 0.99, "digits": 0.985},
+             ("tests' model", "int8"): {"shapes": 0.98, "digits": 0.94},
+             ("trained text", "bf16"): {"shapes": 0.99, "digits": 0.99},
+             ("trained text", "int8"): {"shapes": 0.98, "digits": 0.98}}
 COSINE = {"bf16": 0.999, "int8": 0.99}
 
 
-@pytest.mark.parametrize("prec", ["bf16", "int8"])
-def test_low_precision_agrees_with_fp32(trained, eval_sets, prec):
-    fp32, folder = trained
+@pytest.fixture(scope="module")
+def trained_text(tmp_path_factory):
+    """The tiny CLIP with its text tower trained too, saved: (fp32 model, folder)."""
+    model = train_tiny_clip(text_steps=100, image_steps=300)
+    folder = tmp_path_factory.mktemp("precision") / "model"
+    save_pretrained(model, folder)
+    return model, folder
+
+
+@pytest.mark.parametrize("kind,prec", list(AGREEMENT))
+def test_low_precision_agrees_with_fp32(request, eval_sets, kind, prec):
+    fp32, folder = request.getfixturevalue("trained" if kind == "tests' model" else "trained_text")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)   # a CPU without native bf16 still computes it right
         low = create_model(pretrained=str(folder), precision=prec).eval()
@@ -139,7 +158,7 @@ def test_low_precision_agrees_with_fp32(trained, eval_sets, prec):
         preds_low, _ = _zero_shot_preds(low, dataset)
         assert acc > 0.5, f"{name}: the fp32 model classifies badly ({acc:.2f}); the agreement would mean little"
         agreement = float((preds == preds_low).float().mean())
-        assert agreement >= AGREEMENT[prec][name], f"{name}: {prec} agrees with fp32 on {agreement:.1%} of images"
+        assert agreement >= AGREEMENT[kind, prec][name], f"{name}: {prec} agrees with fp32 on {agreement:.1%} of images"
 
 
 def test_low_precision_models_run_the_public_zero_shot_evaluation(trained, eval_sets):
