@@ -4,19 +4,30 @@ bf16: weights are cast once (all of them, so a saved bf16 model reloads as bf16)
 tower's dtype at the tower boundary (``CLIP.encode_image`` / ``encode_text``) and embeddings come back float32,
 so callers see the same types as in fp32. Inside mmfm's transformer towers only the matmuls run in bf16: the
 residual stream stays fp32 (``ln_pre`` / the token embedding start it in fp32, each block adds its bf16 output
-to it in fp32) and every LayerNorm normalises in fp32 and hands bf16 to the matmul after it (``cast_bf16``).
-Measured on the tiny trained models of tests/models/test_precision.py: rounding the stream to bf16 after every
-block (a plain ``model.to(bfloat16)``) flipped 6 of 359 digit predictions, the fp32 stream 4; all of them
-come from the text tower (bf16 image tower + fp32 text tower: 0 flips) and are near-ties (fp32 top-1/top-2
-margins 0.008-0.016 in cosine, the lowest 3% of images). Computing the final projections in fp32 changed
-nothing measurable, so they stay bf16. oneDNN runs
-bf16 matmuls natively on CPUs with AVX512-BF16 or AMX (about 2.5x the fp32 rate on this project's machine);
-elsewhere it emulates them, which is correct but slower than fp32, so we say so once.
+to it in fp32) and every LayerNorm normalises in fp32 and hands bf16 to the matmul after it (``cast_bf16``);
+attention runs in SDPA's bf16 kernel, which accumulates and takes its softmax in fp32. The ModifiedResNet
+and other towers are plainly cast. oneDNN runs bf16 matmuls natively on CPUs with AVX512-BF16 or AMX (about
+2.5x the fp32 rate on this project's machine); elsewhere it emulates them, which is correct but slower than
+fp32, so we say so once.
 
 int8: ``torch.ao.quantization.quantize_dynamic`` replaces every ``nn.Linear`` (the attention and MLP
 projections, 2/3 of the FLOPs of a ViT) by one with int8 weights (per output channel) whose activations are
-quantized per batch at run time; convolutions, LayerNorms and the final projections stay fp32. CPU only,
-inference only: the quantized weights are not parameters, so they cannot be trained or saved as a checkpoint.
+quantized per batch (one scale per tensor) at run time; convolutions, LayerNorms and the final projections
+stay fp32. On VNNI CPUs the activations use all 8 bits (torch.ao's default 7, ``reduce_range``, only guards
+pre-VNNI kernels against saturating their 16-bit sums). CPU only, inference only: the quantized weights are
+not parameters, so they cannot be trained or saved (``refuse_int8`` says so).
+
+What was measured (tiny trained CLIPs of tests/models/test_precision.py, colours 300 / digits 359 images; the
+record is benchmarks/results/precision.json):
+- bf16: a plain ``model.to(bfloat16)`` (stream rounded after every block) flipped 6 digit predictions, the
+  fp32 stream 4 (98.3% -> 98.9%); all 4 come from the text tower (bf16 image tower + fp32 text tower: 0) and
+  are near-ties (fp32 top-1/top-2 margins 0.008-0.016, median 0.42). Final projections in fp32: no change.
+- int8: 8-bit activations cut the embedding error 2-4x (min image cosine 0.99956 -> 0.99982, text 0.9926 ->
+  0.9976) but not the digit flips (~18, 95%), which come from the text tower of that model: a random tower
+  whose class prompts differ little, read through a ridge-fitted projection that amplifies its features'
+  relative error ~3x. Leaving one kind of layer in fp32 (fc1, fc2, out_proj or q/k/v) removed 0-7 of the
+  flips; a per-token activation scale (torch._int_mm) removed none, so neither is used. With the text tower
+  trained as well (same recipe otherwise) both precisions meet the targets: bf16 100% / 99.7%, int8 100% / 100%.
 """
 from __future__ import annotations
 
