@@ -46,7 +46,7 @@ from mmfm.report import markdown_table
 from mmfm.util.atomic import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "models"))
-import test_precision as tiny   # noqa: E402, I001  (the tiny trained model and its evaluation sets)
+import test_precision as tiny   # noqa: I001  (the tiny trained model and its evaluation sets)
 
 PRECISIONS = ("bf16", "int8")
 # The tests' tiny model (random text tower, projection fitted by ridge) and one whose text tower is trained.
