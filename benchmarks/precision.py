@@ -19,13 +19,15 @@ Runtime: 3-6 min on this project's 2-core machine (most of it ViT-B-32 at batch 
 Expected (benchmarks/results/precision.json: AMD EPYC with avx512_bf16/avx512_vnni, 2 threads): ViT-B-32
 cosine min image/text bf16 0.99999/0.99995, int8 0.99994/0.9992. Tests' tiny model agreement colours/digits:
 bf16 100% / 98.9% (4 flips), int8 98.7% / 95.3% (17 flips), every flipped digit at an fp32 margin <= 0.08
-against a median of 0.42; with its text tower trained: bf16 100% / 99.7%, int8 100% / 100%. Speed: bf16
-1.5x and int8 1.6x fp32 (6.5 img/s) in that run, taken while the 2 cores carried a load of 12-15 from other
-jobs: the timings are noise-dominated, and the issue's 2x (bf16) is not shown by them either way.
+against a median of 0.42; with its text tower trained: bf16 100% / 99.7%, int8 100% / 100%. Speed: fp32
+9.2 img/s, bf16 1.39x, int8 1.37x in that run, taken while the 2 cores carried a load average of ~7 from other
+jobs (an earlier run at load 12-15: 6.5 img/s, 1.51x, 1.57x): noise-dominated, read as "bf16 and int8 are
+faster"; the issue's bf16 >= 2x is not shown on this shared machine.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -138,6 +140,7 @@ def main() -> None:
                            "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
                            "cpu": platform.processor() or platform.machine(),
                            "native_bf16": precision.cpu_has_native_bf16(), "vnni": precision.cpu_has_vnni(),
+                           "load_average_at_start": [round(v, 1) for v in os.getloadavg()],
                            "timing": "interleaved, median of repeats, on a shared machine: noisy, read ratios"}}
     for key, steps in TINY_MODELS.items():   # the tests' model first, then the one with a trained text tower
         with tempfile.TemporaryDirectory() as tmp:
