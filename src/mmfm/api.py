@@ -18,7 +18,7 @@ from .checkpoints.native import is_native_dir, saved_precision
 from .checkpoints.validate import (check_claimed_depth, check_shapes, check_state_dict, expected_shapes,
                                    load_state_dict_strict)
 from .models import factory as builders   # builders.build_model, looked up per call so tests can spy on it
-from .models.precision import check_bf16_cpu, quantize_int8
+from .models.precision import cast_bf16, check_bf16_cpu, quantize_int8
 from .models.registry import get_model_config
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
@@ -49,7 +49,9 @@ def create_model(name: str | Any | None = None, pretrained: str | None = None, d
         if cfg is None:
             raise ValueError("create_model needs a model name/config, a pretrained checkpoint, or both")
         model = builders.build_model(cfg, **_build_options(cfg))
-    if precision in ("fp16", "bf16"):
+    if precision == "bf16":
+        model = cast_bf16(model)
+    elif precision == "fp16":
         model = model.to(PRECISIONS[precision])
     if device is not None:
         model = model.to(device)

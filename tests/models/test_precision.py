@@ -9,6 +9,7 @@ the images against them: both towers are then exercised in bf16/int8 exactly as 
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -32,9 +33,12 @@ def _ridge(x: torch.Tensor, y: torch.Tensor, lam: float = 1e-1) -> torch.Tensor:
     return torch.linalg.solve(g + lam * g.trace() / len(g) * torch.eye(len(g)), x.T @ y)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A ViT-tiny-test that classifies colors (82%) and digits (63%) zero-shot, saved: (fp32 model, folder)."""
+def train_tiny_clip(text_steps: int = 0, image_steps: int = 150) -> nn.Module:
+    """A ViT-tiny-test that classifies colors (82%) and digits (63%) zero-shot (fp32, eval mode).
+
+    ``text_steps`` > 0 also trains the text tower, so that the class prompts land on their directions through
+    features that tell the classes apart rather than through a fitted projection that amplifies small
+    differences between near-random features (the default); ``benchmarks/precision.py`` reports both."""
     torch.manual_seed(0)
     model = create_model("ViT-tiny-test")
     sets = [(Shapes("train", size=600, image_size=32, seed=0), "color"), (Digits("train"), None)]
@@ -42,12 +46,13 @@ def trained(tmp_path_factory):
     n_classes = sum(len(t.classnames) for t in tasks)
     targets = torch.linalg.qr(torch.randn(model.config.embed_dim, n_classes,
                                           generator=torch.Generator().manual_seed(0))).Q.T   # [C, D]
-    feats, want, images, labels, offset = [], [], [], [], 0
+    feats, want, prompts, images, labels, offset = [], [], [], [], [], 0
     tok, tf = model.get_tokenizer(), image_transform(32)
     with torch.no_grad():
         for (ds, _), task in zip(sets, tasks):
             for c, texts in enumerate(fill_templates(task.classnames, task.templates)):
                 feats.append(model.text.forward_features(tok(texts)))
+                prompts.extend((t, offset + c) for t in texts)
                 want.append(targets[offset + c].expand(len(texts), -1))
             for i in range(len(ds)):
                 sample = ds.get_sample(i)
@@ -55,24 +60,42 @@ def trained(tmp_path_factory):
                 labels.append(offset + (sample.label if task.attribute is None else sample.attributes[task.attribute]))
             offset += len(task.classnames)
         model.text.text_projection.copy_(_ridge(torch.cat(feats), torch.cat(want)))
+    ids, classes = tok([t for t, _ in prompts]), torch.tensor([c for _, c in prompts])
+    opt = torch.optim.AdamW(model.text.parameters(), lr=3e-3)
+    for _ in range(text_steps):
+        loss = F.cross_entropy(10 * model.encode_text(ids, normalize=True) @ targets.T, classes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     x, y = torch.stack(images), torch.tensor(labels)
     opt = torch.optim.AdamW(model.visual.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(150):
+    for _ in range(image_steps):
         idx = torch.randint(0, len(x), (64,), generator=g)
         loss = F.cross_entropy(10 * model.encode_image(x[idx], normalize=True) @ targets.T, y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+def evaluation_sets() -> dict:
+    return {"shapes": Shapes("test", size=300, image_size=32, seed=3), "digits": Digits("test")}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The tiny trained CLIP, saved: (fp32 model, folder)."""
+    model = train_tiny_clip()
     folder = tmp_path_factory.mktemp("precision") / "model"
     save_pretrained(model, folder)
-    return model.eval(), folder
+    return model, folder
 
 
 @pytest.fixture(scope="module")
 def eval_sets():
-    return {"shapes": Shapes("test", size=300, image_size=32, seed=3), "digits": Digits("test")}
+    return evaluation_sets()
 
 
 def _zero_shot_preds(model, dataset) -> tuple[torch.Tensor, float]:
@@ -95,16 +118,35 @@ def _embeddings(model, dataset, n: int = 64) -> tuple[torch.Tensor, torch.Tensor
         return model.encode_image(images, normalize=True), model.encode_text(ids, normalize=True)
 
 
-# Zero-shot agreement with fp32. Measured here (fp32 top-1: colors 82%, digits 63%): bf16 100% / 98.3%, int8
-# 98.0% / 95.0%, i.e. the issue's targets (99% bf16, 98% int8) on colors. The bounds leave a few images of room
-# for other CPUs' kernels; the wrong answers on digits are near-ties, which low precision flips more often.
-AGREEMENT = {"bf16": {"shapes": 0.99, "digits": 0.97}, "int8": {"shapes": 0.97, "digits": 0.93}}
+# Zero-shot agreement with fp32, the issue's targets: >= 99% (bf16) and >= 98% (int8) of predictions, embedding
+# cosines >= 0.999 / 0.99. Measured here (benchmarks/results/precision.json has the full record):
+# - the tests' model (random text tower, ridge-fitted projection; fp32 top-1 colours 82%, digits 63%): bf16
+#   100% / 98.9%, int8 98.7% / 95.3%. The digits figures miss the targets: the flips come from the text tower
+#   (an fp32 text tower with a low-precision image tower flips 0 (bf16) and 3 (int8) digits), whose class
+#   prompts differ little and whose fitted projection amplifies the relative error of its features ~3x; the
+#   flipped images are near-ties (fp32 margins 0.004-0.08 against a median of 0.42). The bounds below are the
+#   measured figures less an image or two, so a change that loses agreement fails here.
+# - the same recipe with the text tower trained too (colours 94%, digits 88%): bf16 100% / 99.7%, int8
+#   100% / 100%: the targets hold.
+AGREEMENT = {("tests' model", "bf16"): {"shapes": 0.99, "digits": 0.985},
+             ("tests' model", "int8"): {"shapes": 0.98, "digits": 0.94},
+             ("trained text", "bf16"): {"shapes": 0.99, "digits": 0.99},
+             ("trained text", "int8"): {"shapes": 0.98, "digits": 0.98}}
 COSINE = {"bf16": 0.999, "int8": 0.99}
 
 
-@pytest.mark.parametrize("prec", ["bf16", "int8"])
-def test_low_precision_agrees_with_fp32(trained, eval_sets, prec):
-    fp32, folder = trained
+@pytest.fixture(scope="module")
+def trained_text(tmp_path_factory):
+    """The tiny CLIP with its text tower trained too, saved: (fp32 model, folder)."""
+    model = train_tiny_clip(text_steps=100, image_steps=300)
+    folder = tmp_path_factory.mktemp("precision") / "model"
+    save_pretrained(model, folder)
+    return model, folder
+
+
+@pytest.mark.parametrize("kind,prec", list(AGREEMENT))
+def test_low_precision_agrees_with_fp32(request, eval_sets, kind, prec):
+    fp32, folder = request.getfixturevalue("trained" if kind == "tests' model" else "trained_text")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)   # a CPU without native bf16 still computes it right
         low = create_model(pretrained=str(folder), precision=prec).eval()
@@ -117,7 +159,7 @@ def test_low_precision_agrees_with_fp32(trained, eval_sets, prec):
         preds_low, _ = _zero_shot_preds(low, dataset)
         assert acc > 0.5, f"{name}: the fp32 model classifies badly ({acc:.2f}); the agreement would mean little"
         agreement = float((preds == preds_low).float().mean())
-        assert agreement >= AGREEMENT[prec][name], f"{name}: {prec} agrees with fp32 on {agreement:.1%} of images"
+        assert agreement >= AGREEMENT[kind, prec][name], f"{name}: {prec} agrees with fp32 on {agreement:.1%} of images"
 
 
 def test_low_precision_models_run_the_public_zero_shot_evaluation(trained, eval_sets):
@@ -165,6 +207,28 @@ def test_bf16_takes_float32_inputs_and_skips_the_fp32_packed_path(monkeypatch):
         assert img.dtype == feats.dtype == txt.dtype == torch.float32 and img.shape == (2, 32)
 
 
+def test_bf16_keeps_the_residual_stream_in_fp32_and_runs_the_matmuls_in_bf16(monkeypatch):
+    """Rounding the residual stream to bf16 after every block cost most of bf16's disagreement with fp32."""
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    model = create_model("ViT-tiny-test", precision="bf16").eval()
+    seen = {}
+
+    def record(key):
+        def hook(module, args):
+            seen[key] = args[0].dtype
+        return hook
+    for tower in ("visual", "text"):
+        blocks = getattr(model, tower).transformer.blocks
+        blocks[0].register_forward_pre_hook(record(tower + ".stream"))
+        blocks[0].mlp.fc1.register_forward_pre_hook(record(tower + ".fc1"))
+    with torch.no_grad():
+        model.encode_image(torch.randn(2, 3, 32, 32))
+        model.encode_text(model.get_tokenizer()(["a red circle"]))
+    assert seen == {"visual.stream": torch.float32, "visual.fc1": torch.bfloat16,
+                    "text.stream": torch.float32, "text.fc1": torch.bfloat16}
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}   # saved and reloaded as bf16
+
+
 def test_bf16_on_a_cpu_without_native_bf16_says_so_once_and_still_works(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     with pytest.warns(RuntimeWarning, match="without native bf16.*slower than fp32"):
@@ -175,6 +239,32 @@ def test_bf16_on_a_cpu_without_native_bf16_says_so_once_and_still_works(monkeypa
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         create_model("ViT-tiny-test", precision="bf16")   # native: nothing to say
+
+
+def test_int8_uses_all_8_activation_bits_where_the_cpu_has_vnni(monkeypatch):
+    """torch.ao's 7-bit activations (reduce_range, for pre-VNNI CPUs) double the quantization error."""
+    torch.manual_seed(0)
+    fp32 = create_model("ViT-tiny-test").eval()
+    images = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        ref = fp32.encode_image(images)
+    errors = {}
+    for vnni in (False, True):
+        monkeypatch.setattr(precision, "cpu_has_vnni", lambda v=vnni: v)
+        low = precision.quantize_int8(copy.deepcopy(fp32))
+        with torch.no_grad():
+            errors[vnni] = float((low.encode_image(images) - ref).norm() / ref.norm())
+    assert errors[True] < 0.7 * errors[False], errors
+
+
+def test_int8_refuses_saving_and_training_in_one_line(tmp_path):
+    from mmfm.train import TrainConfig, Trainer
+    model = create_model("ViT-tiny-test", precision="int8")
+    with pytest.raises(ValueError, match="cannot save an int8 model.*precision='int8'"):
+        save_pretrained(model, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+    with pytest.raises(ValueError, match="cannot train an int8 model"):
+        Trainer(model, [], TrainConfig(), tmp_path / "run")
 
 
 def test_int8_quantizes_the_linear_layers_only_and_is_cpu_inference():

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.precision import refuse_int8
 from .io import atomic_save_safetensors, atomic_write_json, load_state_dict_file
 from .validate import CheckpointError
 
@@ -47,6 +48,7 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     Each file is written to a temporary name in ``directory``, fsynced and renamed, weights first
     and config.json last, so an interrupted save never leaves a config pointing at partial weights.
     """
+    refuse_int8(model, "save")
     cfg = getattr(model, "config", None)
     if cfg is None or not hasattr(cfg, "to_dict"):
         raise CheckpointError(f"save_pretrained needs a model with a `config` (an mmfm config), got {type(model).__name__}")

@@ -1,14 +1,33 @@
 """Low-precision CPU inference: bf16 weights, and int8 weights for the Linear layers (dynamic quantization).
 
-bf16: weights are cast once; inputs are cast to the tower's dtype at the tower boundary (``CLIP.encode_image``
-/ ``encode_text``) and embeddings come back float32, so callers see the same types as in fp32. oneDNN runs
-bf16 matmuls natively on CPUs with AVX512-BF16 or AMX (about 2.5x the fp32 rate on this project's machine);
-elsewhere it emulates them, which is correct but slower than fp32, so we say so once.
+bf16: weights are cast once (all of them, so a saved bf16 model reloads as bf16); inputs are cast to the
+tower's dtype at the tower boundary (``CLIP.encode_image`` / ``encode_text``) and embeddings come back float32,
+so callers see the same types as in fp32. Inside mmfm's transformer towers only the matmuls run in bf16: the
+residual stream stays fp32 (``ln_pre`` / the token embedding start it in fp32, each block adds its bf16 output
+to it in fp32) and every LayerNorm normalises in fp32 and hands bf16 to the matmul after it (``cast_bf16``);
+attention runs in SDPA's bf16 kernel, which accumulates and takes its softmax in fp32. The ModifiedResNet
+and other towers are plainly cast. oneDNN runs bf16 matmuls natively on CPUs with AVX512-BF16 or AMX (about
+2.5x the fp32 rate on this project's machine); elsewhere it emulates them, which is correct but slower than
+fp32, so we say so once.
 
 int8: ``torch.ao.quantization.quantize_dynamic`` replaces every ``nn.Linear`` (the attention and MLP
 projections, 2/3 of the FLOPs of a ViT) by one with int8 weights (per output channel) whose activations are
-quantized per batch at run time; convolutions, LayerNorms and the final projections stay fp32. CPU only,
-inference only: the quantized weights are not parameters, so they cannot be trained or saved as a checkpoint.
+quantized per batch (one scale per tensor) at run time; convolutions, LayerNorms and the final projections
+stay fp32. On VNNI CPUs the activations use all 8 bits (torch.ao's default 7, ``reduce_range``, only guards
+pre-VNNI kernels against saturating their 16-bit sums). CPU only, inference only: the quantized weights are
+not parameters, so they cannot be trained or saved (``refuse_int8`` says so).
+
+What was measured (tiny trained CLIPs of tests/models/test_precision.py, colours 300 / digits 359 images; the
+record is benchmarks/results/precision.json):
+- bf16: a plain ``model.to(bfloat16)`` (stream rounded after every block) flipped 6 digit predictions, the
+  fp32 stream 4 (98.3% -> 98.9%); all 4 come from the text tower (bf16 image tower + fp32 text tower: 0) and
+  are near-ties (fp32 top-1/top-2 margins 0.008-0.016, median 0.42). Final projections in fp32: no change.
+- int8: 8-bit activations cut the embedding error 2-4x (min image cosine 0.99956 -> 0.99982, text 0.9926 ->
+  0.9976) but not the digit flips (~18, 95%), which come from the text tower of that model: a random tower
+  whose class prompts differ little, read through a ridge-fitted projection that amplifies its features'
+  relative error ~3x. Leaving one kind of layer in fp32 (fc1, fc2, out_proj or q/k/v) removed 0-7 of the
+  flips; a per-token activation scale (torch._int_mm) removed none, so neither is used. With the text tower
+  trained as well (same recipe otherwise) both precisions meet the targets: bf16 100% / 99.7%, int8 100% / 100%.
 """
 from __future__ import annotations
 
@@ -17,15 +36,19 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .layers import LayerNorm
 
 # Flags in /proc/cpuinfo that mean bf16 matmuls run natively (x86: AVX512-BF16 or AMX; Arm: BF16).
 _NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+# Flags that mean u8 x s8 dot products accumulate in 32 bits (VNNI, AMX): no 16-bit saturation to avoid.
+_VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 @functools.cache
-def cpu_has_native_bf16() -> bool | None:
-    """True/False when the CPU's flags say whether it computes bf16 natively; None when they cannot be read."""
+def _cpu_flags() -> set[str] | None:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -35,7 +58,20 @@ def cpu_has_native_bf16() -> bool | None:
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
             flags.update(value.split())
-    return bool(flags & _NATIVE_BF16_FLAGS) and torch.backends.mkldnn.is_available()
+    return flags
+
+
+def cpu_has_native_bf16() -> bool | None:
+    """True/False when the CPU's flags say whether it computes bf16 natively; None when they cannot be read."""
+    flags = _cpu_flags()
+    return None if flags is None else bool(flags & _NATIVE_BF16_FLAGS) and torch.backends.mkldnn.is_available()
+
+
+def cpu_has_vnni() -> bool:
+    """Whether int8 matmuls accumulate without 16-bit saturation here (x86 VNNI/AMX), so activations may use
+    all 8 bits; False when unknown (the safe 7-bit range)."""
+    flags = _cpu_flags()
+    return bool(flags and flags & _VNNI_FLAGS) and torch.backends.quantized.engine in ("x86", "fbgemm")
 
 
 def bf16_fallback_message() -> str:
@@ -49,6 +85,60 @@ def check_bf16_cpu() -> None:
         warnings.warn(bf16_fallback_message(), RuntimeWarning, stacklevel=3)
 
 
+class StreamLayerNorm(LayerNorm):
+    """A pre-matmul LayerNorm of a bf16 model: reads the fp32 residual stream, normalises in fp32 and
+    returns the weights' dtype, the input of the bf16 matmul that follows."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        y = F.layer_norm(x.float(), self.normalized_shape, None if w is None else w.float(),
+                         None if b is None else b.float(), self.eps)
+        return y.to(w.dtype if w is not None else x.dtype)
+
+
+class StreamStartLayerNorm(StreamLayerNorm):
+    """The LayerNorm that starts a residual stream (a ViT's ``ln_pre``): its output is the stream, fp32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).float()
+
+
+class StreamStartEmbedding(nn.Embedding):
+    """A text tower's token embedding (bf16 table) that starts the residual stream in fp32."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids).float()
+
+
+def cast_bf16(model: nn.Module) -> nn.Module:
+    """``model`` with bf16 weights whose transformer towers keep their residual stream in fp32 (in place)."""
+    from .text import TextTransformer
+    from .vit import VisionTransformer
+    model.to(torch.bfloat16)
+    for m in model.modules():
+        if type(m) is LayerNorm:
+            m.__class__ = StreamLayerNorm
+    for m in model.modules():
+        if isinstance(m, VisionTransformer):
+            m.ln_pre.__class__ = StreamStartLayerNorm
+        elif isinstance(m, TextTransformer) and type(m.token_embedding) is nn.Embedding:
+            m.token_embedding.__class__ = StreamStartEmbedding
+    return model
+
+
+@functools.cache
+def _full_range_int8_linear():
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    class FullRangeInt8Linear(DynamicLinear):
+        """torch.ao's dynamic int8 Linear with 8-bit activations (``reduce_range=False``), for VNNI CPUs."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
+            return y.to(x.dtype)
+    return FullRangeInt8Linear
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
     """``model`` with every ``nn.Linear`` replaced (in place) by a dynamically quantized int8 one."""
     if any(p.device.type != "cpu" for p in model.parameters()):
@@ -60,7 +150,29 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
         # Per-output-channel weight scales: the default (one scale per matrix) costs agreement with fp32.
-        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+        model = quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    if cpu_has_vnni():
+        # torch.ao quantizes activations to 7 bits (reduce_range) so that pre-VNNI x86 kernels cannot saturate
+        # their 16-bit intermediate sums; with VNNI the full 8 bits are safe and halve the activation error.
+        full = _full_range_int8_linear()
+        for m in model.modules():
+            if type(m) is full.__mro__[1]:
+                m.__class__ = full
+    return model
+
+
+def is_int8(model: nn.Module) -> bool:
+    """Whether ``model`` holds dynamically quantized int8 layers (``create_model(precision="int8")``)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    return any(isinstance(m, DynamicLinear) for m in model.modules())
+
+
+def refuse_int8(model: nn.Module, action: str) -> None:
+    """One clear error where an int8 model would otherwise fail deep inside torch (saving, training)."""
+    if is_int8(model):
+        raise ValueError(f"cannot {action} an int8 model: its quantized weights are packed for CPU inference, not "
+                         f"parameters; {action} the fp32 model and quantize it when loading "
+                         f"(create_model(pretrained=..., precision='int8'))")
 
 
 def module_dtype(module: nn.Module) -> torch.dtype:

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..measure import count_parameters, measure_latency, track_memory
+from ..models.precision import refuse_int8
 from ..util.atomic import atomic_write_text
 from ..util.modes import eval_mode
 from .checkpointing import (latest_valid_checkpoint, prune_checkpoints, remove_stale_temporaries, rng_state,
@@ -126,6 +127,7 @@ class Trainer:
                  objective: Objective | None = None, val_data=None,
                  eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
                  collate_fn: Callable | None = None, best_metric: str = "val_loss", best_mode: str = "min"):
+        refuse_int8(model, "train")
         self.model, self.cfg, self.out_dir = model, cfg, Path(out_dir)
         self.train_data, self.val_data = train_data, val_data
         self.objective = objective or ContrastiveObjective(cfg.loss, cfg.local_loss)
