@@ -7,6 +7,23 @@ Libraries are timed interleaved in one process (round-robin over repeats) so mac
 them alike; peak training memory is measured in a fresh subprocess per library.
 
     python benchmarks/compare.py --json benchmarks/results/compare.json
+
+Deployment lines (issue 18; CPU, also part of the full run unless --no-deploy): ViT-B-32 image encode at batch
+1 and 64 for mmfm fp32 / bf16 / int8 (``create_model(precision=...)``) and ONNX Runtime fp32 / int8
+(``export_onnx``, then ``quantize_dynamic`` with QInt8 per-channel weights), all from the same saved weights,
+the same thread count (ORT intra_op_num_threads = torch threads), timed interleaved. Each row: images/s,
+ms/batch, speed ratio to mmfm fp32 and to ORT fp32, GFLOP/s (FLOPs per image from ``mmfm.info``) and its share
+of the measured torch.mm peak of its precision (fp32, bf16, int8 via torch._int_mm), and the min cosine of its
+embeddings with mmfm fp32's on the timed inputs, so no speed is reported without its accuracy. Then the
+issue's targets with the ratios achieved, and the end-to-end line: ``embed_images`` (what ``mmfm embed`` runs,
+its default DataLoader workers) on 2,048 generated JPEGs of 256-500 px vs the model alone on pre-made tensors
+at the same batch size, alternated (target: >= 80%). Only the deployment lines, JPEGs kept for the next run:
+
+    python benchmarks/compare.py --deploy --jpeg-cache ~/.cache/mmfm-bench --json benchmarks/results/deploy.json
+
+Runtime: about 5 minutes on a quiet 8-core machine (estimate: the end-to-end line is 4 passes over 2,048
+images at ~45 images/s, the rest ~1.5 min, the JPEGs ~1 min the first time); on 2 shared, busy cores it took
+~25 min with --repeats 3 --e2e-repeats 1. Under load, trust the ratios (interleaved), not the absolute rates.
 """
 from __future__ import annotations
 
@@ -81,9 +98,13 @@ def inputs(batch: int, device: str, dtype: torch.dtype, size: int = 224):
     return x, t
 
 
-def time_interleaved(fns: dict, repeats: int, device: str, warmup: int = 1) -> dict[str, float]:
+def time_interleaved(fns: dict, repeats: int, device: str, warmup: int = 1, pause: float = 0.0) -> dict[str, float]:
     """Median seconds per call for each function, calls interleaved across libraries (round-robin), so
-    machine noise hits every library alike. Each call is timed by ``torch.utils.benchmark.Timer``."""
+    machine noise hits every library alike. Each call is timed by ``torch.utils.benchmark.Timer``.
+
+    ``pause`` seconds (untimed) before each call let the previous call's thread pool stop spinning: ONNX
+    Runtime's workers spin after a run by default, and on the same cores that slows whichever engine runs
+    next (on 2 busy cores, torch at batch 1 measured several times slower right after an ORT call)."""
     from torch.utils.benchmark import Timer
     threads = torch.get_num_threads()   # Timer would otherwise run single-threaded
     timers = {k: Timer(stmt="f()", globals={"f": f}, num_threads=threads) for k, f in fns.items()}
@@ -93,6 +114,7 @@ def time_interleaved(fns: dict, repeats: int, device: str, warmup: int = 1) -> d
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, t in timers.items():
+            time.sleep(pause)
             times[k].append(t.timeit(1).median)    # Timer synchronises CUDA around the call
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -235,7 +257,8 @@ def deploy_rows(engines: dict, flops: int | None, peak: dict, batches, repeats: 
         with torch.inference_mode():
             ref = engines["mmfm fp32"](x)
             cos = {k: min_cosine(f(x), ref) for k, f in engines.items()}
-            secs = time_interleaved({k: (lambda f=f: f(x)) for k, f in engines.items()}, repeats, "cpu")
+            secs = time_interleaved({k: (lambda f=f: f(x)) for k, f in engines.items()}, repeats, "cpu",
+                                    pause=0.05)
         for k, s in secs.items():
             gflops = flops * bs / s / 1e9 if flops else float("nan")
             rows.append({"line": f"encode_image b{bs}", "batch": bs, "engine": k, "images_per_s": bs / s,
@@ -341,6 +364,7 @@ def deploy_report(args, tmp: Path) -> dict:
     engines, unavailable, fp32 = build_deploy_engines(args.deploy_arch, tmp, threads)
     flops = flops_per_image(fp32)
     rows = deploy_rows(engines, flops, peak["gflops"], args.deploy_batches, args.repeats, fp32.config.vision.image_size)
+    del engines     # the ONNX Runtime sessions' threads must not share the cores with the end-to-end line
     try:
         import onnxruntime
         ort_version = onnxruntime.__version__
