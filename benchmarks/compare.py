@@ -21,15 +21,16 @@ at the same batch size, alternated (target: >= 80%). Only the deployment lines, 
 
     python benchmarks/compare.py --deploy --jpeg-cache ~/.cache/mmfm-bench --json benchmarks/results/deploy.json
 
-Runtime: about 5 minutes on a quiet 8-core machine (estimate: the end-to-end line is 4 passes over 2,048
-images at ~45 images/s, the rest ~1.5 min, the JPEGs ~1 min the first time); on 2 shared, busy cores it took
-~25 min with --repeats 3 --e2e-repeats 1. Under load, trust the ratios (interleaved), not the absolute rates.
+Runtime: about 5 minutes on a quiet 8-core machine (estimate, not measured: the end-to-end line is 4 passes
+over 2,048 images at ~45 images/s, the rest ~1.5 min, the JPEGs ~1 min the first time). On 2 cores shared with
+other jobs (load ~12) the lines before the end-to-end one took ~15 min with --repeats 3 and embed ran at
+~3-6 images/s, so there use --e2e-images 512 --e2e-repeats 1. Under load trust the ratios (interleaved), not
+the absolute rates.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import math
 import statistics
 import subprocess
 import sys
@@ -224,7 +225,7 @@ def build_deploy_engines(arch: str, tmp: Path, threads: int) -> tuple[dict, dict
         import onnxruntime  # noqa: F401
         onnx_path = mmfm.export_onnx(fp32, tmp / f"{arch}-onnx")["image"]
         engines["ort fp32"] = _ort_encoder(ort_session(onnx_path, threads))
-    except Exception as e:
+    except Exception as e:   # not installed, or the export failed: said in the output, the mmfm lines still run
         unavailable["ort fp32"] = unavailable["ort int8"] = " ".join(str(e).split()) or type(e).__name__
         return engines, unavailable, fp32
     try:
@@ -232,7 +233,7 @@ def build_deploy_engines(arch: str, tmp: Path, threads: int) -> tuple[dict, dict
         int8_path = onnx_path.with_name("image_encoder.int8.onnx")
         quantize_dynamic(onnx_path, int8_path, weight_type=QuantType.QInt8, per_channel=True)
         engines["ort int8"] = _ort_encoder(ort_session(int8_path, threads))
-    except Exception as e:
+    except Exception as e:   # e.g. an onnxruntime without its quantization tools
         unavailable["ort int8"] = " ".join(str(e).split()) or type(e).__name__
     return engines, unavailable, fp32
 
@@ -280,7 +281,7 @@ def deploy_targets(rows: list[dict], native_bf16: bool | None) -> list[dict]:
             ratio(64, "mmfm bf16", "vs_mmfm_fp32"), 2.0, bool(native_bf16)),
            ("int8 >= 1.5x mmfm fp32 at b64", ratio(64, "mmfm int8", "vs_mmfm_fp32"), 1.5, True)]
     return [{"target": name, "achieved": got,
-             "met": None if got is None or got != got or not applies else got >= want}
+             "met": None if got is None or math.isnan(got) or not applies else got >= want}
             for name, got, want, applies in out]
 
 
@@ -376,9 +377,11 @@ def deploy_report(args, tmp: Path) -> dict:
               "agreement": "min cosine of each engine's image embeddings with mmfm fp32's on the timed inputs "
                            "(random pixels, random weights)"}
     report["targets"] = deploy_targets(rows, report["native_bf16"])
+    print_deploy(report)    # now: the end-to-end line takes minutes more
     if args.e2e_images:
         paths = jpeg_folder(Path(args.jpeg_cache) if args.jpeg_cache else tmp, args.e2e_images)
         report["end_to_end"] = end_to_end(fp32, paths, args.e2e_batch, args.e2e_repeats, args.e2e_workers)
+        print_end_to_end(report["end_to_end"])
     return report
 
 
@@ -402,12 +405,14 @@ def print_deploy(report: dict) -> None:
               f"{r['min_cosine_vs_fp32']:.5f} |")
     for t in report["targets"]:
         got = "missing" if t["achieved"] is None else f"{t['achieved']:.2f}x"
-        print(f"target {t['target']}: {got}" + ("" if t["met"] is None else f" ({'met' if t['met'] else 'NOT met'})"))
-    if "end_to_end" in report:
-        e = report["end_to_end"]
-        print(f"end to end: embed_images on {e['images']} JPEGs, batch {e['batch']}, {e['workers']} workers: "
+        print(f"target {t['target']}: {got}" + ("" if t["met"] is None else f" ({'met' if t['met'] else 'NOT met'})"),
+              flush=True)
+
+
+def print_end_to_end(e: dict) -> None:
+    print(f"end to end: embed_images on {e['images']} JPEGs, batch {e['batch']}, {e['workers']} workers: "
               f"{e['embed_images_per_s']:.1f} images/s vs model only {e['model_only_images_per_s']:.1f} images/s = "
-              f"{100 * e['ratio']:.0f}% (target >= {100 * e['target']:.0f}%: {'met' if e['met'] else 'NOT met'})")
+              f"{100 * e['ratio']:.0f}% (target >= {100 * e['target']:.0f}%: {'met' if e['met'] else 'NOT met'})", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -456,8 +461,17 @@ def main(argv: list[str] | None = None) -> None:
             if not args.no_memory:
                 rows.append(memory_row(arch, args.train_batch, device))
             del entries
+        print_rows(rows, device, dtype)
         if args.deploy or not (args.no_deploy or args.memory_only or args.train_only):
             deploy = deploy_report(args, Path(d))
+    if args.json:
+        from mmfm.util.atomic import atomic_write_json
+        atomic_write_json(args.json, {"device": device, "dtype": str(dtype), "torch": torch.__version__,
+                                      "rows": rows, **({"deploy": deploy} if deploy else {})})
+
+
+def print_rows(rows: list[dict], device: str, dtype: torch.dtype) -> None:
+    """The library comparison table; adds each row's ratio to its best peer."""
     libs = ["mmfm", "open_clip", "hf"]
     print(f"device: {device} ({dtype}), torch {torch.__version__}, threads {torch.get_num_threads()}")
     if rows:
@@ -472,13 +486,7 @@ def main(argv: list[str] | None = None) -> None:
             ratio = r["mmfm"] / max(peers)
         r["ratio_vs_best_peer"] = ratio
         cells = [f"{r[k]:.1f}" if k in r else "-" for k in libs]
-        print(f"| {r['arch']} | {r['line']} | {r['unit']} | " + " | ".join(cells) + f" | {ratio:.3f} |")
-    if deploy:
-        print_deploy(deploy)
-    if args.json:
-        from mmfm.util.atomic import atomic_write_json
-        atomic_write_json(args.json, {"device": device, "dtype": str(dtype), "torch": torch.__version__,
-                                      "rows": rows, **({"deploy": deploy} if deploy else {})})
+        print(f"| {r['arch']} | {r['line']} | {r['unit']} | " + " | ".join(cells) + f" | {ratio:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
