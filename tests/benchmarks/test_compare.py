@@ -30,7 +30,7 @@ def test_deploy_json_has_every_engine_at_every_batch_with_its_columns(report):
     assert {"mmfm fp32", "mmfm bf16", "mmfm int8"} <= timed and (("ort fp32" in timed) == has_ort)
     assert sorted({r["batch"] for r in d["rows"]}) == [1, 3]
     for r in d["rows"]:
-        assert r["images_per_s"] > 0 and r["ms_per_batch"] > 0 and r["gflops"] > 0
+        assert r["images_per_s"] > 0 and r["ms_per_batch"] > 0 and r["gflops"] > 0 and r["pct_of_peak"] > 0
         assert r["images_per_s"] == pytest.approx(1e3 * r["batch"] / r["ms_per_batch"])
         if r["engine"] == "mmfm fp32":
             assert r["vs_mmfm_fp32"] == 1.0
