@@ -7,12 +7,30 @@ Libraries are timed interleaved in one process (round-robin over repeats) so mac
 them alike; peak training memory is measured in a fresh subprocess per library.
 
     python benchmarks/compare.py --json benchmarks/results/compare.json
+
+Deployment lines (issue 18; CPU, also part of the full run unless --no-deploy): ViT-B-32 image encode at batch
+1 and 64 for mmfm fp32 / bf16 / int8 (``create_model(precision=...)``) and ONNX Runtime fp32 / int8
+(``export_onnx``, then ``quantize_dynamic`` with QInt8 per-channel weights), all from the same saved weights,
+the same thread count (ORT intra_op_num_threads = torch threads), timed interleaved. Each row: images/s,
+ms/batch, speed ratio to mmfm fp32 and to ORT fp32, GFLOP/s (FLOPs per image from ``mmfm.info``) and its share
+of the measured torch.mm peak of its precision (fp32, bf16, int8 via torch._int_mm), and the min cosine of its
+embeddings with mmfm fp32's on the timed inputs, so no speed is reported without its accuracy. Then the
+issue's targets with the ratios achieved, and the end-to-end line: ``embed_images`` (what ``mmfm embed`` runs,
+its default DataLoader workers) on 2,048 generated JPEGs of 256-500 px vs the model alone on pre-made tensors
+at the same batch size, alternated (target: >= 80%). Only the deployment lines, JPEGs kept for the next run:
+
+    python benchmarks/compare.py --deploy --jpeg-cache ~/.cache/mmfm-bench --json benchmarks/results/deploy.json
+
+Runtime: about 5 minutes on a quiet 8-core machine (estimate, not measured: the end-to-end line is 4 passes
+over 2,048 images at ~45 images/s, the rest ~1.5 min, the JPEGs ~1 min the first time). On 2 cores shared with
+other jobs (load ~12) the lines before the end-to-end one took ~15 min with --repeats 3 and embed ran at
+~3-6 images/s, so there use --e2e-images 512 --e2e-repeats 1. Under load trust the ratios (interleaved), not
+the absolute rates.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import math
 import statistics
 import subprocess
 import sys
@@ -81,9 +99,13 @@ def inputs(batch: int, device: str, dtype: torch.dtype, size: int = 224):
     return x, t
 
 
-def time_interleaved(fns: dict, repeats: int, device: str, warmup: int = 1) -> dict[str, float]:
+def time_interleaved(fns: dict, repeats: int, device: str, warmup: int = 1, pause: float = 0.0) -> dict[str, float]:
     """Median seconds per call for each function, calls interleaved across libraries (round-robin), so
-    machine noise hits every library alike. Each call is timed by ``torch.utils.benchmark.Timer``."""
+    machine noise hits every library alike. Each call is timed by ``torch.utils.benchmark.Timer``.
+
+    ``pause`` seconds (untimed) before each call let the previous call's thread pool stop spinning: ONNX
+    Runtime's workers spin after a run by default, and on the same cores that slows whichever engine runs
+    next (on 2 busy cores, torch at batch 1 measured several times slower right after an ORT call)."""
     from torch.utils.benchmark import Timer
     threads = torch.get_num_threads()   # Timer would otherwise run single-threaded
     timers = {k: Timer(stmt="f()", globals={"f": f}, num_threads=threads) for k, f in fns.items()}
@@ -93,6 +115,7 @@ def time_interleaved(fns: dict, repeats: int, device: str, warmup: int = 1) -> d
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, t in timers.items():
+            time.sleep(pause)
             times[k].append(t.timeit(1).median)    # Timer synchronises CUDA around the call
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -146,7 +169,263 @@ def memory_row(arch: str, batch: int, device: str) -> dict:
             **{k: peak_train_memory(arch, k, batch, device) for k in libraries(arch)}}
 
 
-def main() -> None:
+# ---- deployment lines: mmfm fp32 / bf16 / int8 and ONNX Runtime fp32 / int8 on the same weights ----------------
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> dict:
+    """Measured matmul rate (GFLOP/s) of torch.mm on n x n matrices: fp32, bf16 and int8 (torch._int_mm, when
+    this torch has it on CPU), timed interleaved; ``best`` is the machine's measured peak to compare against."""
+    g = torch.Generator().manual_seed(0)
+    a32 = torch.randn(n, n, generator=g)
+    fns = {"fp32": lambda: torch.mm(a32, a32)}
+    a16 = a32.bfloat16()
+    fns["bf16"] = lambda: torch.mm(a16, a16)
+    a8 = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=g)
+    try:
+        torch._int_mm(a8[:32, :32], a8[:32, :32])
+        fns["int8"] = lambda: torch._int_mm(a8, a8)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        pass   # no int8 matmul kernel in this build: the line is left out
+    secs = time_interleaved(fns, repeats, "cpu")
+    out = {k: 2 * n ** 3 / s / 1e9 for k, s in secs.items()}
+    best = max(out, key=out.get)
+    return {"n": n, "gflops": out, "best": out[best], "best_kernel": best}
+
+
+def best_peak(a: dict, b: dict) -> dict:
+    """Per kernel, the higher of two peak measurements."""
+    gflops = {k: max(a["gflops"][k], b["gflops"].get(k, 0.0)) for k in a["gflops"]}
+    best = max(gflops, key=gflops.get)
+    return {"n": a["n"], "gflops": gflops, "best": gflops[best], "best_kernel": best}
+
+
+def ort_session(path: Path, threads: int):
+    """An ONNX Runtime CPU session with the same intra-op thread count as torch, all graph optimisations on."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def build_deploy_engines(arch: str, tmp: Path, threads: int) -> tuple[dict, dict, torch.nn.Module]:
+    """Image encoders on the same random weights: {name: x -> float32 embeddings}, {name: why unavailable},
+    and the fp32 model. bf16 and int8 come through ``create_model(pretrained=..., precision=...)`` from the
+    fp32 weights saved once; ONNX Runtime runs ``export_onnx`` of the same model, and its int8 is
+    ``quantize_dynamic`` of that file (QInt8 weights per output channel, as mmfm's int8)."""
+    import mmfm
+    from mmfm.checkpoints import save_pretrained
+
+    torch.manual_seed(0)
+    fp32 = mmfm.create_model(arch).eval()
+    save_pretrained(fp32, tmp / f"{arch}-weights")
+    engines, unavailable = {"mmfm fp32": fp32.encode_image}, {}
+    for precision in ("bf16", "int8"):
+        try:
+            m = mmfm.create_model(arch, pretrained=str(tmp / f"{arch}-weights"), precision=precision).eval()
+            engines[f"mmfm {precision}"] = m.encode_image
+        except Exception as e:   # e.g. no quantized engine in this torch build
+            unavailable[f"mmfm {precision}"] = " ".join(str(e).split()) or type(e).__name__
+    try:
+        import onnxruntime  # noqa: F401
+        onnx_path = mmfm.export_onnx(fp32, tmp / f"{arch}-onnx")["image"]
+        engines["ort fp32"] = _ort_encoder(ort_session(onnx_path, threads))
+    except Exception as e:   # not installed, or the export failed: said in the output, the mmfm lines still run
+        unavailable["ort fp32"] = unavailable["ort int8"] = " ".join(str(e).split()) or type(e).__name__
+        return engines, unavailable, fp32
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        int8_path = onnx_path.with_name("image_encoder.int8.onnx")
+        quantize_dynamic(onnx_path, int8_path, weight_type=QuantType.QInt8, per_channel=True)
+        engines["ort int8"] = _ort_encoder(ort_session(int8_path, threads))
+    except Exception as e:   # e.g. an onnxruntime without its quantization tools
+        unavailable["ort int8"] = " ".join(str(e).split()) or type(e).__name__
+    return engines, unavailable, fp32
+
+
+def _ort_encoder(session):
+    name = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+
+
+def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).min().item()
+
+
+def deploy_rows(engines: dict, flops: int | None, batches, repeats: int, size: int) -> list[dict]:
+    """One row per (batch, engine): images/s, ms/batch, ratios to mmfm fp32 and ORT fp32 (same batch, same
+    interleaved timing), GFLOP/s, and the min cosine of its embeddings
+    with mmfm fp32's on the same inputs (the accuracy that speed was bought with)."""
+    rows = []
+    for bs in batches:
+        x = torch.randn(bs, 3, size, size, generator=torch.Generator().manual_seed(bs))
+        with torch.inference_mode():
+            ref = engines["mmfm fp32"](x)
+            cos = {k: min_cosine(f(x), ref) for k, f in engines.items()}
+            secs = time_interleaved({k: (lambda f=f: f(x)) for k, f in engines.items()}, repeats, "cpu",
+                                    pause=0.05)
+        for k, s in secs.items():
+            gflops = flops * bs / s / 1e9 if flops else float("nan")
+            rows.append({"line": f"encode_image b{bs}", "batch": bs, "engine": k, "images_per_s": bs / s,
+                         "ms_per_batch": 1e3 * s, "vs_mmfm_fp32": secs["mmfm fp32"] / s,
+                         "vs_ort_fp32": secs["ort fp32"] / s if "ort fp32" in secs else float("nan"),
+                         "gflops": gflops, "min_cosine_vs_fp32": cos[k]})
+    return rows
+
+
+def deploy_targets(rows: list[dict], native_bf16: bool | None) -> list[dict]:
+    """The issue's targets, each with the ratio achieved in this run (None where a line is missing)."""
+    def ratio(bs, engine, against):
+        r = [r[against] for r in rows if r["batch"] == bs and r["engine"] == engine]
+        return r[0] if r else None
+    out = [("mmfm fp32 >= 1.0x ORT fp32 at b1", ratio(1, "mmfm fp32", "vs_ort_fp32"), 1.0, True),
+           ("mmfm fp32 >= 1.2x ORT fp32 at b64", ratio(64, "mmfm fp32", "vs_ort_fp32"), 1.2, True),
+           ("bf16 >= 2x mmfm fp32 at b64" + ("" if native_bf16 else " (no native bf16 on this CPU: not a target)"),
+            ratio(64, "mmfm bf16", "vs_mmfm_fp32"), 2.0, bool(native_bf16)),
+           ("int8 >= 1.5x mmfm fp32 at b64", ratio(64, "mmfm int8", "vs_mmfm_fp32"), 1.5, True)]
+    return [{"target": name, "achieved": got,
+             "met": None if got is None or math.isnan(got) or not applies else got >= want}
+            for name, got, want, applies in out]
+
+
+# ---- end to end: `mmfm embed` on a folder of JPEGs vs the model alone on pre-made tensors ------------------------
+
+def jpeg_folder(root: Path, count: int, seed: int = 0) -> list[Path]:
+    """``count`` synthetic photos (256-500 px a side: smooth gradients, shapes, a little noise) as JPEGs under
+    ``root``, made once: ``done.json`` is written last, so a folder with it is complete and reused."""
+    import numpy as np
+    import PIL.Image
+    import PIL.ImageDraw
+
+    from mmfm.util.atomic import atomic_write, atomic_write_json
+
+    folder = root / f"jpegs-{count}-seed{seed}"
+    paths = [folder / f"{i:05d}.jpg" for i in range(count)]
+    if (folder / "done.json").exists() and all(p.exists() for p in paths):
+        return paths
+    rng = np.random.default_rng(seed)
+    for path in paths:
+        w, h = (int(v) for v in rng.integers(256, 501, size=2))
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        c0, c1 = rng.uniform(0, 255, size=(2, 3))
+        t = (xx / w * rng.uniform(-1, 1) + yy / h * rng.uniform(-1, 1)) % 1.0
+        img = (c0 + (c1 - c0) * t[..., None] + rng.normal(0, 6, size=(h, w, 3))).clip(0, 255).astype(np.uint8)
+        pil = PIL.Image.fromarray(img)
+        draw = PIL.ImageDraw.Draw(pil)
+        for _ in range(int(rng.integers(3, 9))):
+            x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+            box = [x0, y0, x0 + int(rng.integers(20, w // 2)), y0 + int(rng.integers(20, h // 2))]
+            fill = tuple(int(v) for v in rng.integers(0, 256, size=3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+        atomic_write(path, lambda tmp, pil=pil: pil.save(tmp, format="JPEG", quality=90))
+    atomic_write_json(folder / "done.json", {"count": count, "seed": seed})
+    return paths
+
+
+def end_to_end(model: torch.nn.Module, paths: list[Path], batch: int, repeats: int, workers: int | None) -> dict:
+    """Images/s of ``embed_images`` (what ``mmfm embed`` runs: decode and transform in DataLoader workers,
+    its default worker count) against the model alone on pre-made tensors of the same count and batch
+    size, the two passes alternated ``repeats`` times; the ratio is the share of model speed embed keeps."""
+    import inspect
+
+    from mmfm.deploy import embed_images
+
+    if workers is None:
+        workers = inspect.signature(embed_images).parameters["workers"].default
+    size = model.config.vision.image_size
+    x = torch.randn(batch, 3, size, size)
+    sizes = [min(batch, len(paths) - i) for i in range(0, len(paths), batch)]
+
+    def model_only():
+        with torch.no_grad():
+            for n in sizes:
+                model.encode_image(x[:n], normalize=True).float().cpu()
+
+    def embed():
+        done = embed_images(model, [str(p) for p in paths], batch_size=batch, workers=workers)
+        assert len(done.paths) == len(paths), done.skipped[:3]
+
+    model_only()   # warm up the kernels once; embed pays its worker start-up every time, as the CLI does
+    e2e, alone = [], []
+    for _ in range(repeats):
+        for fn, out in ((embed, e2e), (model_only, alone)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(len(paths) / (time.perf_counter() - t0))
+    ratios = [a / b for a, b in zip(e2e, alone)]
+    return {"images": len(paths), "batch": batch, "workers": workers, "repeats": repeats,
+            "embed_images_per_s": statistics.median(e2e), "model_only_images_per_s": statistics.median(alone),
+            "ratio": statistics.median(ratios), "target": 0.8, "met": statistics.median(ratios) >= 0.8}
+
+
+def deploy_report(args, tmp: Path) -> dict:
+    """The deployment lines (CPU only: ONNX Runtime's CPU provider and mmfm's CPU int8/bf16 paths)."""
+    from mmfm.info import flops_per_image
+    from mmfm.models.precision import cpu_has_native_bf16
+
+    threads = torch.get_num_threads()
+    peak = matmul_peak(args.peak_n, args.repeats)
+    engines, unavailable, fp32 = build_deploy_engines(args.deploy_arch, tmp, threads)
+    flops = flops_per_image(fp32)
+    rows = deploy_rows(engines, flops, args.deploy_batches, args.repeats, fp32.config.vision.image_size)
+    # Measured again after the rows, the better of the two kept: a busy spell during one measurement would
+    # otherwise put the peak below the rates it is compared with.
+    peak = best_peak(peak, matmul_peak(args.peak_n, args.repeats))
+    for r in rows:   # the share of the peak of its own precision's kernel
+        r["pct_of_peak"] = 100 * r["gflops"] / peak["gflops"].get(r["engine"].split()[-1], float("nan"))
+    del engines     # the ONNX Runtime sessions' threads must not share the cores with the end-to-end line
+    try:
+        import onnxruntime
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    report = {"arch": args.deploy_arch, "threads": threads, "onnxruntime": ort_version,
+              "native_bf16": cpu_has_native_bf16(), "flops_per_image": flops, "matmul_peak": peak,
+              "unavailable": unavailable, "rows": rows,
+              "agreement": "min cosine of each engine's image embeddings with mmfm fp32's on the timed inputs "
+                           "(random pixels, random weights)"}
+    report["targets"] = deploy_targets(rows, report["native_bf16"])
+    print_deploy(report)    # now: the end-to-end line takes minutes more
+    if args.e2e_images:
+        paths = jpeg_folder(Path(args.jpeg_cache) if args.jpeg_cache else tmp, args.e2e_images)
+        report["end_to_end"] = end_to_end(fp32, paths, args.e2e_batch, args.e2e_repeats, args.e2e_workers)
+        print_end_to_end(report["end_to_end"])
+    return report
+
+
+def print_deploy(report: dict) -> None:
+    peak = report["matmul_peak"]
+    print(f"\ndeployment lines: {report['arch']} image encode, CPU, {report['threads']} threads (torch and ONNX Runtime "
+          f"{report['onnxruntime'] or 'not installed'}), native bf16: {report['native_bf16']}, "
+          f"{(report['flops_per_image'] or float('nan')) / 1e9:.2f} GFLOP/image")
+    print(f"measured matmul peak ({peak['n']}^2 torch.mm): " +
+          ", ".join(f"{k} {v:.0f}" for k, v in peak["gflops"].items()) + f" GFLOP/s (int8: integer GOP/s); best {peak['best']:.0f} "
+          f"({peak['best_kernel']})")
+    for name, why in report["unavailable"].items():
+        print(f"{name}: unavailable ({why})")
+    header = ("| line | engine | images/s | ms/batch | vs mmfm fp32 | vs ORT fp32 | GFLOP/s | % of its mm peak "
+              "| min cos vs fp32 |")
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for r in report["rows"]:
+        print(f"| {r['line']} | {r['engine']} | {r['images_per_s']:.1f} | {r['ms_per_batch']:.1f} | "
+              f"{r['vs_mmfm_fp32']:.2f}x | {r['vs_ort_fp32']:.2f}x | {r['gflops']:.0f} | {r['pct_of_peak']:.0f}% | "
+              f"{r['min_cosine_vs_fp32']:.5f} |")
+    for t in report["targets"]:
+        got = "missing" if t["achieved"] is None else f"{t['achieved']:.2f}x"
+        print(f"target {t['target']}: {got}" + ("" if t["met"] is None else f" ({'met' if t['met'] else 'NOT met'})"),
+              flush=True)
+
+
+def print_end_to_end(e: dict) -> None:
+    print(f"end to end: embed_images on {e['images']} JPEGs, batch {e['batch']}, {e['workers']} workers: "
+              f"{e['embed_images_per_s']:.1f} images/s vs model only {e['model_only_images_per_s']:.1f} images/s = "
+              f"{100 * e['ratio']:.0f}% (target >= {100 * e['target']:.0f}%: {'met' if e['met'] else 'NOT met'})", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", nargs="+", default=["ViT-B-32", "RN50"])
     ap.add_argument("--repeats", type=int, default=5)
@@ -154,13 +433,23 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true", help="skip the subprocess peak-memory line")
     ap.add_argument("--memory-only", action="store_true", help="only the peak-memory line")
     ap.add_argument("--train-only", action="store_true", help="only the training-step and memory lines")
+    ap.add_argument("--deploy", action="store_true", help="only the deployment lines (CPU)")
+    ap.add_argument("--no-deploy", action="store_true", help="skip the deployment lines")
+    ap.add_argument("--deploy-arch", default="ViT-B-32")
+    ap.add_argument("--deploy-batches", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--peak-n", type=int, default=2048, help="matrix size of the matmul peak line")
+    ap.add_argument("--e2e-images", type=int, default=2048, help="JPEGs for the end-to-end line (0: skip it)")
+    ap.add_argument("--e2e-batch", type=int, default=64)
+    ap.add_argument("--e2e-repeats", type=int, default=2)
+    ap.add_argument("--e2e-workers", type=int, default=None, help="default: embed_images' default")
+    ap.add_argument("--jpeg-cache", default=None, help="folder to keep the generated JPEGs in (default: a temp one)")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    rows = []
+    rows, deploy = [], None
     with tempfile.TemporaryDirectory() as d:
-        for arch in args.archs:
+        for arch in ([] if args.deploy else args.archs):
             if args.memory_only:
                 rows.append(memory_row(arch, args.train_batch, device))
                 continue
@@ -182,11 +471,23 @@ def main() -> None:
             if not args.no_memory:
                 rows.append(memory_row(arch, args.train_batch, device))
             del entries
+        print_rows(rows, device, dtype)
+        if args.deploy or not (args.no_deploy or args.memory_only or args.train_only):
+            deploy = deploy_report(args, Path(d))
+    if args.json:
+        from mmfm.util.atomic import atomic_write_json
+        atomic_write_json(args.json, {"device": device, "dtype": str(dtype), "torch": torch.__version__,
+                                      "rows": rows, **({"deploy": deploy} if deploy else {})})
+
+
+def print_rows(rows: list[dict], device: str, dtype: torch.dtype) -> None:
+    """The library comparison table; adds each row's ratio to its best peer."""
     libs = ["mmfm", "open_clip", "hf"]
     print(f"device: {device} ({dtype}), torch {torch.__version__}, threads {torch.get_num_threads()}")
-    header = "| arch | line | unit | " + " | ".join(libs) + " | mmfm / best peer |"
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
+    if rows:
+        header = "| arch | line | unit | " + " | ".join(libs) + " | mmfm / best peer |"
+        print(header)
+        print("|" + "---|" * (header.count("|") - 1))
     for r in rows:
         peers = [r[k] for k in ("open_clip", "hf") if k in r]
         if "memory" in r["line"]:
@@ -195,11 +496,7 @@ def main() -> None:
             ratio = r["mmfm"] / max(peers)
         r["ratio_vs_best_peer"] = ratio
         cells = [f"{r[k]:.1f}" if k in r else "-" for k in libs]
-        print(f"| {r['arch']} | {r['line']} | {r['unit']} | " + " | ".join(cells) + f" | {ratio:.3f} |")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"device": device, "dtype": str(dtype), "torch": torch.__version__,
-                                               "rows": rows}, indent=2))
+        print(f"| {r['arch']} | {r['line']} | {r['unit']} | " + " | ".join(cells) + f" | {ratio:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
