@@ -43,7 +43,8 @@ from mmfm.data import Digits
 from mmfm.data.transforms import image_transform
 from mmfm.eval.features import extract_image_features
 from mmfm.eval.zero_shot import build_zero_shot_classifier, fill_templates, resolve_task
-from mmfm.models import create_model, precision
+from mmfm.api import create_model
+from mmfm.models import precision
 from mmfm.report import markdown_table
 from mmfm.util.atomic import atomic_write_json
 
