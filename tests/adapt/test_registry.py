@@ -188,3 +188,25 @@ def test_apply_adaptations_runs_steps_in_order_and_fans_out_variants(initial_che
     assert out["@alpha=1"].logit_scale.item() == model.logit_scale.item()
     assert all(not p.requires_grad for m in out.values() for n, p in m.named_parameters() if n.startswith("visual."))
     assert json.dumps(parse_step({"method": "wise_ft", "alpha": 0.5}).to_dict())
+
+
+def test_wise_ft_after_lora_interpolates_the_merged_adapter(initial_checkpoint):
+    from mmfm import create_model
+    from mmfm.adapt import merged_copy
+    from mmfm.adapt.registry import initial_copy, split_steps
+    steps = [{"method": "lora", "preset": "qv-r16", "r": 2}, {"method": "wise_ft", "alpha": [0.0, 1.0]}]
+    model = create_model("ViT-tiny-test", pretrained=initial_checkpoint)
+    context = AdaptContext(initial=initial_copy(model, steps))
+    before, after = split_steps(steps)
+    assert [s.method for s in before] == ["lora"] and [s.method for s in after] == ["wise_ft"]
+    (model,) = apply_adaptations(model, before, context).values()
+    with torch.no_grad():                        # stands in for training: a non-zero adapter update
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    out = apply_adaptations(model, after, context)
+    init, merged = context.initial.state_dict(), merged_copy(model).state_dict()
+    a0, a1 = out["@alpha=0"].state_dict(), out["@alpha=1"].state_dict()
+    assert a0.keys() == init.keys() == a1.keys() == merged.keys()
+    assert all(torch.equal(a0[k], init[k]) and torch.equal(a1[k], merged[k]) for k in init)
+    assert any(not torch.equal(init[k], merged[k]) for k in init)
