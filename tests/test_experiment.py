@@ -310,3 +310,19 @@ def test_every_registered_evaluation_kind_is_accepted_by_run_configs():
             assert EvalSpec(kind=spelling).kind == kind.name
     with pytest.raises(ValueError, match="unknown evaluation kind 'zero-shoot'"):
         EvalSpec(kind="zero-shoot")
+
+
+def test_run_folders_written_before_adapt_existed_still_resume(tmp_path):
+    """`lora:` and train's lock stay as written in config.resolved.yaml (they are translated into adapt steps
+    only when the run applies them), so a folder whose resolved config predates `adapt:` is the same experiment."""
+    from mmfm.experiment import check_run_folder
+    cfg = json.loads(json.dumps(TINY))
+    cfg["models"][0]["lora"] = "qv-r16"
+    cfg["models"][0]["train"]["lock_text"] = 0
+    loaded = load_experiment(_write(tmp_path, cfg))
+    old = loaded.model_dump(mode="json")
+    del old["models"][0]["adapt"]                       # what an older mmfm wrote
+    assert old["models"][0]["lora"] == "qv-r16" and old["models"][0]["train"]["lock_text"] == 0
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.resolved.yaml").write_text(yaml.safe_dump(old))
+    check_run_folder(loaded, tmp_path / "out")          # no "holds another experiment"

@@ -76,7 +76,10 @@ class ModelSpec(Strict):
                                   "config's tokenizer, else its pretrained_lm")
     pretrained: str | None = None
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    lora: str | dict[str, Any] | None = Field(None, description="LoRA preset name, or apply_lora options {preset, r, alpha, ...}")
+    lora: str | dict[str, Any] | None = Field(None, description="LoRA preset name, or apply_lora options {preset, r, "
+                                              "alpha, ...}; sugar for `adapt: [{method: lora, ...}]`")
+    adapt: list[dict[str, Any]] | None = Field(None, description="adaptation steps in order, each {method: NAME, "
+                                               "...options}: lora, lock, freeze, wise_ft, ... (mmfm.adapt.ADAPTATIONS)")
     train: TrainConfig | None = None
     evals: list[EvalSpec] | None = Field(None, description="evaluations for this model (default: the experiment's)")
 
@@ -85,10 +88,28 @@ class ModelSpec(Strict):
     def _label_is_a_folder_name(cls, v: str) -> str:
         return _path_part(v, "label")
 
+    @field_validator("adapt")
+    @classmethod
+    def _steps_are_registered(cls, v):
+        from .adapt.registry import parse_step
+        if v is None:
+            return v
+        out = []
+        for i, step in enumerate(v):
+            try:
+                out.append(parse_step(step).to_dict())
+            except ValueError as e:
+                raise ValueError(f"adapt.{i}: {e}") from None
+        return out
+
     @model_validator(mode="after")
     def _config_fits(self):
         # a wrong key or value, or an option the family does not take, fails here, naming it, before anything runs
-        if self.config is None and self.tokenizer is None and self.lora is None:
+        if self.lora is not None and self.adapt is not None:
+            raise ValueError("lora: give LoRA either as `lora:` or as a step of `adapt:` ({method: lora, ...}), "
+                             "not both")
+        if self.config is None and self.tokenizer is None and self.lora is None and self.adapt is None \
+                and (self.train is None or (self.train.lock_image is None and self.train.lock_text is None)):
             return self
         cfg = model_config(self)
         frozen = getattr(cfg, "family", None) == "frozen"
@@ -96,7 +117,38 @@ class ModelSpec(Strict):
             raise ValueError("lora: LoRA applies to CLIP-family models; Frozen trains its vision side only (remove `lora`)")
         if self.tokenizer is not None and cfg is not None and not frozen:
             raise ValueError("tokenizer: only Frozen models take a `tokenizer` (CLIP-family models bring their own)")
+        steps = adaptation_steps(self)           # `lora:` and train's lock/freeze, as the steps they stand for
+        clip_only = [s.method for s in steps if s.adaptation.clip_only]
+        if clip_only and frozen:
+            raise ValueError(f"adapt: {', '.join(clip_only)} (from `adapt:` or train's lock_image/lock_text) applies "
+                             f"to CLIP-family models, not Frozen (remove it)")
+        after = [s.method for s in steps if s.adaptation.when == "after_training"]
+        if after and self.train is None:
+            raise ValueError(f"adapt: {', '.join(after)} runs after training; add `train:` or remove it")
         return self
+
+
+def adaptation_steps(spec: ModelSpec) -> list:
+    """The model's adaptation steps in the order they run: ``lora:`` (sugar for a lora step), ``adapt:``, then
+    the training config's ``lock_image`` / ``lock_text`` / ``freeze`` (which the Trainer applied at its start)."""
+    from .adapt.registry import parse_step
+    steps: list[dict[str, Any]] = []
+    if spec.lora is not None:
+        steps.append({"method": "lora", **({"preset": spec.lora} if isinstance(spec.lora, str) else spec.lora)})
+    steps += spec.adapt or []
+    t = spec.train
+    if t is not None and (t.lock_image is not None or t.lock_text is not None):
+        steps.append({"method": "lock", **({"image": t.lock_image} if t.lock_image is not None else {}),
+                      **({"text": t.lock_text} if t.lock_text is not None else {})})
+    if t is not None and t.freeze:
+        steps.append({"method": "freeze", "prefixes": list(t.freeze)})
+    out = []
+    for step in steps:
+        try:
+            out.append(parse_step(step))
+        except ValueError as e:
+            raise ValueError(f"{'lora' if step is steps[0] and spec.lora is not None else 'train'}: {e}") from None
+    return out
 
 
 def model_config(spec: ModelSpec):
@@ -324,7 +376,7 @@ def _attach_published(result, spec: ModelSpec, data: DatasetSpec | None, e: Eval
     """open_clip's published value beside the result, as `mmfm eval` shows it: only for pretrained weights used
     as they are (no training, no LoRA) on a dataset's test split."""
     from .eval import published_comparison
-    if spec.train is not None or spec.lora is not None or data is None or data.args.get("split", "test") != "test" \
+    if spec.train is not None or adaptation_steps(spec) or data is None or data.args.get("split", "test") != "test" \
             or e.kind in ("captioning", "vqa"):
         return
     comp = published_comparison(result, spec.model, spec.pretrained, data.name, protocol_used=e.protocol,
@@ -466,6 +518,7 @@ def run_experiment(config: str | Path | ExperimentConfig, out_dir: str | Path | 
 
 
 def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
+    from .adapt.registry import AdaptContext, apply_adaptations, initial_copy, split_steps
     from .api import create_model
     from .eval import headline, write_report
     from .measure import count_parameters, timer
@@ -485,15 +538,17 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
         print(f"\n=== {spec.label}: {what} {('(' + spec.pretrained + ')') if spec.pretrained else ''}")
         model = create_model(model_config(spec) if spec.config is not None else spec.model,
                              pretrained=spec.pretrained, precision=spec.precision)
-        if spec.lora is not None:
-            from .adapt import apply_lora
-            opts = {"preset": spec.lora} if isinstance(spec.lora, str) else dict(spec.lora)
-            model = apply_lora(model, **opts)
+        steps = adaptation_steps(spec)
+        before, after = split_steps(steps)
+        context = AdaptContext(initial=initial_copy(model, steps))
+        (model,) = apply_adaptations(model, before, context).values()
         family = model_family(model)
         tok = family.prepare(model, spec.tokenizer)
         train_result = None
         if spec.train is not None:
-            tcfg = spec.train.model_copy(update={"device": spec.train.device or cfg.device})
+            # lock / freeze were translated into adaptation steps and have run: the Trainer does not repeat them
+            tcfg = spec.train.model_copy(update={"device": spec.train.device or cfg.device, "lock_image": None,
+                                                 "lock_text": None, "freeze": []})
             train_view, val_view = _views(cfg, family, model, tok, datasets, tcfg)
             during = [e for e in cfg.eval_during_training]
             eval_fn = None
@@ -513,20 +568,27 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
             family.save(model, mdir, tok)
         elif not _is_main_process():
             continue       # nothing to train: rank 0 alone evaluates it (every rank would write the same files)
-        model.eval().to(device)
         random_weights = spec.pretrained is None and spec.train is None
         evals = spec.evals if spec.evals is not None else cfg.evals
-        results = []
-        with timer() as eval_time:
-            for e in evals:
-                results.append(run_eval_spec(e, model, datasets, spec.label, mdir / "eval", device, cfg.num_workers,
-                                             data_specs=cfg.data, random_weights=random_weights))
-                _attach_published(results[-1], spec, cfg.data.get(e.dataset), e, device)
-        all_results += results
-        metrics = {f"{eval_tag(e)} {k}": v for e, r in zip(evals, results) for k, v in headline(r).items()}
-        name = spec.model if spec.config is None else f"{spec.model or family.name} + inline config"
-        rows.append(model_row(spec.label, name, count_parameters(model), train_result,
-                              [r.to_dict() for r in results], metrics, eval_time(), random_weights=random_weights))
+        params = count_parameters(model)        # what trained, also for the models WiSE-FT derives from it
+        # after-training steps (WiSE-FT) may make several models of the trained one: one row each
+        for suffix, variant in apply_adaptations(model, after, context).items():
+            label = spec.label + suffix
+            variant.eval().to(device)
+            results = []
+            with timer() as eval_time:
+                for e in evals:
+                    results.append(run_eval_spec(e, variant, datasets, label, mdir / f"eval{suffix}", device,
+                                                 cfg.num_workers, data_specs=cfg.data, random_weights=random_weights))
+                    _attach_published(results[-1], spec, cfg.data.get(e.dataset), e, device)
+            all_results += results
+            metrics = {f"{eval_tag(e)} {k}": v for e, r in zip(evals, results) for k, v in headline(r).items()}
+            name = spec.model if spec.config is None else f"{spec.model or family.name} + inline config"
+            row = model_row(label, name, params, train_result, [r.to_dict() for r in results], metrics, eval_time(),
+                            random_weights=random_weights)
+            if steps:
+                row["adaptations"] = [s.to_dict() for s in steps]
+            rows.append(row)
     if not _is_main_process():
         return {}
     write_report(all_results, out)

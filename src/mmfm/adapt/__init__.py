@@ -11,6 +11,9 @@ the registered methods (:data:`FEW_SHOT_METHODS`: linear_probe, nearest_centroid
 coop, clip_adapter, tip_adapter, tip_adapter_f; :mod:`mmfm.adapt.fewshot`). Locked towers: :func:`lit`
 and :func:`hybrid_from_clip` (from :mod:`mmfm.models.hybrid`).
 
+Run configs name adaptations in a model's ``adapt:`` list (lora, lock, freeze, wise_ft, or one of your
+own): :data:`ADAPTATIONS`, :func:`register_adaptation`, :func:`apply_adaptations` (:mod:`.registry`).
+
 This package sits above :mod:`mmfm.eval`: its methods reuse eval's feature extraction, zero-shot head
 and k-shot draw, and eval never imports it.
 """
@@ -21,8 +24,9 @@ from .lora import (LORA_PRESETS, LoraPreset, apply_lora, config_fingerprint, exp
                    unmerge_lora)
 from .wise_ft import sweep_table, wise_ft, wise_ft_sweep, zero_shot_metric
 from .fewshot import FEW_SHOT_METHODS, few_shot, register_few_shot_method
+from .registry import ADAPTATIONS, AdaptContext, apply_adaptations, register_adaptation
 
-__all__ = ["FEW_SHOT_METHODS", "few_shot", "register_few_shot_method", "LORA_PRESETS", "LoraPreset", "apply_lora",
+__all__ = ["ADAPTATIONS", "AdaptContext", "apply_adaptations", "register_adaptation", "FEW_SHOT_METHODS", "few_shot", "register_few_shot_method", "LORA_PRESETS", "LoraPreset", "apply_lora",
            "config_fingerprint", "export_merged", "is_lora_model", "load_lora", "lora_few_shot", "lora_parameters", "merge_lora", "merged_copy", "save_lora", "unload_lora",
            "unmerge_lora", "sweep_table", "wise_ft", "wise_ft_sweep", "zero_shot_metric", "HybridCLIP",
            "HybridConfig", "hybrid_from_clip", "lit"]
