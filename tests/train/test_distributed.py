@@ -15,7 +15,10 @@ def test_two_ranks_equal_one_rank_double_batch(tmp_path, run_ranks):
     for other in (ddp, ddp_acc):
         assert other["loss"] == pytest.approx(single["loss"], rel=1e-5)
         for n, g in single["grads"].items():
-            torch.testing.assert_close(other["grads"][n], g, rtol=1e-4, atol=1e-6, msg=n)
+            # Sums over the batch in another order (per rank, per micro-batch): float noise scales with the
+            # tensor's largest entries (text.positional_embedding: 6e-6 on entries up to 3.9), not with each one.
+            atol = 1e-6 * max(1.0, g.abs().max().item())
+            torch.testing.assert_close(other["grads"][n], g, rtol=1e-4, atol=atol, msg=n)
 
 
 TRAINER_WORKER = Path(__file__).with_name("ddp_trainer_worker.py")
