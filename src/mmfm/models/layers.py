@@ -3,8 +3,8 @@
 Why separate q/k/v/out projections instead of one fused ``in_proj`` like ``nn.MultiheadAttention``:
 LoRA (through PEFT) targets modules *by name*, so each projection has to be its own ``nn.Linear``.
 On CPU at inference, when nothing has hooked into the projections, the three matmuls are fused into one
-(see ``Attention._qkv``) so we pay nothing for the flexibility; in fp32 the inference matmuls also
-run on oneDNN-packed weights with GELU fused in (see "Inference kernels" below).
+(see ``Attention._qkv``) so we pay nothing for the flexibility; in fp32 and bf16 the inference matmuls
+also run on oneDNN-packed weights with GELU fused in (see "Inference kernels" below).
 """
 from __future__ import annotations
 
@@ -47,17 +47,17 @@ def _is_plain_linear(m: nn.Module) -> bool:
 
 
 # ------------------------------------------------------------------------------------------
-# Inference kernels. When no gradient is needed, fp32 on CPU, the projections run as oneDNN matmuls on
+# Inference kernels. When no gradient is needed, fp32 or bf16 on CPU, the projections run as oneDNN matmuls on
 # weights packed once into oneDNN's blocked layout (what torch.compile's CPU "freezing" does), with GELU
 # fused into the first MLP matmul: 1.3-1.5x faster than addmm on ViT-B-32 shapes at batch 1 and about 1.1x
-# at batch 64, same results to ~1e-6. The packed copies are a cache checked on every use by mmfm's one
-# weights-version mechanism (``mmfm.util.weights``, see ``PackedCache``); they double weight memory while
-# a model is used for inference. MMFM_PACKED_LINEAR=0 (or ``set_packed_inference(False)``) turns this off.
+# at batch 64, same results to ~1e-6 (bf16: to bf16 rounding). The packed copies are a cache checked on every
+# use by mmfm's one weights-version mechanism (``mmfm.util.weights``, see ``PackedCache``); they double weight
+# memory while a model is used for inference. MMFM_PACKED_LINEAR=0 (or ``set_packed_inference(False)``) turns this off.
 _PACKED = os.environ.get("MMFM_PACKED_LINEAR", "1") != "0"
 
 
 def set_packed_inference(enabled: bool) -> None:
-    """Use (or not) oneDNN-packed weights for fp32 CPU inference; see the note above."""
+    """Use (or not) oneDNN-packed weights for fp32/bf16 CPU inference; see the note above."""
     global _PACKED
     _PACKED = bool(enabled)
 
@@ -70,9 +70,17 @@ def _packed_kernels_available() -> bool:
 _HAVE_PACKED = _packed_kernels_available()
 
 
+# bf16 too: oneDNN's packed bf16 matmul writes its bias and GELU in the same pass, where addmm copies the bias
+# into every output first and GELU reads the output again (~14% of a bf16 ViT-B-32's time at batch 64).
+_PACKED_DTYPES = (torch.float32, torch.bfloat16)
+
+
 def use_packed(x: torch.Tensor, *weights: torch.Tensor) -> bool:
-    """Whether the oneDNN inference path applies: fp32 CPU tensors and no autograd graph to record."""
-    if not (_PACKED and _HAVE_PACKED) or x.device.type != "cpu" or x.dtype != torch.float32:
+    """Whether the oneDNN inference path applies: fp32 or bf16 CPU tensors (weights of the input's dtype)
+    and no autograd graph to record."""
+    if not (_PACKED and _HAVE_PACKED) or x.device.type != "cpu" or x.dtype not in _PACKED_DTYPES:
+        return False
+    if any(w.dtype != x.dtype for w in weights):
         return False
     if torch.jit.is_scripting() or torch.compiler.is_compiling():
         return False

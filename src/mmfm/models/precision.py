@@ -5,10 +5,11 @@ tower's dtype at the tower boundary (``CLIP.encode_image`` / ``encode_text``) an
 so callers see the same types as in fp32. Inside mmfm's transformer towers only the matmuls run in bf16: the
 residual stream stays fp32 (``ln_pre`` / the token embedding start it in fp32, each block adds its bf16 output
 to it in fp32) and every LayerNorm normalises in fp32 and hands bf16 to the matmul after it (``cast_bf16``);
-attention runs in SDPA's bf16 kernel, which accumulates and takes its softmax in fp32. The ModifiedResNet
-and other towers are plainly cast. oneDNN runs bf16 matmuls natively on CPUs with AVX512-BF16 or AMX (about
-2.5x the fp32 rate on this project's machine); elsewhere it emulates them, which is correct but slower than
-fp32, so we say so once.
+attention runs in SDPA's bf16 kernel, which accumulates and takes its softmax in fp32. At inference the
+projections run on oneDNN-packed bf16 weights with bias and GELU fused in, as fp32 does (``layers.use_packed``).
+The ModifiedResNet and other towers are plainly cast. oneDNN runs bf16 matmuls natively on CPUs with
+AVX512-BF16 or AMX (about 2.5x the fp32 rate on this project's machine); elsewhere it emulates them, which is
+correct but slower than fp32, so we say so once.
 
 int8: ``torch.ao.quantization.quantize_dynamic`` replaces every ``nn.Linear`` (the attention and MLP
 projections, 2/3 of the FLOPs of a ViT) by one with int8 weights (per output channel) whose activations are
@@ -28,6 +29,13 @@ record is benchmarks/results/precision.json):
   relative error ~3x. Leaving one kind of layer in fp32 (fc1, fc2, out_proj or q/k/v) removed 0-7 of the
   flips; a per-token activation scale (torch._int_mm) removed none, so neither is used. With the text tower
   trained as well (same recipe otherwise) both precisions meet the targets: bf16 100% / 99.7%, int8 100% / 100%.
+- bf16 speed (ViT-B-32 image encode, batch 64, 2 threads, interleaved on a loaded 2-core EPYC, so ratios only):
+  packed bf16 matmuls 1.24-1.63x fp32 (plain addmm 1.11-1.30x); agreement in tests/models/test_precision.py.
+  What is left beyond the matmuls is the fp32 stream's price: per block two bf16->fp32 casts into the
+  residual adds and two fp32->bf16 casts after the LayerNorms, each as slow as the LayerNorm itself. A bf16
+  stream (LayerNorm reading bf16, no casts) ran 1.2x faster again but flipped 6 digit predictions of the
+  tests' model (98.3%, under the 98.5% bound), as the plain cast did, so the stream stays fp32; a fused
+  add+LayerNorm+cast kernel would remove the casts.
 """
 from __future__ import annotations
 
