@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..measure.meter import rate
 from ..report.tables import markdown_table
 from ..util.atomic import atomic_write_json, atomic_write_text
 from .report import KIND_TITLES, fmt_metric, fmt_pct, perf_line, result_to_dict
@@ -51,11 +52,11 @@ class PerfStats:
 
     @property
     def items_per_s(self) -> float:
-        return self.num_items / self.total_s if self.total_s > 0 else float("nan")
+        return rate(self.num_items, self.total_s)
 
     @property
     def model_items_per_s(self) -> float:
-        return self.num_items / self.model_s if self.model_s > 0 else float("nan")
+        return rate(self.num_items, self.model_s)
 
     def to_dict(self) -> dict[str, Any]:
         return {"num_items": self.num_items, "total_s": self.total_s, "model_s": self.model_s,

@@ -27,6 +27,11 @@ import torch
 from .memory import current_rss, lifetime_peak_rss
 
 
+def rate(items: int, seconds: float) -> float:
+    """Items per second; NaN when no time was measured (an empty or cached pass), never a division error."""
+    return items / seconds if seconds > 0 else float("nan")
+
+
 class Meter:
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
@@ -72,11 +77,11 @@ class Meter:
     @property
     def items_per_s(self) -> float:
         """End to end (data loading + model)."""
-        return self.num_items / self.total_s if self.total_s > 0 else float("nan")
+        return rate(self.num_items, self.total_s)
 
     @property
     def model_items_per_s(self) -> float:
-        return self.num_items / self.model_s if self.model_s > 0 else float("nan")
+        return rate(self.num_items, self.model_s)
 
     def latency_ms(self) -> dict[str, float]:
         """Per-batch latency in ms: mean / p50 / p90 / max ({} before the first batch)."""
