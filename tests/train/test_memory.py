@@ -3,7 +3,8 @@ from contextlib import nullcontext
 
 import torch
 
-from mmfm.models import create_model, layers
+from mmfm.api import create_model
+from mmfm.models import layers
 from mmfm.train.objectives import ContrastiveObjective, split_batch
 
 

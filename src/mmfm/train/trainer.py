@@ -128,7 +128,7 @@ class Trainer:
                  collate_fn: Callable | None = None, best_metric: str = "val_loss", best_mode: str = "min"):
         self.model, self.cfg, self.out_dir = model, cfg, Path(out_dir)
         self.train_data, self.val_data = train_data, val_data
-        self.objective = objective or ContrastiveObjective(cfg.loss, cfg.local_loss)
+        self.objective = objective or ContrastiveObjective(cfg.loss, cfg.local_loss, cfg.grad_chunk)
         self.eval_fn, self.collate_fn = eval_fn, collate_fn or default_collate
         self.best_metric, self.best_mode = best_metric, best_mode
         self.ckpt_dir = self.out_dir / "checkpoints"
@@ -202,7 +202,7 @@ class Trainer:
             path, ckpt = found
             changed = {k for k, v in self.cfg.model_dump().items()
                        if k not in ("resume", "progress", "max_steps", "epochs", "eval_every", "ckpt_every", "log_every",
-                                    "num_workers", "device", "tensorboard") and ckpt.get("config", {}).get(k, v) != v}
+                                    "num_workers", "device", "tensorboard", "grad_chunk") and ckpt.get("config", {}).get(k, v) != v}
             if changed and info.is_main:
                 warnings.warn(f"resuming from {path}, whose training config differs in {sorted(changed)}; "
                               f"use a new output folder or resume=false to start over")
