@@ -46,8 +46,11 @@ same gradients up to summation order; BatchNorm models excepted), and Trainer.fi
 of 1 MiB and more from mmap (return_large_blocks_to_the_os). In-process peak RSS of the same step sequence
 (ViT-B-32, 8 x accum 4, fused AdamW, fp32, random 224 px images, 21-token texts; psutil every 20 ms; GiB):
 whole micro-batches 3.47, grad_chunk 2 3.24, grad_chunk 2 + malloc_trim after each pass 3.23, grad_chunk 2
-+ 1 MiB mmap threshold 3.16 (~0.81x of open_clip's 3.91 here; the end-to-end rerun decides). Speed: on
-the loaded 2-core machine the step times were noise (50-330 s a step for the same setting); rerun here.
++ 1 MiB mmap threshold 3.16 (~0.81x of open_clip's 3.91 here; the end-to-end rerun decides). Speed cost of
+the pieces (one thread, gradient pass of 8 pairs, best of 3): whole 4.15 s, pieces of 4 4.57 s (+10%), of
+2 5.17 s (+25%); the feature pass runs the same pieces (the same RNG per piece), so a step costs about as
+much more. grad_chunk 4 would keep about half the memory saving for +10%; grad_chunk null restores the
+old behaviour. Step times measured end to end on the loaded 2-core machine were noise: rerun here.
 """
 from __future__ import annotations
 
