@@ -50,7 +50,10 @@ whole micro-batches 3.47, grad_chunk 2 3.24, grad_chunk 2 + malloc_trim after ea
 the pieces (one thread, gradient pass of 8 pairs, best of 3): whole 4.15 s, pieces of 4 4.57 s (+10%), of
 2 5.17 s (+25%); the feature pass runs the same pieces (the same RNG per piece), so a step costs about as
 much more. grad_chunk 4 would keep about half the memory saving for +10%; grad_chunk null restores the
-old behaviour. Step times measured end to end on the loaded 2-core machine were noise: rerun here.
+old behaviour. Rerun on a quieter moment (load ~2.5), with the mmap threshold: whole micro-batches 3.31,
+grad_chunk 4 3.26, grad_chunk 2 3.15, grad_chunk null + train.grad_checkpointing 3.09 / 3.12 (two runs;
++25% on the gradient pass of 8 pairs, one thread, 4.24 -> 5.30 s, the feature pass unchanged): the
+existing checkpointing option is the cheaper way under 3.13 for ViT-B-32; not made a default here.
 """
 from __future__ import annotations
 
