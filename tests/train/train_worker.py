@@ -52,11 +52,13 @@ def main(out_dir: str, delay: float, steps: int, nan_at: int = 0) -> None:
     torch.manual_seed(0)
     model = create_model("ViT-tiny-test")
     if nan_at:
-        calls = {"n": 0}
+        seen = {"rows": 0}
 
-        def poison(module, inputs, output):   # the forward of step `nan_at` produces NaN
-            calls["n"] += 1
-            return output * float("nan") if calls["n"] >= nan_at else output
+        # Step `nan_at` produces NaN. Each step runs its 16 pairs through the image tower twice (the cached
+        # no-grad pass and the gradient pass), however the passes cut them into pieces: count rows, not calls.
+        def poison(module, inputs, output):
+            seen["rows"] += output.shape[0]
+            return output * float("nan") if seen["rows"] > (nan_at - 1) * 2 * 16 else output
         model.visual.register_forward_hook(poison)
     cfg = TrainConfig(max_steps=steps, batch_size=8, accum_steps=2, lr=1e-3, warmup_steps=2, ckpt_every=2,
                       keep_last=3, log_every=1, progress=False, tensorboard=False, seed=7)

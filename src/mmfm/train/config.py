@@ -25,6 +25,9 @@ class TrainConfig(Strict):
     grad_clip: float | None = Field(1.0, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     grad_checkpointing: bool = False
+    grad_chunk: int | None = Field(2, ge=1, description="contrastive accumulation: re-run each micro-batch's gradient "
+                                   "pass in pieces of this many pairs (less activation memory, same gradients up to "
+                                   "float summation order; models with BatchNorm run whole micro-batches); null: whole")
     compile: bool = False
     loss: Literal["clip", "siglip"] = "clip"
     local_loss: bool = False

@@ -107,15 +107,32 @@ def _restore_buffers(snapshot) -> None:
             b.copy_(saved)
 
 
+def _cut(batch: dict, size: int) -> list[dict]:
+    """A batch dict as consecutive pieces of at most ``size`` rows (non-tensor entries are shared)."""
+    n = batch_size(batch)
+    return [{key: (v[a:a + size] if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == n else v)
+             for key, v in batch.items()} for a in range(0, n, size)]
+
+
+def _scaled_grad(t: torch.Tensor | None, g: float) -> torch.Tensor | None:
+    """``t`` unchanged in value, its gradient multiplied by ``g`` (0: counted elsewhere; still in the graph,
+    so DDP sees every parameter used)."""
+    if t is None or g == 1.0:
+        return t
+    return t.detach() + (t - t.detach()) * g
+
+
 class ContrastiveObjective(Objective):
     """CLIP / SigLIP training on (image, text) pairs with global-batch negatives."""
 
     input_keys = ("image", "text")
 
-    def __init__(self, loss: str = "clip", local_loss: bool = False):
+    def __init__(self, loss: str = "clip", local_loss: bool = False, grad_chunk: int | None = 2):
         if loss not in ("clip", "siglip"):
             raise ValueError(f"loss {loss!r} is not one of ['clip', 'siglip']")
-        self.loss_name, self.local_loss = loss, local_loss
+        if grad_chunk is not None and grad_chunk < 1:
+            raise ValueError(f"grad_chunk must be a positive number of rows or None, not {grad_chunk}")
+        self.loss_name, self.local_loss, self.grad_chunk = loss, local_loss, grad_chunk
 
     def _loss(self, img, txt, scale, bias, rows):
         if self.loss_name == "siglip":
@@ -134,22 +151,22 @@ class ContrastiveObjective(Objective):
         info = dist_info()
         world, k = info.world_size, len(micro_batches)
         core = unwrap(model)
-        sizes = [batch_size(mb) for mb in micro_batches]
         live_out = None
         if k == 1:
             with sync(True), autocast():
                 live_out = model(image=micro_batches[0]["image"], text=micro_batches[0]["text"])
             local_img, local_txt = live_out["image_features"].detach(), live_out["text_features"].detach()
-            rng = [None]
+            pieces, rng = [(0, micro_batches[0])], [None]
         else:
-            # Pass 1, no grad: features of every micro-batch. Buffers (BatchNorm statistics) are restored
+            pieces = self._pieces(core, micro_batches)
+            # Pass 1, no grad: features of every piece. Buffers (BatchNorm statistics) are restored
             # afterwards and RNG states recorded, so pass 2 recomputes exactly the same features.
             snapshot = _snapshot_buffers(core)
             rng, feats = [], []
             with torch.no_grad(), autocast():
-                for mb in micro_batches:
+                for _, piece in pieces:
                     rng.append(torch.get_rng_state())
-                    o = core(image=mb["image"], text=mb["text"])
+                    o = core(image=piece["image"], text=piece["text"])
                     feats.append((o["image_features"], o["text_features"]))
             _restore_buffers(snapshot)
             local_img = torch.cat([f[0] for f in feats])
@@ -159,36 +176,66 @@ class ContrastiveObjective(Objective):
         rank_sizes = all_gather_sizes(local_img.shape[0], local_img.device)
         all_img = torch.cat(all_gather_variable(local_img.float(), rank_sizes))
         all_txt = torch.cat(all_gather_variable(local_txt.float(), rank_sizes))
+        # Pass 2: each piece re-run with grad and back-propagated with only its rows live.
         value = None
         offset = sum(rank_sizes[:info.rank])
-        for i, mb in enumerate(micro_batches):
-            if live_out is None or i > 0:
-                torch.set_rng_state(rng[i])
-                with sync(i == k - 1):
+        for j, (i, piece) in enumerate(pieces):
+            n = batch_size(piece)
+            first = j == 0 or pieces[j - 1][0] != i      # the first piece of micro-batch i
+            if first:
+                start = offset
+            term = slice(start, start + batch_size(micro_batches[i]))
+            if live_out is None:
+                torch.set_rng_state(rng[j])
+                with sync(j == len(pieces) - 1):
                     with autocast():
-                        out = model(image=mb["image"], text=mb["text"])
-                    value = self._slice_backward(out, all_img, all_txt, offset, sizes[i], i, k, world, backward)
+                        out = model(image=piece["image"], text=piece["text"])
+                    value = self._slice_backward(out, all_img, all_txt, offset, n, term, i, first, k, world,
+                                                 backward)
+                del out   # this piece's graph is gone: free its outputs before the next piece runs
             else:
-                value = self._slice_backward(live_out, all_img, all_txt, offset, sizes[i], i, k, world, backward)
-            offset += sizes[i]
+                value = self._slice_backward(live_out, all_img, all_txt, offset, n, term, i, first, k, world,
+                                             backward)
+            offset += n
         scale = core.logit_scale.exp().clamp(max=100).item() if hasattr(core, "logit_scale") else None
         return {"loss": value, "logit_scale": scale}
 
-    def _slice_backward(self, out, all_img, all_txt, offset, n, i, k, world, backward) -> float:
-        rows = slice(offset, offset + n)
+    def _pieces(self, core: nn.Module, micro_batches: list[dict]) -> list[tuple[int, dict]]:
+        """(micro-batch index, piece) in the order both passes run them: micro-batches cut into grad_chunk rows.
+
+        The gradient pass holds the activations of one piece at a time, so smaller pieces lower the peak
+        memory of accumulation (GradCache, Gao et al. 2021); the sum over pieces is the same gradient
+        (dL/dtheta = sum over any partition of the rows). Cutting is exact only when a sample's features do
+        not depend on the samples it runs with: BatchNorm in training mode (ModifiedResNet, torchvision
+        trunks) normalises with the statistics of the batch it sees, so such models run whole
+        micro-batches, as without the option. Randomness (dropout) is fine: both passes run the same
+        pieces from the same recorded RNG states.
+        """
+        c = self.grad_chunk
+        if not c or any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in core.modules()):
+            return list(enumerate(micro_batches))
+        return [(i, piece) for i, mb in enumerate(micro_batches) for piece in _cut(mb, c)]
+
+    def _slice_backward(self, out, all_img, all_txt, offset, n, term, i, first, k, world, backward) -> float:
+        """Back-propagate the loss with rows offset..offset+n live (out) and the rest the cached features.
+
+        ``term``: the rows whose loss this is under the local loss (the live piece's micro-batch).
+        """
         img = torch.cat([all_img[:offset], out["image_features"].float(), all_img[offset + n:]])
         txt = torch.cat([all_txt[:offset], out["text_features"].float(), all_txt[offset + n:]])
         s, b = out["logit_scale"], out.get("logit_bias")
         if self.local_loss:
-            # Local loss: only this slice's rows; each micro-batch is its own term, averaged over k.
-            loss = self._loss(img, txt, s, b, rows)
+            # Local loss: only this micro-batch's rows; each micro-batch is its own term, averaged over k,
+            # whose temperature/bias gradient its first piece carries.
+            if not first:
+                s, b = _scaled_grad(s, 0.0), _scaled_grad(b, 0.0)
+            loss = self._loss(img, txt, s, b, term)
             backward(loss / k)
             return loss.detach().item()
-        # Temperature/bias: value unchanged, gradient kept once (micro-batch 0) and divided by world.
-        g = (1.0 if i == 0 else 0.0) / world
-        s_eff = s.detach() + (s - s.detach()) * g
-        b_eff = None if b is None else b.detach() + (b - b.detach()) * g
-        loss = self._loss(img, txt, s_eff, b_eff, None)
+        # Temperature/bias: value unchanged, gradient kept once (first piece of micro-batch 0) and divided
+        # by world.
+        g = (1.0 if i == 0 and first else 0.0) / world
+        loss = self._loss(img, txt, _scaled_grad(s, g), _scaled_grad(b, g), None)
         backward(loss * world)   # DDP averages gradients over ranks; the full loss wants their sum
         return loss.detach().item()
 
