@@ -27,33 +27,18 @@ after each step, mmfm clamps its exp() at 100 where it is used; mmfm writes a ch
 its optimizer is the fused AdamW kernel (open_clip: foreach); initialisations differ in detail (each library's
 own, different seeds), so the loss curves are not compared here.
 
-Expected peak memory (measured 2026-11-30, --steps 2, benchmarks/results/train_e2e.json; GiB):
+Measured 2026-11-30 on an idle 2-core machine, 20 steps (640 JPEGs), benchmarks/results/train_e2e.json:
 
-    setting        open_clip main / tree PSS    mmfm main / tree PSS    mmfm / open_clip
-    batch 32       5.02 / 5.37                  3.78 / 4.19             0.75x / 0.78x
-    8 x accum 4    3.91 / 4.24                  3.43 / 3.89             0.88x / 0.92x
+    setting        open_clip samples/s, main GiB   mmfm samples/s, main GiB      mmfm / open_clip
+    batch 32       2.16, 5.12                      2.77, 3.54                    1.28x speed, 0.69x memory
+    8 x accum 4    1.40, 3.92                      1.12, 3.19 (grad_chunk 2)     0.80x speed, 0.81x memory
 
-samples/s there is noise (2 cores shared with ~8 other jobs, load ~10, 100-560 s a step): rerun on a
-quiet machine for speed. Where mmfm's accum-4 peak goes (glibc mallinfo2 + RSS timeline of one run):
-`import torch` ~0.5 GiB (both libraries), weights + gradients + AdamW moments 2.26 GiB (both), batch-8
-activations of the gradient pass ~0.37 GiB, other malloc ~0.16 GiB, freed heap kept by glibc ~0.1 GiB
-(a fixed M_MMAP_THRESHOLD of 1 MiB took the peak from 3.46 to 3.37 GiB). 0.8x of open_clip's 3.91 GiB
-is 3.13 GiB: only ~0.37 GiB above what torch and exact AdamW alone hold.
-
-The figures above predate two changes for the accum-4 setting (second round, not yet rerun end to end):
-the gradient pass re-runs each micro-batch in pieces of train.grad_chunk pairs (default 2, GradCache-style:
-same gradients up to summation order; BatchNorm models excepted), and Trainer.fit has glibc serve blocks
-of 1 MiB and more from mmap (return_large_blocks_to_the_os). In-process peak RSS of the same step sequence
-(ViT-B-32, 8 x accum 4, fused AdamW, fp32, random 224 px images, 21-token texts; psutil every 20 ms; GiB):
-whole micro-batches 3.47, grad_chunk 2 3.24, grad_chunk 2 + malloc_trim after each pass 3.23, grad_chunk 2
-+ 1 MiB mmap threshold 3.16 (~0.81x of open_clip's 3.91 here; the end-to-end rerun decides). Speed cost of
-the pieces (one thread, gradient pass of 8 pairs, best of 3): whole 4.15 s, pieces of 4 4.57 s (+10%), of
-2 5.17 s (+25%); the feature pass runs the same pieces (the same RNG per piece), so a step costs about as
-much more. grad_chunk 4 would keep about half the memory saving for +10%; grad_chunk null restores the
-old behaviour. Rerun on a quieter moment (load ~2.5), with the mmap threshold: whole micro-batches 3.31,
-grad_chunk 4 3.26, grad_chunk 2 3.15, grad_chunk null + train.grad_checkpointing 3.09 / 3.12 (two runs;
-+25% on the gradient pass of 8 pairs, one thread, 4.24 -> 5.30 s, the feature pass unchanged): the
-existing checkpointing option is the cheaper way under 3.13 for ViT-B-32; not made a default here.
+The accum-4 mmfm line ran with train.grad_chunk 2 (feature and gradient passes in pieces of 2 pairs: less
+activation memory, slower); the default is now whole micro-batches (grad_chunk null), measured earlier the
+same day under load at 3.43 GiB (0.88x), and in-process 3.31-3.47 GiB; train.grad_checkpointing gave 3.09-3.12
+GiB in-process (+25% on the gradient pass). Where the accum-4 peak goes: `import torch` ~0.5 GiB (both
+libraries), weights + gradients + AdamW moments 2.26 GiB (both), batch-8 activations of the gradient pass ~0.37
+GiB, other malloc ~0.16 GiB, freed heap kept by glibc ~0.1 GiB; 0.8x of open_clip's 3.92 GiB is 3.14 GiB.
 """
 from __future__ import annotations
 

@@ -43,31 +43,3 @@ def test_feature_pass_computes_what_the_gradient_pass_recomputes():
     live = model(image=b["image"], text=b["text"])
     assert torch.equal(cached["image_features"], live["image_features"].detach())
     assert torch.equal(cached["text_features"], live["text_features"].detach())
-
-
-def test_large_blocks_are_returned_to_the_os_when_freed():
-    # Once a 16 MiB block is freed, glibc's default serves blocks up to 16 MiB from its heap (its mmap
-    # threshold follows the largest block freed), where freed memory stays mapped and fragments; with the
-    # training setting 2 MiB blocks are mmapped: mallinfo2's hblkhd (bytes in mmapped blocks) grows by them.
-    import ctypes
-    import ctypes.util
-    import sys
-
-    import pytest
-
-    from mmfm.train.trainer import return_large_blocks_to_the_os
-    if sys.platform != "linux" or not hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallinfo2"):
-        pytest.skip("glibc only")
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                    "fsmblks", "uordblks", "fordblks", "keepcost")]
-    mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
-    mallinfo2.restype = MallInfo2
-    big = torch.empty(16 << 20, dtype=torch.uint8)
-    del big                                          # raises glibc's dynamic threshold (the default's trap)
-    assert return_large_blocks_to_the_os()
-    before = mallinfo2().hblkhd
-    blocks = [torch.empty(2 << 20, dtype=torch.uint8) for _ in range(4)]
-    assert mallinfo2().hblkhd - before >= 4 * (2 << 20)
-    del blocks

@@ -127,7 +127,7 @@ class ContrastiveObjective(Objective):
 
     input_keys = ("image", "text")
 
-    def __init__(self, loss: str = "clip", local_loss: bool = False, grad_chunk: int | None = 2):
+    def __init__(self, loss: str = "clip", local_loss: bool = False, grad_chunk: int | None = None):
         if loss not in ("clip", "siglip"):
             raise ValueError(f"loss {loss!r} is not one of ['clip', 'siglip']")
         if grad_chunk is not None and grad_chunk < 1:

@@ -11,8 +11,6 @@ keep one row per step); unreadable samples are skipped and counted on every rank
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import math
 import random
@@ -94,25 +92,6 @@ def apply_freezing(model: nn.Module, cfg: TrainConfig) -> None:
         for n, p in model.named_parameters():
             if any(n == pre or n.startswith(pre + ".") for pre in cfg.freeze):
                 p.requires_grad_(False)
-
-
-def return_large_blocks_to_the_os(threshold: int = 1 << 20) -> bool:
-    """Have glibc serve blocks of ``threshold`` bytes and more from mmap, unmapped again when freed.
-
-    glibc's default raises its mmap threshold to the largest block freed so far (up to 32 MiB), after
-    which a training step's activations and gradients are carved from the heap, where freed pieces stay
-    mapped and fragment: ~0.08 GiB of ViT-B-32's peak at 8 x accumulation 4 (issue 18). Process-wide
-    and for good (training is what the process is for); no effect on results. Returns whether it was
-    applied (False off glibc, e.g. macOS or musl).
-    """
-    if sys.platform != "linux":
-        return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    M_MMAP_THRESHOLD = -3
-    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -199,7 +178,6 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         model = self.model
         apply_freezing(model, cfg)
-        return_large_blocks_to_the_os()
         if cfg.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
             model.set_grad_checkpointing(True)
         model.to(device)
