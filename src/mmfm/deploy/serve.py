@@ -164,11 +164,9 @@ def build_app(model: torch.nn.Module, *, index: Index | None = None, frozen: tup
         if len(names) > MAX_LABELS:
             raise Refused(400, f"{len(names)} labels: give at most {MAX_LABELS}")
         img = upload(image)
-        with lock:
-            # The label head outside inference_mode: it fingerprints the weights, and an int8 model's unpacked
-            # weights made under inference_mode have no version counter to stamp.
+        with lock, torch.inference_mode():
             weights = label_weights(model, names)
-            probs = label_probabilities(model, [img], weights)[0]     # under inference_mode
+            probs = label_probabilities(model, [img], weights)[0]
         order = probs.argsort(descending=True).tolist()
         return {"labels": [{"label": names[i], "probability": float(probs[i])} for i in order]}
 
