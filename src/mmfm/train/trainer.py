@@ -5,6 +5,11 @@ autocast, gradient checkpointing, torch.compile, DDP, atomic checkpoints with ex
 data and streams alike), NaN guard, progress bar + JSONL + TensorBoard + PNG curves, and the
 measurement report.
 
+Without an output folder (``out_dir=None``) it is an inner loop, e.g. a few-shot episode run many times:
+nothing is written (no checkpoints, metrics, TensorBoard, curves), nothing resumed, no latency measured,
+no progress bar unless the config sets ``progress`` explicitly, and the process's random generators are
+left to the caller (it seeds them; the run draws only what its model and data draw).
+
 Nothing is lost to a fault: Ctrl-C saves a checkpoint between steps and re-raises KeyboardInterrupt;
 a SIGKILL loses at most the steps since the last checkpoint (the same command resumes, and the logs
 keep one row per step); unreadable samples are skipped and counted on every rank alike.
@@ -51,7 +56,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainResult:
-    out_dir: str
+    out_dir: str | None
     steps: int
     epochs: float
     samples_seen: int
@@ -167,17 +172,18 @@ class _Run:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, train_data, cfg: TrainConfig, out_dir: str | Path,
+    def __init__(self, model: nn.Module, train_data, cfg: TrainConfig, out_dir: str | Path | None,
                  objective: Objective | None = None, val_data=None,
                  eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
                  collate_fn: Callable | None = None, best_metric: str = "val_loss", best_mode: str = "min"):
         refuse_int8(model, "train")
-        self.model, self.cfg, self.out_dir = model, cfg, Path(out_dir)
+        self.model, self.cfg = model, cfg
+        self.out_dir = Path(out_dir) if out_dir is not None else None   # None: an inner loop, nothing written
         self.train_data, self.val_data = train_data, val_data
         self.objective = objective or ContrastiveObjective(cfg.loss, cfg.local_loss, cfg.grad_chunk)
         self.eval_fn, self.collate_fn = eval_fn, collate_fn or default_collate
         self.best_metric, self.best_mode = best_metric, best_mode
-        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.ckpt_dir = self.out_dir / "checkpoints" if self.out_dir is not None else None
 
     # -- set-up -------------------------------------------------------------------------------
     def _device(self, info: DistInfo) -> torch.device:
@@ -200,14 +206,17 @@ class Trainer:
         data = self.train_data
         per_rank = self.cfg.batch_size * self.cfg.accum_steps
         workers = self.cfg.num_workers
+        # Each DataLoader pass draws its workers' base seed from the global generator, which an inner loop
+        # leaves to its caller: it draws from its own.
+        generator = None if self.out_dir is not None else torch.Generator().manual_seed(self.cfg.seed)
         if isinstance(data, IterableDataset):
             loader = DataLoader(data, batch_size=per_rank, num_workers=workers, collate_fn=self.collate_fn,
-                                drop_last=True)
+                                drop_last=True, generator=generator)
             return loader, None, None
         items = SeededItems(data, self.cfg.seed)
         sampler = ResumableBatchSampler(len(items), per_rank, self.cfg.seed, info.rank, info.world_size)
         loader = DataLoader(items, batch_sampler=sampler, num_workers=workers, collate_fn=self.collate_fn,
-                            pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                            pin_memory=torch.cuda.is_available(), persistent_workers=False, generator=generator)
         return loader, sampler, items
 
     def _to_device(self, batch: dict, device) -> dict:
@@ -234,8 +243,9 @@ class Trainer:
         cfg = self.cfg
         info = init_distributed(cfg.device)
         device = self._device(info)
-        seed_everything(cfg.seed)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.out_dir is not None:
+            seed_everything(cfg.seed)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         model = self.model
         apply_freezing(model, cfg)
         if cfg.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
@@ -257,6 +267,8 @@ class Trainer:
                     steps_per_epoch, total_steps)
 
     def _resume(self, run: _Run) -> None:
+        if self.out_dir is None:
+            return
         if run.info.is_main:
             for stale in remove_stale_temporaries(self.ckpt_dir):
                 print(f"removed {stale.name}, left by a run killed while saving")
@@ -290,16 +302,28 @@ class Trainer:
 
     def _open_outputs(self, run: _Run) -> None:
         step = run.state["step"]
-        if run.info.is_main:
+        if run.info.is_main and self.out_dir is not None:
             truncate_metrics(self.out_dir / "metrics.jsonl", step)
             run.writer = self._tensorboard(step)
             run.metrics_file = open(self.out_dir / "metrics.jsonl", "a")
-            if self.cfg.progress:
-                from tqdm.auto import tqdm
-                run.progress = tqdm(total=run.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+        if run.info.is_main and self._shows_progress():
+            from tqdm.auto import tqdm
+            run.progress = tqdm(total=run.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
         run.trainable = [p for p in run.model.parameters() if p.requires_grad]
         run.prior_time, run.t_start = run.state["train_time_s"], time.perf_counter()
         run.t_window = time.perf_counter()
+
+    def _shows_progress(self) -> bool:
+        """A run with an output folder shows its progress unless told not to; an inner loop only when told to."""
+        if self.out_dir is not None:
+            return self.cfg.progress
+        return self.cfg.progress and "progress" in self.cfg.model_fields_set
+
+    def _kept(self) -> str:
+        """Where the last good weights are, for the divergence messages."""
+        if self.ckpt_dir is None:
+            return "no checkpoint is kept (the trainer has no output folder)"
+        return f"the last good checkpoint is kept in {self.ckpt_dir}"
 
     def _epoch(self, run: _Run) -> None:
         """One pass over the data (or what is left of it), then the epoch counters move on."""
@@ -338,9 +362,8 @@ class Trainer:
         loss = out["loss"]
         if not math.isfinite(loss):
             raise TrainingDiverged(
-                f"loss is {loss} at step {step}: training stopped; the last good "
-                f"checkpoint is kept in {self.ckpt_dir} (lower the learning rate, use bf16/fp32, "
-                f"or enable grad_clip)")
+                f"loss is {loss} at step {step}: training stopped; {self._kept()} (lower the learning rate, "
+                f"use bf16/fp32, or enable grad_clip)")
         if run.scaler is not None:
             run.scaler.unscale_(run.optimizer)
         grad_norm = None
@@ -348,8 +371,7 @@ class Trainer:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(run.trainable, cfg.grad_clip))
             if run.scaler is None and not math.isfinite(grad_norm):
                 raise TrainingDiverged(
-                    f"gradient norm is {grad_norm} at step {step}: training stopped; "
-                    f"the last good checkpoint is kept in {self.ckpt_dir}")
+                    f"gradient norm is {grad_norm} at step {step}: training stopped; {self._kept()}")
         if run.scaler is not None:
             run.scaler.step(run.optimizer)
             run.scaler.update()
@@ -379,7 +401,7 @@ class Trainer:
             self._log_step(run, out, grad_norm)
         if self._due(cfg.eval_every, step) or last_step:
             self._validate(run.model, state, run.device, run.autocast, run.writer, run.metrics_file, run.info)
-        if (self._due(cfg.ckpt_every, step) or last_step) and run.info.is_main:
+        if (self._due(cfg.ckpt_every, step) or last_step) and run.info.is_main and self.out_dir is not None:
             self._save_run(run)
         return last_step
 
@@ -416,10 +438,11 @@ class Trainer:
 
     def _stop_interrupted(self, run: _Run) -> None:
         # Between steps, so the checkpoint is exactly the one ckpt_every would have written here.
-        if run.info.is_main and run.state["step"] and run.saved_step != run.state["step"]:
+        saves = self.out_dir is not None
+        if saves and run.info.is_main and run.state["step"] and run.saved_step != run.state["step"]:
             self._save_run(run)
         barrier()   # no rank exits (and makes torchrun kill the others) before the save is done
-        message = f"interrupted at step {run.state['step']}; resume with the same command"
+        message = f"interrupted at step {run.state['step']}" + ("; resume with the same command" if saves else "")
         if run.info.is_main:
             if run.progress is not None:
                 run.progress.close()
@@ -435,15 +458,16 @@ class Trainer:
     def _result(self, run: _Run, mem) -> TrainResult:
         state, model = run.state, run.model
         wall = run.prior_time + time.perf_counter() - run.t_start
+        writes = self.out_dir is not None
         result = TrainResult(
-            out_dir=str(self.out_dir), steps=state["step"],
+            out_dir=str(self.out_dir) if writes else None, steps=state["step"],
             epochs=epochs_done(state, run.steps_per_epoch),
             samples_seen=state["samples_seen"], wall_time_s=wall,
             samples_per_s=state["samples_seen"] / max(wall, 1e-9), final_loss=run.last_loss,
             skipped_samples=state["skipped"], params=count_parameters(model).to_dict(), memory=mem.to_dict(),
             val=state["val_history"][-1] if state["val_history"] else {},
-            checkpoint=str(self.ckpt_dir), resumed_from_step=run.resumed_from)
-        if run.info.is_main:
+            checkpoint=str(self.ckpt_dir) if writes else None, resumed_from_step=run.resumed_from)
+        if run.info.is_main and writes:
             result.latency = self._latency(model, run.device, run.autocast)
             from ..report.plots import plot_training_curves
             plot_training_curves(state["history"], state["val_history"], self.out_dir / "curves.png")
@@ -580,7 +604,7 @@ class Trainer:
             better = best is None or (metric < best["value"] if self.best_mode == "min" else metric > best["value"])
             if better:
                 state["best"] = {"metric": self.best_metric, "value": metric, "step": state["step"]}
-                if info.is_main:
+                if info.is_main and self.out_dir is not None:
                     save_checkpoint({"model": unwrap(model).state_dict(), "best": state["best"]},
                                     self.ckpt_dir / "best.pt")
 
