@@ -243,7 +243,7 @@ class Trainer:
         cfg = self.cfg
         info = init_distributed(cfg.device)
         device = self._device(info)
-        if self.out_dir is not None:
+        if self.out_dir is not None:   # an inner loop's randomness is its caller's, who seeds it
             seed_everything(cfg.seed)
             self.out_dir.mkdir(parents=True, exist_ok=True)
         model = self.model
