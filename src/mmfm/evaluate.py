@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from . import api
 from .adapt.fewshot import few_shot
-from .adapt.lora import load_lora
+from .adapt.lora_io import load_lora
 from .data.templates import CLIP_BENCHMARK_CLASSNAMES
 from .eval.generation_results import CaptioningResult, VQAResult
 from .eval.linear_probe import linear_probe

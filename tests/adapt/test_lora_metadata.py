@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mmfm.adapt import apply_lora, is_lora_model, load_lora, lora_parameters, save_lora
-from mmfm.adapt.lora import ADAPTER_WEIGHTS
+from mmfm.adapt.lora_io import ADAPTER_WEIGHTS
 from mmfm.checkpoints import CheckpointError
 from mmfm.api import create_model
 

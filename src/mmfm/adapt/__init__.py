@@ -19,9 +19,10 @@ and k-shot draw, and eval never imports it.
 """
 from ..api import hybrid_from_clip   # takes a CLIP model or a checkpoint path
 from ..models.hybrid import HybridCLIP, HybridConfig, lit
-from .lora import (LORA_PRESETS, LoraPreset, apply_lora, config_fingerprint, export_merged, is_lora_model,
-                   load_lora, lora_few_shot, lora_parameters, merge_lora, merged_copy, save_lora, unload_lora,
-                   unmerge_lora)
+from .lora import (LORA_PRESETS, LoraPreset, apply_lora, export_merged, is_lora_model, lora_parameters, merge_lora,
+                   merged_copy, unload_lora, unmerge_lora)
+from .lora_io import config_fingerprint, load_lora, save_lora
+from .fewshot.lora import lora_few_shot
 from .wise_ft import sweep_table, wise_ft, wise_ft_sweep, zero_shot_metric
 from .fewshot import FEW_SHOT_METHODS, few_shot, register_few_shot_method
 from .registry import ADAPTATIONS, AdaptContext, apply_adaptations, register_adaptation

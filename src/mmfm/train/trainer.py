@@ -5,6 +5,11 @@ autocast, gradient checkpointing, torch.compile, DDP, atomic checkpoints with ex
 data and streams alike), NaN guard, progress bar + JSONL + TensorBoard + PNG curves, and the
 measurement report.
 
+Without an output folder (``out_dir=None``) it is an inner loop, e.g. a few-shot episode run many times:
+nothing is written (no checkpoints, metrics, TensorBoard, curves), nothing resumed, no latency measured,
+no progress bar unless the config sets ``progress`` explicitly, and the process's random generators are
+left to the caller (it seeds them; the run draws only what its model and data draw).
+
 Nothing is lost to a fault: Ctrl-C saves a checkpoint between steps and re-raises KeyboardInterrupt;
 a SIGKILL loses at most the steps since the last checkpoint (the same command resumes, and the logs
 keep one row per step); unreadable samples are skipped and counted on every rank alike.
@@ -51,7 +56,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainResult:
-    out_dir: str
+    out_dir: str | None
     steps: int
     epochs: float
     samples_seen: int
@@ -122,18 +127,63 @@ def default_collate(batch: list) -> dict:
     return collate_skip_none(batch)
 
 
+def new_state() -> dict:
+    """The counters a checkpoint's ``state`` holds (a dict, as every checkpoint written so far stores it)."""
+    return {"step": 0, "epoch": 0, "step_in_epoch": 0, "samples_seen": 0, "train_time_s": 0.0,
+            "history": [], "val_history": [], "best": None, "skipped": 0}
+
+
+@dataclass
+class _Run:
+    """Everything one ``fit`` call sets up and carries from step to step."""
+    info: DistInfo
+    device: torch.device
+    model: nn.Module
+    autocast: Callable
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    loader: Any
+    sampler: ResumableBatchSampler | None
+    items: SeededItems | None
+    steps_per_epoch: int | None
+    total_steps: int
+    state: dict = field(default_factory=new_state)
+    train_model: nn.Module | None = None     # the model as trained: DDP / compile wrappers around ``model``
+    resumed_from: int | None = None
+    saved_step: int | None = None
+    writer: Any = None
+    metrics_file: Any = None
+    progress: Any = None
+    trainable: list = field(default_factory=list)
+    prior_time: float = 0.0                  # training seconds before a resume
+    t_start: float = 0.0
+    t_window: float = 0.0                    # start of the current logging window and its samples
+    n_window: int = 0
+    last_loss: float | None = None
+    interrupted: bool = False
+
+    def sync(self, last: bool):
+        """DDP: all-reduce gradients only on the last micro-batch."""
+        return nullcontext() if (last or not self.info.enabled) else self.train_model.no_sync()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+
 class Trainer:
-    def __init__(self, model: nn.Module, train_data, cfg: TrainConfig, out_dir: str | Path,
+    def __init__(self, model: nn.Module, train_data, cfg: TrainConfig, out_dir: str | Path | None,
                  objective: Objective | None = None, val_data=None,
                  eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
                  collate_fn: Callable | None = None, best_metric: str = "val_loss", best_mode: str = "min"):
         refuse_int8(model, "train")
-        self.model, self.cfg, self.out_dir = model, cfg, Path(out_dir)
+        self.model, self.cfg = model, cfg
+        self.out_dir = Path(out_dir) if out_dir is not None else None   # None: an inner loop, nothing written
         self.train_data, self.val_data = train_data, val_data
         self.objective = objective or ContrastiveObjective(cfg.loss, cfg.local_loss, cfg.grad_chunk)
         self.eval_fn, self.collate_fn = eval_fn, collate_fn or default_collate
         self.best_metric, self.best_mode = best_metric, best_mode
-        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.ckpt_dir = self.out_dir / "checkpoints" if self.out_dir is not None else None
 
     # -- set-up -------------------------------------------------------------------------------
     def _device(self, info: DistInfo) -> torch.device:
@@ -156,14 +206,17 @@ class Trainer:
         data = self.train_data
         per_rank = self.cfg.batch_size * self.cfg.accum_steps
         workers = self.cfg.num_workers
+        # Each DataLoader pass draws its workers' base seed from the global generator, which an inner loop
+        # leaves to its caller: it draws from its own.
+        generator = None if self.out_dir is not None else torch.Generator().manual_seed(self.cfg.seed)
         if isinstance(data, IterableDataset):
             loader = DataLoader(data, batch_size=per_rank, num_workers=workers, collate_fn=self.collate_fn,
-                                drop_last=True)
+                                drop_last=True, generator=generator)
             return loader, None, None
         items = SeededItems(data, self.cfg.seed)
         sampler = ResumableBatchSampler(len(items), per_rank, self.cfg.seed, info.rank, info.world_size)
         loader = DataLoader(items, batch_sampler=sampler, num_workers=workers, collate_fn=self.collate_fn,
-                            pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                            pin_memory=torch.cuda.is_available(), persistent_workers=False, generator=generator)
         return loader, sampler, items
 
     def _to_device(self, batch: dict, device) -> dict:
@@ -171,11 +224,28 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        run = self._set_up()          # device, seed, freezing, optimizer, schedule, data
+        self._resume(run)             # from the newest valid checkpoint, if any
+        self._wrap(run)               # DDP, torch.compile
+        self._open_outputs(run)       # metrics.jsonl, TensorBoard, progress bar
+        try:
+            with track_memory() as mem, self._deferred_sigint():
+                while run.state["step"] < run.total_steps and not run.interrupted:
+                    self._epoch(run)
+                if run.interrupted:
+                    self._stop_interrupted(run)   # saves, then raises KeyboardInterrupt
+        finally:
+            self._close_outputs(run)
+        barrier()
+        return self._result(run, mem)
+
+    def _set_up(self) -> _Run:
         cfg = self.cfg
         info = init_distributed(cfg.device)
         device = self._device(info)
-        seed_everything(cfg.seed)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.out_dir is not None:   # an inner loop's randomness is its caller's, who seeds it
+            seed_everything(cfg.seed)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         model = self.model
         apply_freezing(model, cfg)
         if cfg.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
@@ -193,176 +263,212 @@ class Trainer:
             raise ValueError("an iterable (streaming) dataset has no length: set train.max_steps")
         scheduler = build_scheduler(optimizer, cfg, total_steps)
         scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        return _Run(info, device, model, autocast, optimizer, scheduler, scaler, loader, sampler, items,
+                    steps_per_epoch, total_steps)
 
-        state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "samples_seen": 0, "train_time_s": 0.0,
-                 "history": [], "val_history": [], "best": None, "skipped": 0}
-        resumed_from = None
-        if info.is_main:
+    def _resume(self, run: _Run) -> None:
+        if self.out_dir is None:
+            return
+        if run.info.is_main:
             for stale in remove_stale_temporaries(self.ckpt_dir):
                 print(f"removed {stale.name}, left by a run killed while saving")
-        if cfg.resume and (found := latest_valid_checkpoint(self.ckpt_dir)):
-            path, ckpt = found
-            changed = {k for k, v in self.cfg.model_dump().items()
-                       if k not in ("resume", "progress", "max_steps", "epochs", "eval_every", "ckpt_every", "log_every",
-                                    "num_workers", "device", "tensorboard", "grad_chunk") and ckpt.get("config", {}).get(k, v) != v}
-            if changed and info.is_main:
-                warnings.warn(f"resuming from {path}, whose training config differs in {sorted(changed)}; "
-                              f"use a new output folder or resume=false to start over")
-            unwrap(model).load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            set_rng_state(ckpt["rng"])
-            state.update(ckpt["state"])
-            resumed_from = state["step"]
-            if info.is_main:
-                print(f"resumed from {path} (step {state['step']})")
+        if not self.cfg.resume or not (found := latest_valid_checkpoint(self.ckpt_dir)):
+            return
+        path, ckpt = found
+        changed = {k for k, v in self.cfg.model_dump().items()
+                   if k not in ("resume", "progress", "max_steps", "epochs", "eval_every", "ckpt_every", "log_every",
+                                "num_workers", "device", "tensorboard", "grad_chunk") and ckpt.get("config", {}).get(k, v) != v}
+        if changed and run.info.is_main:
+            warnings.warn(f"resuming from {path}, whose training config differs in {sorted(changed)}; "
+                          f"use a new output folder or resume=false to start over")
+        unwrap(run.model).load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        if run.scaler is not None and ckpt.get("scaler"):
+            run.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        run.state.update(ckpt["state"])
+        run.resumed_from = run.saved_step = run.state["step"]
+        if run.info.is_main:
+            print(f"resumed from {path} (step {run.state['step']})")
 
-        train_model = model
-        if info.enabled:
-            train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
-        if cfg.compile:
-            train_model = torch.compile(train_model)
+    def _wrap(self, run: _Run) -> None:
+        run.train_model = run.model
+        if run.info.enabled:
+            run.train_model = nn.parallel.DistributedDataParallel(
+                run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+        if self.cfg.compile:
+            run.train_model = torch.compile(run.train_model)
 
-        def sync(last: bool):
-            return nullcontext() if (last or not info.enabled) else train_model.no_sync()
-
-        def backward(loss: torch.Tensor):
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-
-        if info.is_main:
-            truncate_metrics(self.out_dir / "metrics.jsonl", state["step"])
-        writer = self._tensorboard(state["step"]) if info.is_main else None
-        metrics_file = open(self.out_dir / "metrics.jsonl", "a") if info.is_main else None
-        progress = None
-        if info.is_main and cfg.progress:
+    def _open_outputs(self, run: _Run) -> None:
+        step = run.state["step"]
+        if run.info.is_main and self.out_dir is not None:
+            truncate_metrics(self.out_dir / "metrics.jsonl", step)
+            run.writer = self._tensorboard(step)
+            run.metrics_file = open(self.out_dir / "metrics.jsonl", "a")
+        if run.info.is_main and self._shows_progress():
             from tqdm.auto import tqdm
-            progress = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        last_loss = None
-        prior_time, t_start = state["train_time_s"], time.perf_counter()
-        t_window, n_window = time.perf_counter(), 0
-        saved_step = resumed_from
-        interrupted = False
-        try:
-            with track_memory() as mem, self._deferred_sigint():
-                while state["step"] < total_steps:
-                    self._start_epoch(sampler, items, state)
-                    model.train()
-                    step_at_start, batches = state["step"], 0
-                    for batch in self._batches(loader):
-                        ended = batch is _EPOCH_END
-                        batch, n_skipped = self._trim(None if ended else batch)
-                        # One small all-reduce keeps the ranks in step: they stop together on Ctrl-C, end the
-                        # epoch together when one rank's stream runs out, skip a step together when one rank
-                        # lost its whole batch, and count every rank's samples.
-                        interrupted, ended, n_skipped, n, any_empty = self._agree(batch, ended, n_skipped, device, info)
-                        if interrupted or ended:
-                            break
-                        state["skipped"] += n_skipped
-                        batches += 1
-                        if any_empty:
-                            state["step_in_epoch"] += 1
-                            continue
-                        batch = self._to_device(batch, device)
-                        micro = split_batch(batch, cfg.accum_steps)
-                        optimizer.zero_grad(set_to_none=True)
-                        out = self.objective.forward_backward(train_model, micro, backward, autocast, sync)
-                        loss = out["loss"]
-                        if not math.isfinite(loss):
-                            raise TrainingDiverged(
-                                f"loss is {loss} at step {state['step'] + 1}: training stopped; the last good "
-                                f"checkpoint is kept in {self.ckpt_dir} (lower the learning rate, use bf16/fp32, "
-                                f"or enable grad_clip)")
-                        if scaler is not None:
-                            scaler.unscale_(optimizer)
-                        grad_norm = None
-                        if cfg.grad_clip:
-                            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
-                            if scaler is None and not math.isfinite(grad_norm):
-                                raise TrainingDiverged(
-                                    f"gradient norm is {grad_norm} at step {state['step'] + 1}: training stopped; "
-                                    f"the last good checkpoint is kept in {self.ckpt_dir}")
-                        if scaler is not None:
-                            scaler.step(optimizer)
-                            scaler.update()
-                        else:
-                            optimizer.step()
-                        scheduler.step()
-                        state["step"] += 1
-                        state["step_in_epoch"] += 1
-                        state["samples_seen"] += n
-                        n_window += n
-                        last_loss = loss
-                        if progress is not None:
-                            progress.update(1)
-                            progress.set_postfix(loss=f"{loss:.4f}", epoch=state["epoch"])
-                        step = state["step"]
-                        if step % cfg.log_every == 0 or step == total_steps:
-                            now = time.perf_counter()
-                            rec = {"step": step, "epoch": epochs_done(state, steps_per_epoch),
-                                   "loss": float(all_reduce_mean(torch.tensor(loss))), "lr": scheduler.get_last_lr()[0],
-                                   "samples_per_s": n_window / max(now - t_window, 1e-9), "grad_norm": grad_norm}
-                            if out.get("logit_scale") is not None:
-                                rec["logit_scale"] = out["logit_scale"]
-                            t_window, n_window = now, 0
-                            state["history"].append(rec)
-                            self._log(rec, writer, metrics_file, "train")
-                        last_step = step == total_steps
-                        if self._due(cfg.eval_every, step) or last_step:
-                            self._validate(model, state, device, autocast, writer, metrics_file, info)
-                        if (self._due(cfg.ckpt_every, step) or last_step) and info.is_main:
-                            state["train_time_s"] = prior_time + time.perf_counter() - t_start
-                            self._save(model, optimizer, scheduler, scaler, state)
-                            saved_step = step
-                        if last_step:
-                            break
-                    if interrupted or state["step"] >= total_steps:
-                        break
-                    if state["step_in_epoch"] == 0:   # the next epoch would give nothing either
-                        raise ValueError(
-                            f"epoch {state['epoch']} gave no full batch of {cfg.batch_size * cfg.accum_steps} samples "
-                            f"on some rank: the training data is shorter than one batch per rank (for shards: "
-                            f"fewer shards than ranks x DataLoader workers?); use more data or a smaller batch")
-                    if batches and state["step"] == step_at_start:   # and so would every later one
-                        raise ValueError(f"epoch {state['epoch']} had no readable batch ({state['skipped']} samples "
-                                         f"skipped so far, see the warnings): check the data")
-                    state["epoch"] += 1   # the epoch ran out
-                    state["epoch_steps"] = state["step_in_epoch"]   # a stream's epoch length, now known
-                    state["step_in_epoch"] = 0
-                if interrupted:
-                    # Between steps, so the checkpoint is exactly the one ckpt_every would have written here.
-                    if info.is_main and state["step"] and saved_step != state["step"]:
-                        state["train_time_s"] = prior_time + time.perf_counter() - t_start
-                        self._save(model, optimizer, scheduler, scaler, state)
-                    barrier()   # no rank exits (and makes torchrun kill the others) before the save is done
-                    message = f"interrupted at step {state['step']}; resume with the same command"
-                    if info.is_main:
-                        if progress is not None:
-                            progress.close()
-                        print(message, file=sys.stderr, flush=True)
-                    raise KeyboardInterrupt(message)
-        finally:
-            if progress is not None:
-                progress.close()
-            if metrics_file is not None:
-                metrics_file.close()
-            if writer is not None:
-                writer.close()
-        barrier()
-        wall = prior_time + time.perf_counter() - t_start
+            run.progress = tqdm(total=run.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+        run.trainable = [p for p in run.model.parameters() if p.requires_grad]
+        run.prior_time, run.t_start = run.state["train_time_s"], time.perf_counter()
+        run.t_window = time.perf_counter()
+
+    def _shows_progress(self) -> bool:
+        """A run with an output folder shows its progress unless told not to; an inner loop only when told to."""
+        if self.out_dir is not None:
+            return self.cfg.progress
+        return self.cfg.progress and "progress" in self.cfg.model_fields_set
+
+    def _kept(self) -> str:
+        """Where the last good weights are, for the divergence messages."""
+        if self.ckpt_dir is None:
+            return "no checkpoint is kept (the trainer has no output folder)"
+        return f"the last good checkpoint is kept in {self.ckpt_dir}"
+
+    def _epoch(self, run: _Run) -> None:
+        """One pass over the data (or what is left of it), then the epoch counters move on."""
+        state = run.state
+        self._start_epoch(run.sampler, run.items, state)
+        run.model.train()
+        step_at_start, batches = state["step"], 0
+        for batch in self._batches(run.loader):
+            ended = batch is _EPOCH_END
+            batch, n_skipped = self._trim(None if ended else batch)
+            # One small all-reduce keeps the ranks in step: they stop together on Ctrl-C, end the
+            # epoch together when one rank's stream runs out, skip a step together when one rank
+            # lost its whole batch, and count every rank's samples.
+            run.interrupted, ended, n_skipped, n, any_empty = self._agree(batch, ended, n_skipped, run.device, run.info)
+            if run.interrupted or ended:
+                break
+            state["skipped"] += n_skipped
+            batches += 1
+            if any_empty:
+                state["step_in_epoch"] += 1
+                continue
+            out, grad_norm = self._step(run, batch)
+            self._count_step(run, n, out["loss"])
+            if self._after_step(run, out, grad_norm):   # the last step
+                break
+        if run.interrupted or state["step"] >= run.total_steps:
+            return
+        self._end_epoch(run, step_at_start, batches)
+
+    def _step(self, run: _Run, batch: dict) -> tuple[dict, float | None]:
+        """One optimizer step: forward/backward over the micro-batches, divergence guard, clip, step, schedule."""
+        cfg, step = self.cfg, run.state["step"] + 1
+        micro = split_batch(self._to_device(batch, run.device), cfg.accum_steps)
+        run.optimizer.zero_grad(set_to_none=True)
+        out = self.objective.forward_backward(run.train_model, micro, run.backward, run.autocast, run.sync)
+        loss = out["loss"]
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss is {loss} at step {step}: training stopped; {self._kept()} (lower the learning rate, "
+                f"use bf16/fp32, or enable grad_clip)")
+        if run.scaler is not None:
+            run.scaler.unscale_(run.optimizer)
+        grad_norm = None
+        if cfg.grad_clip:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(run.trainable, cfg.grad_clip))
+            if run.scaler is None and not math.isfinite(grad_norm):
+                raise TrainingDiverged(
+                    f"gradient norm is {grad_norm} at step {step}: training stopped; {self._kept()}")
+        if run.scaler is not None:
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+        else:
+            run.optimizer.step()
+        run.scheduler.step()
+        return out, grad_norm
+
+    @staticmethod
+    def _count_step(run: _Run, n: int, loss: float) -> None:
+        state = run.state
+        state["step"] += 1
+        state["step_in_epoch"] += 1
+        state["samples_seen"] += n
+        run.n_window += n
+        run.last_loss = loss
+        if run.progress is not None:
+            run.progress.update(1)
+            run.progress.set_postfix(loss=f"{loss:.4f}", epoch=state["epoch"])
+
+    def _after_step(self, run: _Run, out: dict, grad_norm: float | None) -> bool:
+        """The step's bookkeeping: log, validate, checkpoint. True after the last step."""
+        cfg, state = self.cfg, run.state
+        step = state["step"]
+        last_step = step == run.total_steps
+        if step % cfg.log_every == 0 or last_step:
+            self._log_step(run, out, grad_norm)
+        if self._due(cfg.eval_every, step) or last_step:
+            self._validate(run.model, state, run.device, run.autocast, run.writer, run.metrics_file, run.info)
+        if (self._due(cfg.ckpt_every, step) or last_step) and run.info.is_main and self.out_dir is not None:
+            self._save_run(run)
+        return last_step
+
+    def _log_step(self, run: _Run, out: dict, grad_norm: float | None) -> None:
+        now = time.perf_counter()
+        rec = {"step": run.state["step"], "epoch": epochs_done(run.state, run.steps_per_epoch),
+               "loss": float(all_reduce_mean(torch.tensor(out["loss"]))), "lr": run.scheduler.get_last_lr()[0],
+               "samples_per_s": run.n_window / max(now - run.t_window, 1e-9), "grad_norm": grad_norm}
+        if out.get("logit_scale") is not None:
+            rec["logit_scale"] = out["logit_scale"]
+        run.t_window, run.n_window = now, 0
+        run.state["history"].append(rec)
+        self._log(rec, run.writer, run.metrics_file, "train")
+
+    def _save_run(self, run: _Run) -> None:
+        run.state["train_time_s"] = run.prior_time + time.perf_counter() - run.t_start
+        self._save(run.model, run.optimizer, run.scheduler, run.scaler, run.state)
+        run.saved_step = run.state["step"]
+
+    def _end_epoch(self, run: _Run, step_at_start: int, batches: int) -> None:
+        """The epoch ran out: refuse data that can never give a step, else move the counters on."""
+        state, cfg = run.state, self.cfg
+        if state["step_in_epoch"] == 0:   # the next epoch would give nothing either
+            raise ValueError(
+                f"epoch {state['epoch']} gave no full batch of {cfg.batch_size * cfg.accum_steps} samples "
+                f"on some rank: the training data is shorter than one batch per rank (for shards: "
+                f"fewer shards than ranks x DataLoader workers?); use more data or a smaller batch")
+        if batches and state["step"] == step_at_start:   # and so would every later one
+            raise ValueError(f"epoch {state['epoch']} had no readable batch ({state['skipped']} samples "
+                             f"skipped so far, see the warnings): check the data")
+        state["epoch"] += 1
+        state["epoch_steps"] = state["step_in_epoch"]   # a stream's epoch length, now known
+        state["step_in_epoch"] = 0
+
+    def _stop_interrupted(self, run: _Run) -> None:
+        # Between steps, so the checkpoint is exactly the one ckpt_every would have written here.
+        saves = self.out_dir is not None
+        if saves and run.info.is_main and run.state["step"] and run.saved_step != run.state["step"]:
+            self._save_run(run)
+        barrier()   # no rank exits (and makes torchrun kill the others) before the save is done
+        message = f"interrupted at step {run.state['step']}" + ("; resume with the same command" if saves else "")
+        if run.info.is_main:
+            if run.progress is not None:
+                run.progress.close()
+            print(message, file=sys.stderr, flush=True)
+        raise KeyboardInterrupt(message)
+
+    @staticmethod
+    def _close_outputs(run: _Run) -> None:
+        for handle in (run.progress, run.metrics_file, run.writer):
+            if handle is not None:
+                handle.close()
+
+    def _result(self, run: _Run, mem) -> TrainResult:
+        state, model = run.state, run.model
+        wall = run.prior_time + time.perf_counter() - run.t_start
+        writes = self.out_dir is not None
         result = TrainResult(
-            out_dir=str(self.out_dir), steps=state["step"],
-            epochs=epochs_done(state, steps_per_epoch),
+            out_dir=str(self.out_dir) if writes else None, steps=state["step"],
+            epochs=epochs_done(state, run.steps_per_epoch),
             samples_seen=state["samples_seen"], wall_time_s=wall,
-            samples_per_s=state["samples_seen"] / max(wall, 1e-9), final_loss=last_loss,
+            samples_per_s=state["samples_seen"] / max(wall, 1e-9), final_loss=run.last_loss,
             skipped_samples=state["skipped"], params=count_parameters(model).to_dict(), memory=mem.to_dict(),
             val=state["val_history"][-1] if state["val_history"] else {},
-            checkpoint=str(self.ckpt_dir), resumed_from_step=resumed_from)
-        if info.is_main:
-            result.latency = self._latency(model, device, autocast)
+            checkpoint=str(self.ckpt_dir) if writes else None, resumed_from_step=run.resumed_from)
+        if run.info.is_main and writes:
+            result.latency = self._latency(model, run.device, run.autocast)
             from ..report.plots import plot_training_curves
             plot_training_curves(state["history"], state["val_history"], self.out_dir / "curves.png")
         return result
@@ -498,7 +604,7 @@ class Trainer:
             better = best is None or (metric < best["value"] if self.best_mode == "min" else metric > best["value"])
             if better:
                 state["best"] = {"metric": self.best_metric, "value": metric, "step": state["step"]}
-                if info.is_main:
+                if info.is_main and self.out_dir is not None:
                     save_checkpoint({"model": unwrap(model).state_dict(), "best": state["best"]},
                                     self.ckpt_dir / "best.pt")
 

@@ -7,9 +7,9 @@ having run for its side effect; :func:`register_few_shot_method` adds one of you
 from __future__ import annotations
 
 from ...eval.few_shot import FewShotMethod
-from ..lora import lora_few_shot
 from .clip_adapter import clip_adapter_method
 from .coop import coop_method
+from .lora import lora_few_shot
 from .probe import linear_probe_method, nearest_centroid_method
 from .tip_adapter import tip_adapter_f_method, tip_adapter_method
 from .zero_shot import zero_shot_method
