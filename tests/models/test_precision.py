@@ -23,7 +23,7 @@ from mmfm.data.transforms import image_transform
 from mmfm.eval import zero_shot
 from mmfm.eval.zero_shot import fill_templates, resolve_task
 from mmfm.api import create_model
-from mmfm.models import layers, precision
+from mmfm.models import kernels, precision
 
 TASKS = {"shapes": "color", "digits": None}
 
@@ -194,12 +194,12 @@ def test_int8_fingerprint_follows_the_quantized_weights(trained):
 
 def test_bf16_takes_float32_inputs_and_runs_its_packed_matmuls_in_bf16(monkeypatch):
     seen = set()
-    real = layers.packed_linear
+    real = kernels.packed_linear
 
     def record(x, packed, bias, gelu=False):
         seen.add((x.dtype, packed.dtype, None if bias is None else bias.dtype))
         return real(x, packed, bias, gelu=gelu)
-    monkeypatch.setattr(layers, "packed_linear", record)
+    monkeypatch.setattr(kernels, "packed_linear", record)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     torch.manual_seed(0)
     for name in ("ViT-tiny-test", "RN-tiny-test"):
@@ -212,7 +212,7 @@ def test_bf16_takes_float32_inputs_and_runs_its_packed_matmuls_in_bf16(monkeypat
             txt = model.encode_text(ids)
         assert img.dtype == feats.dtype == txt.dtype == torch.float32 and img.shape == (2, 32)
     # Inside, the packed kernels (where this torch has them) see bf16 only: no fp32 matmul and no upcast weights.
-    assert seen == ({(torch.bfloat16,) * 3} if layers._HAVE_PACKED else set())
+    assert seen == ({(torch.bfloat16,) * 3} if kernels._HAVE_PACKED else set())
 
 
 def test_bf16_keeps_the_residual_stream_in_fp32_and_runs_the_matmuls_in_bf16(monkeypatch):

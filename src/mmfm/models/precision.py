@@ -6,7 +6,7 @@ so callers see the same types as in fp32. Inside mmfm's transformer towers only 
 residual stream stays fp32 (``ln_pre`` / the token embedding start it in fp32, each block adds its bf16 output
 to it in fp32) and every LayerNorm normalises in fp32 and hands bf16 to the matmul after it (``cast_bf16``);
 attention runs in SDPA's bf16 kernel, which accumulates and takes its softmax in fp32. At inference the
-projections run on oneDNN-packed bf16 weights with bias and GELU fused in, as fp32 does (``layers.use_packed``).
+projections run on oneDNN-packed bf16 weights with bias and GELU fused in, as fp32 does (``kernels.use_packed``).
 The ModifiedResNet and other towers are plainly cast. oneDNN runs bf16 matmuls natively on CPUs with
 AVX512-BF16 or AMX (about 2.5x the fp32 rate on this project's machine); elsewhere it emulates them, which is
 correct but slower than fp32, so we say so once.

@@ -1,4 +1,4 @@
-"""The inference kernels (oneDNN-packed weights, fused QKV and GELU) against the plain autograd path."""
+"""The inference kernels (kernels.py: oneDNN-packed weights, fused QKV and GELU, cache staleness) against the plain path."""
 import copy
 import pickle
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmfm.api import create_model
-from mmfm.models import layers, precision
+from mmfm.models import kernels, precision
 
 
 def _encode(model, img, ids):
@@ -14,34 +14,34 @@ def _encode(model, img, ids):
         return model.encode_image(img), model.encode_text(ids)
 
 
-@pytest.mark.skipif(not layers._HAVE_PACKED, reason="this torch build has no oneDNN linear kernels")
+@pytest.mark.skipif(not kernels._HAVE_PACKED, reason="this torch build has no oneDNN linear kernels")
 @pytest.mark.parametrize("name", ["ViT-tiny-test", "RN-tiny-test"])
 def test_packed_inference_equals_plain_path_and_follows_weight_changes(name):
     torch.manual_seed(0)
     model = create_model(name).eval()
     img, ids = torch.randn(3, 3, 32, 32), torch.randint(1, 1000, (3, 16))
     try:
-        layers.set_packed_inference(False)
+        kernels.set_packed_inference(False)
         plain = _encode(model, img, ids)
-        layers.set_packed_inference(True)
+        kernels.set_packed_inference(True)
         packed = _encode(model, img, ids)
     finally:
-        layers.set_packed_inference(True)
+        kernels.set_packed_inference(True)
     for a, b in zip(plain, packed):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     # The packed copies are rebuilt after load_state_dict (in-place copy) and after an optimizer-style update.
     state = {k: v * 1.5 if k.endswith("fc1.weight") else v for k, v in model.state_dict().items()}
     model.load_state_dict(state)
-    layers.set_packed_inference(False)
+    kernels.set_packed_inference(False)
     plain2 = _encode(model, img, ids)
-    layers.set_packed_inference(True)
+    kernels.set_packed_inference(True)
     packed2 = _encode(model, img, ids)
     assert not torch.allclose(plain2[1], plain[1])
     for a, b in zip(plain2, packed2):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not layers._HAVE_PACKED, reason="this torch build has no oneDNN linear kernels")
+@pytest.mark.skipif(not kernels._HAVE_PACKED, reason="this torch build has no oneDNN linear kernels")
 def test_bf16_packed_inference_equals_plain_bf16_path_and_follows_weight_changes(monkeypatch):
     # bf16 models use the packed kernels too (bias and GELU fused into the matmul); the results differ from
     # the plain bf16 path by bf16 rounding only (GELU of a rounded vs an unrounded product), and a weight
@@ -51,15 +51,15 @@ def test_bf16_packed_inference_equals_plain_bf16_path_and_follows_weight_changes
     model = create_model("ViT-tiny-test", precision="bf16").eval()
     img, ids = torch.randn(4, 3, 32, 32), torch.randint(1, 1000, (4, 16))
     calls = []
-    real = layers.packed_linear
-    monkeypatch.setattr(layers, "packed_linear", lambda *a, **k: calls.append(a[0].dtype) or real(*a, **k))
+    real = kernels.packed_linear
+    monkeypatch.setattr(kernels, "packed_linear", lambda *a, **k: calls.append(a[0].dtype) or real(*a, **k))
 
     def both():
-        layers.set_packed_inference(False)
+        kernels.set_packed_inference(False)
         try:
             plain = _encode(model, img, ids)
         finally:
-            layers.set_packed_inference(True)
+            kernels.set_packed_inference(True)
         return plain, _encode(model, img, ids)
 
     def agree(plain, packed):
@@ -103,13 +103,13 @@ def test_derived_weights_are_not_copied_or_pickled():
 def _plain_and_cached(model, img, ids):
     cached = _encode(model, img, ids)
     try:
-        layers.set_packed_inference(False)
+        kernels.set_packed_inference(False)
         for m in model.modules():               # the plain reference must not reuse any cached copy
-            if isinstance(getattr(m, "_cache", None), layers.PackedCache):
-                m._cache = layers.PackedCache()
+            if isinstance(getattr(m, "_cache", None), kernels.PackedCache):
+                m._cache = kernels.PackedCache()
         plain = _encode(model, img, ids)
     finally:
-        layers.set_packed_inference(True)
+        kernels.set_packed_inference(True)
     return plain, cached
 
 
@@ -144,7 +144,7 @@ def test_cached_weights_follow_writes_that_bypass_version_counters(write):
 
 
 def _cache_entries(model) -> int:
-    return sum(len(m._cache._entries) for m in model.modules() if isinstance(getattr(m, "_cache", None), layers.PackedCache))
+    return sum(len(m._cache._entries) for m in model.modules() if isinstance(getattr(m, "_cache", None), kernels.PackedCache))
 
 
 def test_no_derived_weights_are_built_for_weights_about_to_be_stepped():
