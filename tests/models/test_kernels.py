@@ -175,3 +175,37 @@ def test_derived_weights_still_serve_inference_and_locked_towers(how):
     model.visual.train()                 # even in training mode: frozen weights are not going to change
     _encode(model, img, ids)
     assert _cache_entries(model.visual) and not _cache_entries(model.text)
+
+
+@pytest.mark.skipif(not kernels._HAVE_PACKED, reason="this torch build has no oneDNN linear kernels")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_patch_embedding_runs_as_one_packed_matmul_and_follows_weight_changes(dtype):
+    # A ViT's patchifying convolution (kernel = stride) is a matmul of the patches: oneDNN's convolution
+    # with such a kernel was about 2x slower. Same tokens as the convolution, rebuilt when the weight moves.
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 16, kernel_size=8, stride=8, bias=False).to(dtype).eval()
+    x = torch.randn(2, 3, 32, 24, dtype=dtype)
+    cache = kernels.PackedCache()
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=0.02, atol=0.02)
+    with torch.no_grad():
+        for scale in (1.0, 1.5):
+            conv.weight.mul_(scale)
+            got = kernels.patch_embed(conv, x, cache)
+            torch.testing.assert_close(got, conv(x).flatten(2).transpose(1, 2), **tol)
+            assert "patch" in cache._entries
+        # channels-last images and an input whose size is not a multiple of the patch take a correct path too
+        cl = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(kernels.patch_embed(conv, cl, cache), conv(cl).flatten(2).transpose(1, 2), **tol)
+        odd = torch.randn(1, 3, 30, 24, dtype=dtype)
+        torch.testing.assert_close(kernels.patch_embed(conv, odd, cache), conv(odd).flatten(2).transpose(1, 2), **tol)
+
+
+def test_vit_patch_embedding_takes_the_packed_path_at_inference_only():
+    torch.manual_seed(0)
+    model = create_model("ViT-tiny-test")
+    img = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model.train().encode_image(img)
+        assert "patch" not in model.visual._cache._entries       # weights about to be stepped: no copy
+        model.eval().encode_image(img)
+    assert ("patch" in model.visual._cache._entries) == kernels._HAVE_PACKED
