@@ -118,6 +118,9 @@ def linear(module: nn.Linear, x: torch.Tensor, cache: PackedCache, name: str, ac
         gelu = type(act) is nn.GELU and act.approximate == "none"
         y = packed_linear(x, cache.derived(name, lambda: pack(w), w), module.bias, gelu=gelu)
         return y if gelu or act is None else act(y)
+    if type(act) is nn.GELU and act.approximate == "none" and hasattr(module, "forward_gelu") \
+            and not module._forward_hooks and not module._forward_pre_hooks:
+        return module.forward_gelu(x)   # a quantized Linear whose kernel applies GELU in its output pass
     y = module(x)
     return y if act is None else act(y)
 
