@@ -4,6 +4,7 @@ When no gradient is needed, fp32 or bf16 on CPU, the projections of ``layers.py`
 weights packed once into oneDNN's blocked layout (what torch.compile's CPU "freezing" does), with GELU fused
 into the first MLP matmul and q/k/v as one matmul on their concatenated weights: 1.3-1.5x faster than addmm
 on ViT-B-32 shapes at batch 1 and about 1.1x at batch 64, same results to ~1e-6 (bf16: to bf16 rounding).
+A ViT's patchifying convolution runs the same way, as one matmul of the patches (``patch_embed``).
 bf16 too: oneDNN's packed bf16 matmul writes its bias and GELU in the same pass, where addmm copies the bias
 into every output first and GELU reads the output again (~14% of a bf16 ViT-B-32's time at batch 64).
 
