@@ -175,18 +175,18 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> dict:
     """Measured matmul rate (GFLOP/s) on n x n matrices per precision, the best of its kernels: torch.mm and
     oneDNN's packed-weight matmul for fp32 and bf16, torch._int_mm for int8 (when this torch has it on CPU),
     timed interleaved; ``best`` is the machine's measured peak to compare against."""
-    from mmfm.models import layers
+    from mmfm.models import kernels
     g = torch.Generator().manual_seed(0)
     a32 = torch.randn(n, n, generator=g)
     fns = {"fp32": lambda: torch.mm(a32, a32)}
     a16 = a32.bfloat16()
     fns["bf16"] = lambda: torch.mm(a16, a16)
-    if layers._HAVE_PACKED:
+    if kernels._HAVE_PACKED:
         # oneDNN's matmul on a weight packed once into its blocked layout: the kernel mmfm's inference runs
         # (torch.mm's fp32 path here reaches about half its rate, which would put mmfm above "the peak").
-        p32, p16 = layers.pack(a32), layers.pack(a16)
-        fns["fp32 packed"] = lambda: layers.packed_linear(a32, p32, None)
-        fns["bf16 packed"] = lambda: layers.packed_linear(a16, p16, None)
+        p32, p16 = kernels.pack(a32), kernels.pack(a16)
+        fns["fp32 packed"] = lambda: kernels.packed_linear(a32, p32, None)
+        fns["bf16 packed"] = lambda: kernels.packed_linear(a16, p16, None)
     a8 = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=g)
     try:
         torch._int_mm(a8[:32, :32], a8[:32, :32])

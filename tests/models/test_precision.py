@@ -23,7 +23,7 @@ from mmfm.data.transforms import image_transform
 from mmfm.eval import zero_shot
 from mmfm.eval.zero_shot import fill_templates, resolve_task
 from mmfm.api import create_model
-from mmfm.models import layers, precision
+from mmfm.models import kernels, precision
 
 TASKS = {"shapes": "color", "digits": None}
 
@@ -194,12 +194,12 @@ def test_int8_fingerprint_follows_the_quantized_weights(trained):
 
 def test_bf16_takes_float32_inputs_and_runs_its_packed_matmuls_in_bf16(monkeypatch):
     seen = set()
-    real = layers.packed_linear
+    real = kernels.packed_linear
 
     def record(x, packed, bias, gelu=False):
         seen.add((x.dtype, packed.dtype, None if bias is None else bias.dtype))
         return real(x, packed, bias, gelu=gelu)
-    monkeypatch.setattr(layers, "packed_linear", record)
+    monkeypatch.setattr(kernels, "packed_linear", record)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     torch.manual_seed(0)
     for name in ("ViT-tiny-test", "RN-tiny-test"):
@@ -212,7 +212,9 @@ def test_bf16_takes_float32_inputs_and_runs_its_packed_matmuls_in_bf16(monkeypat
             txt = model.encode_text(ids)
         assert img.dtype == feats.dtype == txt.dtype == torch.float32 and img.shape == (2, 32)
     # Inside, the packed kernels (where this torch has them) see bf16 only: no fp32 matmul and no upcast weights.
-    assert seen == ({(torch.bfloat16,) * 3} if layers._HAVE_PACKED else set())
+    # (A ViT's patch embedding has no bias.)
+    bf16 = torch.bfloat16
+    assert seen == ({(bf16,) * 3, (bf16, bf16, None)} if kernels._HAVE_PACKED else set())
 
 
 def test_bf16_keeps_the_residual_stream_in_fp32_and_runs_the_matmuls_in_bf16(monkeypatch):
@@ -286,3 +288,48 @@ def test_int8_quantizes_the_linear_layers_only_and_is_cpu_inference():
     meta = create_model("ViT-tiny-test").to("meta")
     with pytest.raises(ValueError, match="CPU inference only"):
         precision.quantize_int8(meta)
+
+
+@pytest.mark.skipif(not precision._onednn_int8_available(), reason="this torch build has no oneDNN int8 linear")
+def test_int8_onednn_kernel_computes_what_fbgemm_computes_with_gelu_fused(monkeypatch):
+    """On VNNI CPUs the int8 Linears run oneDNN's int8 matmul (GELU fused into fc1's output pass): the same
+    int8 weights, scales and 8-bit activations as torch.ao's kernel, so the same numbers up to float rounding."""
+    monkeypatch.setattr(precision, "cpu_has_vnni", lambda: True)
+    full, onednn = precision._int8_linear_classes()
+    torch.manual_seed(0)
+    model = precision.quantize_int8(create_model("ViT-tiny-test").eval())
+    layers_ = [m for m in model.modules() if isinstance(m, full)]
+    assert layers_ and all(type(m) is onednn for m in layers_)
+    fused = []
+    monkeypatch.setattr(onednn, "forward_gelu", lambda self, x, real=onednn.forward_gelu: fused.append(1) or real(self, x))
+    images, ids = torch.randn(4, 3, 32, 32), torch.randint(1, 1000, (4, 16))
+    with torch.no_grad():
+        got = model.encode_image(images), model.encode_text(ids)
+        assert fused                                  # fc1 + GELU took the fused path
+        for m in layers_:
+            m.__class__ = full                        # torch.ao's (fbgemm) kernel, GELU separate
+        want = model.encode_image(images), model.encode_text(ids)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # The oneDNN copy of the weights follows a replaced weight (set_weight_bias makes new packed params).
+    m = layers_[0]
+    m.__class__ = onednn
+    x = torch.randn(3, m.in_features)
+    before = m(x)
+    w = m.weight()
+    m.set_weight_bias(torch.quantize_per_channel(w.dequantize() * 2, w.q_per_channel_scales() * 2,
+                                                 w.q_per_channel_zero_points(), 0, torch.qint8), m.bias())
+    torch.testing.assert_close(m(x) - m.bias(), 2 * (before - m.bias()), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("values", [[-3.0, 0.5, 2.25], [0.5, 1.0, 7.0], [-7.0, -1.0], [0.0, 0.0], [-1e-3, 250.0],
+                                    [-1.5, 1.5]])
+def test_int8_activation_quantization_matches_torch_ao(values):
+    # The oneDNN int8 path quantizes activations itself; the same scale, zero point and bytes as torch.ao's.
+    x = torch.tensor(values + [0.1] * 5, dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = torch.quantize_per_tensor_dynamic(x, torch.quint8, False)
+        q, scale, zero = precision._quantize_activations(x)
+    assert q.dtype == torch.uint8 and (scale, zero) == (ref.q_scale(), ref.q_zero_point())
+    assert torch.equal(q, ref.int_repr())

@@ -6,7 +6,7 @@ so callers see the same types as in fp32. Inside mmfm's transformer towers only 
 residual stream stays fp32 (``ln_pre`` / the token embedding start it in fp32, each block adds its bf16 output
 to it in fp32) and every LayerNorm normalises in fp32 and hands bf16 to the matmul after it (``cast_bf16``);
 attention runs in SDPA's bf16 kernel, which accumulates and takes its softmax in fp32. At inference the
-projections run on oneDNN-packed bf16 weights with bias and GELU fused in, as fp32 does (``layers.use_packed``).
+projections run on oneDNN-packed bf16 weights with bias and GELU fused in, as fp32 does (``kernels.use_packed``).
 The ModifiedResNet and other towers are plainly cast. oneDNN runs bf16 matmuls natively on CPUs with
 AVX512-BF16 or AMX (about 2.5x the fp32 rate on this project's machine); elsewhere it emulates them, which is
 correct but slower than fp32, so we say so once.
@@ -15,8 +15,10 @@ int8: ``torch.ao.quantization.quantize_dynamic`` replaces every ``nn.Linear`` (t
 projections, 2/3 of the FLOPs of a ViT) by one with int8 weights (per output channel) whose activations are
 quantized per batch (one scale per tensor) at run time; convolutions, LayerNorms and the final projections
 stay fp32. On VNNI CPUs the activations use all 8 bits (torch.ao's default 7, ``reduce_range``, only guards
-pre-VNNI kernels against saturating their 16-bit sums). CPU only, inference only: the quantized weights are
-not parameters, so they cannot be trained or saved (``refuse_int8`` says so).
+pre-VNNI kernels against saturating their 16-bit sums), and the int8 matmuls run in oneDNN's kernel (the
+same int8 weights, scales and activations; bias and GELU applied in its output pass) rather than fbgemm's:
+1.2x faster on ViT-B-32 at batch 64 (1 thread; see the commit). CPU only, inference only: the quantized
+weights are not parameters, so they cannot be trained or saved (``refuse_int8`` says so).
 
 What was measured (tiny trained CLIPs of tests/models/test_precision.py, colours 300 / digits 359 images; the
 record is benchmarks/results/precision.json):
@@ -35,11 +37,15 @@ record is benchmarks/results/precision.json):
   residual adds and two fp32->bf16 casts after the LayerNorms, each as slow as the LayerNorm itself. A bf16
   stream (LayerNorm reading bf16, no casts) ran 1.2x faster again but flipped 6 digit predictions of the
   tests' model (98.3%, under the 98.5% bound), as the plain cast did, so the stream stays fp32; a fused
-  add+LayerNorm+cast kernel would remove the casts.
+  add+LayerNorm+cast kernel would remove the casts. torch 2.14's eager CPU ops cannot express it: a bf16
+  matmul cannot write fp32 (``aten::mm.dtype`` / ``addmm.dtype`` have no CPU kernel) and oneDNN's
+  residual-add post-op (``_linear_pointwise.binary``) wants the residual in the output's dtype, so that
+  fusion needs a compiled kernel (torch.compile or C++), not done.
 """
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from pathlib import Path
 
@@ -134,8 +140,56 @@ def cast_bf16(model: nn.Module) -> nn.Module:
     return model
 
 
+class _Derived:
+    """Values derived from a quantized Linear's packed weights, valid while the packed object is the same one
+    (``set_weight_bias`` replaces it). Plain attribute, never copied or pickled, like ``kernels.PackedCache``."""
+
+    def __init__(self):
+        self.source, self.value = None, None
+
+    def __deepcopy__(self, memo):
+        return _Derived()
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self.source, self.value = None, None
+
+
+def _onednn_int8_available() -> bool:
+    return hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qlinear_pointwise") \
+        and hasattr(torch.ops.onednn, "qlinear_prepack")
+
+
+def _activation_qparams(lo: float, hi: float, qmin: int = 0, qmax: int = 255) -> tuple[float, int]:
+    """Scale and zero point of an 8-bit activation range [lo, hi], as torch.ao's dynamic quantization chooses
+    them (ATen's ``ChooseQuantizationParams``: the range widened to hold 0, the zero point nudged to an
+    integer), so that both int8 kernels see the same quantized activations."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / (qmax - qmin)
+    as_float = float(torch.tensor(scale, dtype=torch.float32))
+    if as_float == 0 or math.isinf(1 / as_float):
+        scale = 0.1
+    from_min, from_max = qmin - lo / scale, qmax - hi / scale
+    zero = from_min if abs(qmin) - abs(lo / scale) < abs(qmax) - abs(hi / scale) else from_max
+    return scale, qmin if zero < qmin else qmax if zero > qmax else int(round(zero))
+
+
+def _quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """``x`` quantized per tensor to uint8 (values, scale, zero point) in two passes: one for the range, one to
+    quantize. ``quantize_per_tensor_dynamic`` + ``int_repr`` took four (min, max, quantize, copy out), which
+    cost as much as the int8 matmuls themselves at batch 64."""
+    lo, hi = torch.aminmax(x)
+    scale, zero = _activation_qparams(float(lo), float(hi))
+    q = torch.quantize_per_tensor(x, scale, zero, torch.quint8)
+    # The quantized tensor's bytes as a plain uint8 tensor (the kernel's input type), without a copy.
+    return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride()), \
+        scale, zero
+
+
 @functools.cache
-def _full_range_int8_linear():
+def _int8_linear_classes():
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
     class FullRangeInt8Linear(DynamicLinear):
@@ -144,7 +198,46 @@ def _full_range_int8_linear():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
             return y.to(x.dtype)
-    return FullRangeInt8Linear
+
+    class OneDNNInt8Linear(FullRangeInt8Linear):
+        """The same int8 computation (the same int8 weights and per-channel scales, activations quantized per
+        batch to 8 bits exactly as above) run by oneDNN's int8 matmul, which dequantizes, adds the bias and can
+        apply GELU in its output pass: fbgemm's kernel was as fast or slower on ViT-B-32's shapes and GELU took
+        a pass of its own (~10% of int8 image encode at batch 64)."""
+
+        def _onednn(self):
+            src = self._packed_params._packed_params
+            if "_derived" not in self.__dict__:
+                self._derived = _Derived()
+            d = self._derived
+            if d.source is not src:
+                w = self.weight()          # qint8, one scale per output channel, zero points 0
+                if w.qscheme() != torch.per_channel_affine:
+                    scales = torch.full((w.shape[0],), w.q_scale(), dtype=torch.float32)
+                else:
+                    scales = w.q_per_channel_scales().float()
+                zero = torch.zeros(w.shape[0], dtype=torch.int64)
+                d.source, d.value = src, (torch.ops.onednn.qlinear_prepack(w.int_repr(), None), scales, zero,
+                                          self.bias())
+            return d.value
+
+        def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+            if x.dtype != torch.float32 or x.dim() < 2:
+                y = super().forward(x)
+                return F.gelu(y) if gelu else y
+            packed, scales, zero, bias = self._onednn()
+            shape = x.shape
+            xq, x_scale, x_zero = _quantize_activations(x.reshape(-1, shape[-1]))
+            y = torch.ops.onednn.qlinear_pointwise(xq, x_scale, x_zero, packed, scales, zero, bias, 1.0, 0,
+                                                   torch.float32, "gelu" if gelu else "none", [],
+                                                   "none" if gelu else "")
+            return y.view(*shape[:-1], y.shape[-1])
+
+        def forward_gelu(self, x: torch.Tensor) -> torch.Tensor:
+            """``F.gelu(self(x))`` (exact GELU) in one pass; ``kernels.linear`` calls it for an MLP's fc1."""
+            return self.forward(x, gelu=True)
+
+    return FullRangeInt8Linear, OneDNNInt8Linear
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
@@ -162,10 +255,11 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     if cpu_has_vnni():
         # torch.ao quantizes activations to 7 bits (reduce_range) so that pre-VNNI x86 kernels cannot saturate
         # their 16-bit intermediate sums; with VNNI the full 8 bits are safe and halve the activation error.
-        full = _full_range_int8_linear()
+        full, onednn = _int8_linear_classes()
+        cls = onednn if _onednn_int8_available() else full
         for m in model.modules():
             if type(m) is full.__mro__[1]:
-                m.__class__ = full
+                m.__class__ = cls
     return model
 
 

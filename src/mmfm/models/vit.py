@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError, VisionConfig, _check_int
+from .kernels import PackedCache, patch_embed
 from .layers import LayerNorm, Transformer
 from .towers import Group, ImageTower, register_image_tower
 
@@ -24,6 +25,7 @@ class VisionTransformer(ImageTower):
         self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.mlp_ratio, quick_gelu)
         self.ln_post = LayerNorm(w)
         self.proj = nn.Parameter(scale * torch.randn(w, embed_dim))
+        self._cache = PackedCache()   # the patch embedding's packed weight, for inference
 
     @classmethod
     def check_config(cls, cfg: VisionConfig) -> None:
@@ -37,7 +39,7 @@ class VisionTransformer(ImageTower):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch + class token embeddings, [B, 1 + grid^2, width], as the first block sees them."""
-        x = self.conv1(x).flatten(2).transpose(1, 2)                       # [B, grid^2, w]
+        x = patch_embed(self.conv1, x, self._cache)                        # [B, grid^2, w]: conv1 at inference
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
         return self.ln_pre(x)

@@ -1,4 +1,4 @@
-"""The inference kernels (oneDNN-packed weights, fused QKV and GELU) against the plain autograd path."""
+"""The inference kernels (kernels.py: oneDNN-packed weights, fused QKV and GELU, cache staleness) against the plain path."""
 import copy
 import pickle
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmfm.api import create_model
-from mmfm.models import layers, precision
+from mmfm.models import kernels, precision
 
 
 def _encode(model, img, ids):
@@ -14,34 +14,34 @@ def _encode(model, img, ids):
         return model.encode_image(img), model.encode_text(ids)
 
 
-@pytest.mark.skipif(not layers._HAVE_PACKED, reason="this torch build has no oneDNN linear kernels")
+@pytest.mark.skipif(not kernels._HAVE_PACKED, reason="this torch build has no oneDNN linear kernels")
 @pytest.mark.parametrize("name", ["ViT-tiny-test", "RN-tiny-test"])
 def test_packed_inference_equals_plain_path_and_follows_weight_changes(name):
     torch.manual_seed(0)
     model = create_model(name).eval()
     img, ids = torch.randn(3, 3, 32, 32), torch.randint(1, 1000, (3, 16))
     try:
-        layers.set_packed_inference(False)
+        kernels.set_packed_inference(False)
         plain = _encode(model, img, ids)
-        layers.set_packed_inference(True)
+        kernels.set_packed_inference(True)
         packed = _encode(model, img, ids)
     finally:
-        layers.set_packed_inference(True)
+        kernels.set_packed_inference(True)
     for a, b in zip(plain, packed):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     # The packed copies are rebuilt after load_state_dict (in-place copy) and after an optimizer-style update.
     state = {k: v * 1.5 if k.endswith("fc1.weight") else v for k, v in model.state_dict().items()}
     model.load_state_dict(state)
-    layers.set_packed_inference(False)
+    kernels.set_packed_inference(False)
     plain2 = _encode(model, img, ids)
-    layers.set_packed_inference(True)
+    kernels.set_packed_inference(True)
     packed2 = _encode(model, img, ids)
     assert not torch.allclose(plain2[1], plain[1])
     for a, b in zip(plain2, packed2):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not layers._HAVE_PACKED, reason="this torch build has no oneDNN linear kernels")
+@pytest.mark.skipif(not kernels._HAVE_PACKED, reason="this torch build has no oneDNN linear kernels")
 def test_bf16_packed_inference_equals_plain_bf16_path_and_follows_weight_changes(monkeypatch):
     # bf16 models use the packed kernels too (bias and GELU fused into the matmul); the results differ from
     # the plain bf16 path by bf16 rounding only (GELU of a rounded vs an unrounded product), and a weight
@@ -51,15 +51,15 @@ def test_bf16_packed_inference_equals_plain_bf16_path_and_follows_weight_changes
     model = create_model("ViT-tiny-test", precision="bf16").eval()
     img, ids = torch.randn(4, 3, 32, 32), torch.randint(1, 1000, (4, 16))
     calls = []
-    real = layers.packed_linear
-    monkeypatch.setattr(layers, "packed_linear", lambda *a, **k: calls.append(a[0].dtype) or real(*a, **k))
+    real = kernels.packed_linear
+    monkeypatch.setattr(kernels, "packed_linear", lambda *a, **k: calls.append(a[0].dtype) or real(*a, **k))
 
     def both():
-        layers.set_packed_inference(False)
+        kernels.set_packed_inference(False)
         try:
             plain = _encode(model, img, ids)
         finally:
-            layers.set_packed_inference(True)
+            kernels.set_packed_inference(True)
         return plain, _encode(model, img, ids)
 
     def agree(plain, packed):
@@ -103,13 +103,13 @@ def test_derived_weights_are_not_copied_or_pickled():
 def _plain_and_cached(model, img, ids):
     cached = _encode(model, img, ids)
     try:
-        layers.set_packed_inference(False)
+        kernels.set_packed_inference(False)
         for m in model.modules():               # the plain reference must not reuse any cached copy
-            if isinstance(getattr(m, "_cache", None), layers.PackedCache):
-                m._cache = layers.PackedCache()
+            if isinstance(getattr(m, "_cache", None), kernels.PackedCache):
+                m._cache = kernels.PackedCache()
         plain = _encode(model, img, ids)
     finally:
-        layers.set_packed_inference(True)
+        kernels.set_packed_inference(True)
     return plain, cached
 
 
@@ -144,7 +144,7 @@ def test_cached_weights_follow_writes_that_bypass_version_counters(write):
 
 
 def _cache_entries(model) -> int:
-    return sum(len(m._cache._entries) for m in model.modules() if isinstance(getattr(m, "_cache", None), layers.PackedCache))
+    return sum(len(m._cache._entries) for m in model.modules() if isinstance(getattr(m, "_cache", None), kernels.PackedCache))
 
 
 def test_no_derived_weights_are_built_for_weights_about_to_be_stepped():
@@ -175,3 +175,37 @@ def test_derived_weights_still_serve_inference_and_locked_towers(how):
     model.visual.train()                 # even in training mode: frozen weights are not going to change
     _encode(model, img, ids)
     assert _cache_entries(model.visual) and not _cache_entries(model.text)
+
+
+@pytest.mark.skipif(not kernels._HAVE_PACKED, reason="this torch build has no oneDNN linear kernels")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_patch_embedding_runs_as_one_packed_matmul_and_follows_weight_changes(dtype):
+    # A ViT's patchifying convolution (kernel = stride) is a matmul of the patches: oneDNN's convolution
+    # with such a kernel was about 2x slower. Same tokens as the convolution, rebuilt when the weight moves.
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 16, kernel_size=8, stride=8, bias=False).to(dtype).eval()
+    x = torch.randn(2, 3, 32, 24, dtype=dtype)
+    cache = kernels.PackedCache()
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=0.02, atol=0.02)
+    with torch.no_grad():
+        for scale in (1.0, 1.5):
+            conv.weight.mul_(scale)
+            got = kernels.patch_embed(conv, x, cache)
+            torch.testing.assert_close(got, conv(x).flatten(2).transpose(1, 2), **tol)
+            assert "patch" in cache._entries
+        # channels-last images and an input whose size is not a multiple of the patch take a correct path too
+        cl = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(kernels.patch_embed(conv, cl, cache), conv(cl).flatten(2).transpose(1, 2), **tol)
+        odd = torch.randn(1, 3, 30, 24, dtype=dtype)
+        torch.testing.assert_close(kernels.patch_embed(conv, odd, cache), conv(odd).flatten(2).transpose(1, 2), **tol)
+
+
+def test_vit_patch_embedding_takes_the_packed_path_at_inference_only():
+    torch.manual_seed(0)
+    model = create_model("ViT-tiny-test")
+    img = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model.train().encode_image(img)
+        assert "patch" not in model.visual._cache._entries       # weights about to be stepped: no copy
+        model.eval().encode_image(img)
+    assert ("patch" in model.visual._cache._entries) == kernels._HAVE_PACKED
