@@ -1,5 +1,8 @@
 """The Trainer without an output folder: an inner loop (a few-shot episode run many times) that trains the
 model and writes nothing, resumes nothing, measures no latency and leaves the process's RNG to its caller."""
+from pathlib import Path
+
+import pytest
 import torch
 
 from mmfm.api import create_model
@@ -57,3 +60,13 @@ def test_no_output_folder_runs_are_reproducible_from_the_callers_seed():
     (loss_a, a), (loss_b, b) = run(), run()
     assert loss_a == loss_b
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_an_inner_loop_on_one_rank_of_a_ddp_job_runs_alone(tmp_path, run_ranks):
+    """An evaluation on the main rank during DDP training may train an inner loop (few-shot LoRA); the other
+    ranks are not in it, so it must not wrap the model in DDP or all-reduce anything (that would hang)."""
+    worker = Path(__file__).with_name("ddp_inner_loop_worker.py")
+    alone = run_ranks(worker, tmp_path / "alone.pt", 1)
+    in_ddp = run_ranks(worker, tmp_path / "ddp.pt", 2, timeout=120)
+    assert in_ddp["loss"] == alone["loss"]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -23,12 +25,33 @@ class DistInfo:
         return self.world_size > 1
 
 
+_alone = threading.local()
+
+
+@contextmanager
+def local_only():
+    """Inside it, this process acts as a world of one, whatever process group exists: no DDP, no collective.
+
+    For an inner loop that only some ranks run (an evaluation on the main rank during DDP training trains a
+    few-shot LoRA episode): a collective there would wait for ranks that never join it."""
+    depth = getattr(_alone, "depth", 0)
+    _alone.depth = depth + 1
+    try:
+        yield
+    finally:
+        _alone.depth = depth
+
+
+def _is_local_only() -> bool:
+    return getattr(_alone, "depth", 0) > 0
+
+
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group torchrun describes (RANK/WORLD_SIZE/MASTER_ADDR...), if any.
 
     gloo on CPU, NCCL on CUDA; multi-node works through torchrun's usual --nnodes/--rdzv flags.
     """
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+    if _is_local_only() or "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
     if not dist.is_initialized():
@@ -40,6 +63,8 @@ def init_distributed(device: str | None = None) -> DistInfo:
 
 
 def dist_info() -> DistInfo:
+    if _is_local_only():
+        return DistInfo()
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size())
     return DistInfo()

@@ -41,7 +41,7 @@ from ..util.modes import eval_mode
 from .checkpointing import (latest_valid_checkpoint, prune_checkpoints, remove_stale_temporaries, rng_state,
                             save_checkpoint, set_rng_state)
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, init_distributed
+from .distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, init_distributed, local_only
 from .objectives import ContrastiveObjective, Objective, batch_size, split_batch, unwrap
 from .sampler import ResumableBatchSampler, SeededItems
 from .schedule import build_optimizer, build_scheduler
@@ -224,6 +224,11 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        # An inner loop (no output folder) may run on one rank of a DDP job: it must not join any collective.
+        with local_only() if self.out_dir is None else nullcontext():
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         run = self._set_up()          # device, seed, freezing, optimizer, schedule, data
         self._resume(run)             # from the newest valid checkpoint, if any
         self._wrap(run)               # DDP, torch.compile
