@@ -204,8 +204,9 @@ def _cmd_classify(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
+        at = "" if args.precision == "fp32" else f"  ({args.precision})"   # a number names how it was made
         for row in rows:
-            print(row["path"])
+            print(row["path"] + at)
             for item in row["labels"]:
                 print(f"  {item['probability']:6.1%}  {item['label']}")
     return 0
@@ -287,7 +288,7 @@ def _cmd_search(args) -> int:
     if args.json:
         print(json.dumps(hits, indent=2))
     else:
-        print(f"{'rank':>4}  {'cosine':>7}  path")
+        print(f"{'rank':>4}  {'cosine':>7}  path" + ("" if precision == "fp32" else f"  ({precision} query and index)"))
         for hit in hits:
             print(f"{hit['rank']:>4}  {hit['score']:7.4f}  {hit['path']}")
     if args.sheet:

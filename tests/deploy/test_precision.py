@@ -43,6 +43,14 @@ def test_classify_at_low_precision_agrees_with_fp32_and_says_its_precision(serve
     assert not np.array_equal(got, want)   # the low-precision path did run
 
 
+def test_the_tables_name_a_low_precision(served, bf16_index, capsys):
+    assert main(["classify", served.images[0], "--model", "ViT-tiny-test", "--pretrained", str(served.clip),
+                 "--labels", LABELS, "--precision", "int8", "--threads", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{served.images[0]}  (int8)"
+    assert main(["search", str(bf16_index), "a red circle", "--threads", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("path  (bf16 query and index)")
+
+
 def test_fp16_on_a_cpu_is_one_line_naming_the_fix(served, capsys):
     assert main(["classify", served.images[0], "--model", "ViT-tiny-test", "--labels", "a, b",
                  "--precision", "fp16"]) == 2

@@ -9,8 +9,8 @@
 (at its ``precision``: fp32, bf16, fp16 or int8, ``create_model(precision=...)``): a search embeds its query with
 the same weights at the same precision or refuses. Version 1 has no ``precision`` (it means fp32); an fp32 index
 is still written as version 1, so older mmfm reads it, and a low-precision one as version 2, which older mmfm
-refuses ("upgrade mmfm") instead of failing its fingerprint check with a misleading "weights changed". meta.json is written last, so a reader that finds it finds the
-arrays it describes; every file goes through :mod:`mmfm.util.atomic`.
+refuses ("upgrade mmfm") instead of failing its fingerprint check with a misleading "weights changed".
+meta.json is written last, so a reader that finds it finds the arrays it describes; every file goes through :mod:`mmfm.util.atomic`.
 """
 from __future__ import annotations
 
@@ -74,7 +74,8 @@ def write_index(out: str | os.PathLike, image_embeddings: np.ndarray, paths: lis
         (out / "text_embeddings.npy").unlink()
     atomic_write_json(out / "meta.json", {
         "format": INDEX_FORMAT, "version": 1 if precision == "fp32" else INDEX_VERSION, "model": model,
-        "pretrained": pretrained, "fingerprint": fingerprint, "precision": precision, "dim": int(image_embeddings.shape[1]), "paths": list(paths), "texts": texts,
+        "pretrained": pretrained, "fingerprint": fingerprint, "precision": precision,
+        "dim": int(image_embeddings.shape[1]), "paths": list(paths), "texts": texts,
         "skipped": [{"path": p, "error": why} for p, why in (skipped or [])],
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     return out
