@@ -142,10 +142,46 @@ def _cmd_export(args) -> int:
     return 0
 
 
+PRECISION_CHOICES = ["fp32", "bf16", "fp16", "int8"]   # inference: = mmfm.deploy.index.PRECISIONS
+
+
+def _check_precision(device: str | None, precision: str | None) -> None:
+    """Before any work: fp16 only on CUDA (CPUs have no fast fp16 matmuls), int8 only on the CPU (dynamic
+    quantization has no GPU kernels); bf16 and fp32 anywhere."""
+    import torch
+    kind = torch.device(device).type if device is not None else "cpu"
+    if precision == "fp16" and kind != "cuda":
+        raise UserError(f"--precision fp16 needs a CUDA GPU (--device cuda): on a {kind} use bf16 or int8")
+    if precision == "int8" and kind != "cpu":
+        raise UserError(f"--precision int8 is CPU inference only (dynamic quantization has no {kind} kernels): "
+                        f"use --device cpu, or bf16/fp16 on a GPU")
+
+
+def _inference_model(command: str, name: str, pretrained: str | None, device: str | None, precision: str):
+    """``create_model`` at ``--precision`` for inference (eval mode), with one note where this CPU would emulate
+    bf16 (correct, slower than fp32)."""
+    import warnings
+
+    import torch
+
+    from .api import create_model
+    from .models.precision import cpu_has_native_bf16
+    _check_precision(device, precision)
+    kind = torch.device(device).type if device is not None else "cpu"
+    emulated = precision == "bf16" and kind == "cpu" and cpu_has_native_bf16() is False
+    if emulated:
+        print(f"mmfm {command}: note: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag): --precision bf16 "
+              f"is correct but slower than fp32 here; int8 or fp32 is faster", file=sys.stderr)
+    with warnings.catch_warnings():
+        if emulated:   # said above, in the command's words: not again as a Python warning
+            warnings.filterwarnings("ignore", message=".*without native bf16.*", category=RuntimeWarning)
+        return create_model(name, pretrained=pretrained, device=device, precision=precision).eval()
+
+
 def _cmd_classify(args) -> int:
     from .data.base import load_image
     from .deploy.classify import label_probabilities, label_weights
-    from .api import create_model
+    _check_precision(args.device, args.precision)
     classnames, templates = _classify_labels(args)
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
@@ -153,7 +189,7 @@ def _cmd_classify(args) -> int:
     if args.pretrained is None:
         print(f"mmfm classify: warning: no --pretrained, {args.model} has random weights: its labels mean nothing",
               file=sys.stderr)
-    model = create_model(args.model, pretrained=args.pretrained, device=args.device).eval()
+    model = _inference_model("classify", args.model, args.pretrained, args.device, args.precision)
     # The dataset's prompt ensemble (or each label as its own prompt), as zero-shot evaluation builds it;
     # the same functions as `mmfm serve`, so the page and this command agree.
     weights = label_weights(model, classnames, templates)
@@ -163,13 +199,14 @@ def _cmd_classify(args) -> int:
         probs = label_probabilities(model, [load_image(p) for p in paths], weights)
         for path, p in zip(paths, probs):
             top = p.argsort(descending=True)[:args.top]
-            rows.append({"path": str(path), "labels": [{"label": classnames[i], "probability": float(p[i])}
-                                                       for i in top.tolist()]})
+            rows.append({"path": str(path), "precision": args.precision,
+                         "labels": [{"label": classnames[i], "probability": float(p[i])} for i in top.tolist()]})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
+        at = "" if args.precision == "fp32" else f"  ({args.precision})"   # a number names how it was made
         for row in rows:
-            print(row["path"])
+            print(row["path"] + at)
             for item in row["labels"]:
                 print(f"  {item['probability']:6.1%}  {item['label']}")
     return 0
@@ -178,7 +215,7 @@ def _cmd_classify(args) -> int:
 def _cmd_embed(args) -> int:
     from .deploy import embed_images, embed_texts, find_images, write_index
     from .util.weights import model_fingerprint
-    from .api import create_model
+    _check_precision(args.device, args.precision)
     # Absolute paths: the index is searched (and its contact sheet drawn) from any working directory.
     paths = [os.path.abspath(p) for p in find_images(args.inputs)]
     texts = _read_texts(args.texts) if args.texts else []
@@ -188,17 +225,17 @@ def _cmd_embed(args) -> int:
     # A checkpoint path as an absolute path: `mmfm search` rebuilds the model from it, from any folder.
     pretrained = str(Path(args.pretrained).resolve()) if args.pretrained and Path(args.pretrained).exists() \
         else args.pretrained
-    model = create_model(args.model, pretrained=pretrained, device=args.device).eval()
+    model = _inference_model("embed", args.model, pretrained, args.device, args.precision)
     done = embed_images(model, paths, batch_size=args.batch_size, workers=args.workers, progress=True)
     for path, why in done.skipped:
         print(f"mmfm embed: skipped {path}: {why}", file=sys.stderr)
     if not done.paths:
         raise UserError(f"none of the {len(paths)} images could be read (see above): name readable images")
     write_index(args.out, done.embeddings, done.paths, model=args.model, pretrained=pretrained,
-                fingerprint=model_fingerprint(model), texts=texts,
+                fingerprint=model_fingerprint(model), precision=args.precision, texts=texts,
                 text_embeddings=embed_texts(model, texts) if texts else None, skipped=done.skipped)
     print(f"{len(done.paths)} images{f', {len(texts)} texts' if texts else ''} embedded "
-          f"({done.embeddings.shape[1]}-d) into {args.out}; {len(done.skipped)} unreadable skipped")
+          f"({done.embeddings.shape[1]}-d, {args.precision}) into {args.out}; {len(done.skipped)} unreadable skipped")
     return 0
 
 
@@ -220,11 +257,11 @@ def _cmd_search(args) -> int:
 
     from .data.base import load_image
     from .data.transforms import image_transform
-    from .deploy import contact_sheet, embed_texts, load_index, search
+    from .deploy import check_query_precision, contact_sheet, embed_texts, load_index, search
     from .util.weights import model_fingerprint
-    from .api import create_model
     if (args.query is None) == (args.image is None):
         raise UserError('give a text query or --image IMG (one of them): mmfm search INDEX "a red circle"')
+    _check_precision(args.device, args.precision)
     index = load_index(args.index)
     if args.image is not None and not Path(args.image).is_file():
         raise UserError(f"--image {args.image} does not exist: name an image file")
@@ -232,7 +269,10 @@ def _cmd_search(args) -> int:
     if meta["pretrained"] is None:
         raise UserError(f"{args.index} was built from random weights (no --pretrained), which cannot be rebuilt to "
                         f"embed a query: rebuild it with `mmfm embed ... --pretrained CHECKPOINT`")
-    model = create_model(meta["model"], pretrained=meta["pretrained"], device=args.device).eval()
+    # The query is embedded as the index's rows were: same weights, same precision (the default).
+    precision = args.precision or meta["precision"]
+    check_query_precision(index, precision)
+    model = _inference_model("search", meta["model"], meta["pretrained"], args.device, precision)
     if model_fingerprint(model) != meta["fingerprint"]:
         raise UserError(f"{meta['model']} from {meta['pretrained']} is not the model that built {args.index} "
                         f"(its weights changed): rebuild the index with `mmfm embed`")
@@ -243,12 +283,12 @@ def _cmd_search(args) -> int:
         query = query.numpy()[0]
     else:
         query = embed_texts(model, [args.query])[0]
-    hits = [{"rank": n + 1, "path": index.paths[i], "score": score}
+    hits = [{"rank": n + 1, "path": index.paths[i], "score": score, "precision": precision}
             for n, (i, score) in enumerate(search(index.image_embeddings, query, args.top_k))]
     if args.json:
         print(json.dumps(hits, indent=2))
     else:
-        print(f"{'rank':>4}  {'cosine':>7}  path")
+        print(f"{'rank':>4}  {'cosine':>7}  path" + ("" if precision == "fp32" else f"  ({precision} query and index)"))
         for hit in hits:
             print(f"{hit['rank']:>4}  {hit['score']:7.4f}  {hit['path']}")
     if args.sheet:
@@ -257,24 +297,24 @@ def _cmd_search(args) -> int:
 
 
 def _cmd_serve(args) -> int:
-    from .api import create_model
-    from .deploy import load_index
+    from .deploy import check_query_precision, load_index
     from importlib.util import find_spec
     missing = [name for name, module in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"),
                                          ("python-multipart", "python_multipart")) if find_spec(module) is None]
     if missing:
         raise UserError(f"mmfm serve needs {', '.join(missing)}: pip install 'mmfm[serve]'")
     from .deploy.serve import build_app, run
+    _check_precision(args.device, args.precision)
     index = load_index(args.index) if args.index else None     # validated before any model is built
-    if index is not None and args.precision != "fp32":
-        raise UserError(f"--index {args.index} holds fp32 embeddings (`mmfm embed`) and a query must be embedded by "
-                        f"the same weights: serve it with --precision fp32, or leave out --index")
+    precision = args.precision or (index.meta["precision"] if index is not None else "fp32")
+    if index is not None:
+        check_query_precision(index, precision)
     if args.frozen is not None and not Path(args.frozen).is_dir():
         raise UserError(f"--frozen {args.frozen} is not a folder: name a Frozen model folder (saved by training)")
     if args.pretrained is None:
         print(f"mmfm serve: warning: no --pretrained, {args.model} has random weights: its labels mean nothing",
               file=sys.stderr)
-    model = create_model(args.model, pretrained=args.pretrained, device=args.device, precision=args.precision).eval()
+    model = _inference_model("serve", args.model, args.pretrained, args.device, precision)
     frozen = None
     if args.frozen is not None:
         from .frozen import load_frozen
@@ -430,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print a JSON list: per image its path and labels by probability")
     s.add_argument("--batch-size", type=positive_int, default=32)
     s.add_argument("--device", default=None)
+    s.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
+                   help="the model's weights: bf16 or int8 for fast CPU inference, fp16 on a CUDA GPU")
     s.set_defaults(func=_cmd_classify)
 
     s = sub.add_parser("embed", help="embed a folder of images (and captions) into an index for `mmfm search`")
@@ -442,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=positive_int, default=64)
     s.add_argument("--workers", type=non_negative_int, default=2, help="image decoding processes (0: in this process)")
     s.add_argument("--device", default=None)
+    s.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
+                   help="the model's weights: bf16 or int8 for fast CPU inference, fp16 on a CUDA GPU; recorded in "
+                        "the index, whose queries are embedded the same way")
     s.set_defaults(func=_cmd_embed)
 
     s = sub.add_parser("search", help="search an index from `mmfm embed` by text or by image (exact, by cosine)")
@@ -452,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print a JSON list of hits: rank, path, cosine score")
     s.add_argument("--sheet", default=None, metavar="OUT.png", help="also write a PNG contact sheet of the hits")
     s.add_argument("--device", default=None)
+    s.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
+                   help="the query encoder's weights; default and only choice: the index's (`mmfm embed --precision`)")
     s.set_defaults(func=_cmd_search)
 
     s = sub.add_parser("export", help="export a model's image and text encoders to ONNX (for onnxruntime)")
@@ -466,8 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--index", default=None, metavar="INDEX", help="index folder from `mmfm embed` (same model), "
                                                                   "for search by text")
     s.add_argument("--frozen", default=None, metavar="DIR", help="a saved Frozen model folder, for captions")
-    s.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32",
-                   help="the CLIP model's weights: bf16 or int8 for CPU inference, fp16 on a GPU (an index needs fp32)")
+    s.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
+                   help="the CLIP model's weights: bf16 or int8 for CPU inference, fp16 on a CUDA GPU; default: "
+                        "the --index's precision, else fp32 (an index's queries use its precision)")
     s.add_argument("--max-new-tokens", type=positive_int, default=20, help="most tokens per caption")
     s.add_argument("--max-upload-mb", type=positive_int, default=10, help="largest image upload accepted")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")

@@ -2,12 +2,15 @@
 
     INDEX/image_embeddings.npy   (N, D) float32, rows of unit length, row i = meta["paths"][i]
     INDEX/text_embeddings.npy    (M, D) float32, row j = meta["texts"][j]   (only when texts were embedded)
-    INDEX/meta.json              {"format": "mmfm-index", "version": 1, "model", "pretrained", "fingerprint",
-                                  "dim", "paths", "texts", "skipped", "created"}
+    INDEX/meta.json              {"format": "mmfm-index", "version": 1 or 2, "model", "pretrained", "fingerprint",
+                                  "precision", "dim", "paths", "texts", "skipped", "created"}
 
-``fingerprint`` is :func:`mmfm.util.weights.model_fingerprint` of the model that wrote the embeddings: a search embeds
-its query with the same weights or refuses. meta.json is written last, so a reader that finds it finds the
-arrays it describes; every file goes through :mod:`mmfm.util.atomic`.
+``fingerprint`` is :func:`mmfm.util.weights.model_fingerprint` of the model that wrote the embeddings, as it ran
+(at its ``precision``: fp32, bf16, fp16 or int8, ``create_model(precision=...)``): a search embeds its query with
+the same weights at the same precision or refuses. Version 1 has no ``precision`` (it means fp32); an fp32 index
+is still written as version 1, so older mmfm reads it, and a low-precision one as version 2, which older mmfm
+refuses ("upgrade mmfm") instead of failing its fingerprint check with a misleading "weights changed".
+meta.json is written last, so a reader that finds it finds the arrays it describes; every file goes through :mod:`mmfm.util.atomic`.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import numpy as np
 from ..errors import UserError
 from ..util.atomic import atomic_write, atomic_write_json
 
-INDEX_FORMAT, INDEX_VERSION = "mmfm-index", 1
+INDEX_FORMAT, INDEX_VERSION = "mmfm-index", 2
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")   # what `mmfm embed --precision` can record
 _REQUIRED = {"format": str, "version": int, "model": str, "fingerprint": str, "dim": int, "paths": list,
              "texts": list}
 
@@ -52,12 +56,14 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def write_index(out: str | os.PathLike, image_embeddings: np.ndarray, paths: list[str], *, model: str,
-                pretrained: str | None, fingerprint: str, texts: list[str] | None = None,
+                pretrained: str | None, fingerprint: str, precision: str = "fp32", texts: list[str] | None = None,
                 text_embeddings: np.ndarray | None = None, skipped: list[tuple[str, str]] | None = None) -> Path:
     """Write an index folder (see the module docstring); returns its path."""
     out = Path(out)
     if image_embeddings.ndim != 2 or len(image_embeddings) != len(paths):
         raise ValueError(f"{len(paths)} paths for image embeddings of shape {image_embeddings.shape}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     texts = list(texts or [])
     if (text_embeddings is None) != (not texts) or (texts and len(text_embeddings) != len(texts)):
         raise ValueError("texts and text_embeddings go together, one row per text")
@@ -67,8 +73,9 @@ def write_index(out: str | os.PathLike, image_embeddings: np.ndarray, paths: lis
     elif (out / "text_embeddings.npy").exists():   # an older index's texts no longer belong here
         (out / "text_embeddings.npy").unlink()
     atomic_write_json(out / "meta.json", {
-        "format": INDEX_FORMAT, "version": INDEX_VERSION, "model": model, "pretrained": pretrained,
-        "fingerprint": fingerprint, "dim": int(image_embeddings.shape[1]), "paths": list(paths), "texts": texts,
+        "format": INDEX_FORMAT, "version": 1 if precision == "fp32" else INDEX_VERSION, "model": model,
+        "pretrained": pretrained, "fingerprint": fingerprint, "precision": precision,
+        "dim": int(image_embeddings.shape[1]), "paths": list(paths), "texts": texts,
         "skipped": [{"path": p, "error": why} for p, why in (skipped or [])],
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     return out
@@ -111,6 +118,33 @@ def load_index(root: str | os.PathLike) -> Index:
     if meta["version"] > INDEX_VERSION:
         raise UserError(f"{meta_path}: index version {meta['version']} is newer than this mmfm reads "
                         f"({INDEX_VERSION}): upgrade mmfm")
+    meta.setdefault("precision", "fp32")   # version 1 predates the field: its embeddings are fp32
+    if meta["precision"] not in PRECISIONS:
+        raise UserError(f"{meta_path}: precision {meta['precision']!r} is not one of {', '.join(PRECISIONS)}: "
+                        f"rebuild the index with `mmfm embed`")
     images = _read_npy(root / "image_embeddings.npy", len(meta["paths"]), meta["dim"])
     texts = _read_npy(root / "text_embeddings.npy", len(meta["texts"]), meta["dim"]) if meta["texts"] else None
     return Index(images, meta, texts, root)
+
+
+def check_query_precision(index: Index, precision: str) -> None:
+    """A query is embedded at the precision of the index's rows, or refused in one line.
+
+    Refused rather than allowed with a note: the cosines printed belong to one model as it ran (its fingerprint
+    is taken at its precision, and int8 even differs by CPU), and the fix costs nothing (the index's precision
+    is the default); mixing would give scores of neither protocol."""
+    have = index.meta["precision"]
+    if precision != have:
+        raise UserError(f"index {index.root} holds {have} embeddings and a query embedded in {precision} would be "
+                        f"compared across precisions: use --precision {have} (the default with this index), or "
+                        f"rebuild the index with `mmfm embed --precision {precision}`")
+
+
+def model_precision(model) -> str:
+    """The precision a model runs at, as ``create_model(precision=...)`` names it: what an index records."""
+    import torch
+
+    from ..models.precision import is_int8, module_dtype
+    if is_int8(model):
+        return "int8"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(module_dtype(model), "fp32")
