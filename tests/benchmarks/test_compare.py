@@ -32,6 +32,7 @@ def test_deploy_json_has_every_engine_at_every_batch_with_its_columns(report):
     for r in d["rows"]:
         assert r["images_per_s"] > 0 and r["ms_per_batch"] > 0 and r["gflops"] > 0 and r["pct_of_peak"] > 0
         assert r["images_per_s"] == pytest.approx(1e3 * r["batch"] / r["ms_per_batch"])
+        assert r["repeats"] == 1 and {"vs_mmfm_fp32_std", "vs_ort_fp32_std"} <= set(r)
         if r["engine"] == "mmfm fp32":
             assert r["vs_mmfm_fp32"] == 1.0
         if r["engine"] == "ort fp32":
@@ -74,3 +75,22 @@ def test_jpeg_folder_is_made_once_and_reused(tmp_path):
     assert again == first and [p.stat().st_mtime_ns for p in again] == stamps
     first[1].unlink()      # an incomplete folder is made again, not trusted
     assert all(p.exists() for p in compare.jpeg_folder(tmp_path, 3, seed=1))
+
+
+def _row(batch, engine, against, mean, std):
+    return {"batch": batch, "engine": engine, against: mean, against + "_std": std}
+
+
+@pytest.mark.parametrize("mean,std,verdict", [(2.10, 0.05, "met"), (1.90, 0.05, "NOT met"),
+                                              (1.98, 0.05, "within the spread"), (2.02, 0.05, "within the spread")])
+def test_a_target_verdict_is_drawn_only_where_the_gap_exceeds_the_spread(mean, std, verdict):
+    rows = [_row(64, "mmfm bf16", "vs_mmfm_fp32", mean, std)]
+    bf16 = compare.deploy_targets(rows, native_bf16=True)[2]
+    assert bf16["target"].startswith("bf16") and bf16["achieved"] == mean and bf16["std"] == std
+    assert bf16["verdict"] == verdict and bf16["met"] == {"met": True, "NOT met": False}.get(verdict)
+    assert compare.deploy_targets(rows, native_bf16=False)[2]["verdict"] == "n/a"   # not a target without bf16
+
+
+def test_paired_ratio_is_the_mean_and_spread_of_each_rounds_ratio():
+    mean, std = compare.paired_ratio([2.0, 4.0, 3.0], [1.0, 2.0, 2.0])
+    assert mean == pytest.approx((2 + 2 + 1.5) / 3) and std == pytest.approx(0.288675, rel=1e-5)
