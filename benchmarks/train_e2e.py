@@ -33,12 +33,22 @@ Measured 2026-11-30 on an idle 2-core machine, 20 steps (640 JPEGs), benchmarks/
     batch 32       2.16, 5.12                      2.77, 3.54                    1.28x speed, 0.69x memory
     8 x accum 4    1.40, 3.92                      1.12, 3.19 (grad_chunk 2)     0.80x speed, 0.81x memory
 
-The accum-4 mmfm line ran with train.grad_chunk 2 (feature and gradient passes in pieces of 2 pairs: less
-activation memory, slower); the default is now whole micro-batches (grad_chunk null), measured earlier the
-same day under load at 3.43 GiB (0.88x), and in-process 3.31-3.47 GiB; train.grad_checkpointing gave 3.09-3.12
-GiB in-process (+25% on the gradient pass). Where the accum-4 peak goes: `import torch` ~0.5 GiB (both
-libraries), weights + gradients + AdamW moments 2.26 GiB (both), batch-8 activations of the gradient pass ~0.37
-GiB, other malloc ~0.16 GiB, freed heap kept by glibc ~0.1 GiB; 0.8x of open_clip's 3.92 GiB is 3.14 GiB.
+The accum-4 line above ran with train.grad_chunk 2 (pieces of 2 pairs, then the objective's default); the json's
+mmfm-accum4 entry now holds the line below instead. Since
+then, with whole micro-batches (grad_chunk null, the default): the gradient pass re-runs and back-propagates the
+image tower, then the text tower, each against the cached features (it used to hold both towers' graphs at
+once), keeps each GELU output as the recipe gelu(input) (same bits recomputed in backward), and the Trainer
+has glibc return freed blocks >= 1 MiB to the OS (the default heap kept freed activations resident as
+fragments). End to end (4 steps, machine loaded, so speed not comparable; json entry's note): peak RSS main
+3.21 GiB = 0.82x open_clip's 3.92 (target 0.8x: 3.13 GiB; before: 3.43 GiB default, 0.88x).
+
+Where the accum-4 peak goes now (in-process, ViT-B-32 8 x accum 4, RSS sampled every ms; the tower split,
+the heap setting and the GELU recipe took it from 3.49 to 3.32, 3.23, 3.18 GiB): between steps 3.02 GiB =
+shared libraries 0.33 + Python/torch heap ~0.28 + weights, gradients and AdamW moments 2.26 (exactly the
+151M fp32 parameters x 4; all other tensors are small) + ~0.15 other; the peak adds the image tower's saved
+activations of one micro-batch of 8, 0.16 GiB (fc1 outputs 52 MiB, q/k/v 41, LayerNorm outputs 27, residual
+stream 26, attention outputs 13). The text tower's half (its activations plus the dense 101 MB gradient of
+the token embedding, added into .grad) stays below it. 0.8x of open_clip's 3.92 GiB is 3.13 GiB.
 """
 from __future__ import annotations
 
