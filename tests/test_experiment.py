@@ -326,3 +326,28 @@ def test_run_folders_written_before_adapt_existed_still_resume(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "config.resolved.yaml").write_text(yaml.safe_dump(old))
     check_run_folder(loaded, tmp_path / "out")          # no "holds another experiment"
+
+
+def test_model_families_are_a_registry_lookup_by_config_family(monkeypatch):
+    from mmfm.api import create_model
+    from mmfm.experiment import FAMILIES, ClipFamily, model_family, register_family
+    from mmfm.frozen.family import FrozenFamily
+    from mmfm.models import get_model_config
+    clip = create_model("RN-S-64")
+    assert isinstance(model_family(clip), ClipFamily)
+    assert isinstance(model_family(get_model_config("RN-S-64")), ClipFamily)     # a config answers too
+
+    class Mine(ClipFamily):
+        name = "mine"
+    monkeypatch.setitem(FAMILIES, "clip", FAMILIES["clip"])   # restored after the test
+    mine = Mine()
+    with pytest.raises(ValueError, match="already registered"):
+        register_family("clip", mine)
+    register_family("clip", mine, overwrite=True)
+    assert model_family(clip) is mine
+    assert isinstance(FAMILIES["frozen"], FrozenFamily)
+
+    class Unknown:
+        family = "no-such-family"
+    with pytest.raises(ValueError, match="no runner family.*registered"):
+        model_family(Unknown())

@@ -259,8 +259,9 @@ def _build_datasets(cfg: ExperimentConfig):
 
 
 class ModelFamily(Protocol):
-    """What the runner asks of a model's family; the Trainer knows none of it. CLIP-family models (CLIP, LoRA,
-    hybrids, LiT) answer with :class:`ClipFamily`, Frozen with :class:`mmfm.frozen.family.FrozenFamily`."""
+    """What the runner asks of a model's family; the Trainer knows none of it. Families are registered by
+    their config's ``family`` name (:func:`register_family`): CLIP-family models (CLIP, LoRA, hybrids, LiT)
+    answer with :class:`ClipFamily`, Frozen with :class:`mmfm.frozen.family.FrozenFamily`."""
 
     name: str
 
@@ -306,9 +307,38 @@ class ClipFamily:
             save_pretrained(model, directory / "model")
 
 
-def model_family(model: nn.Module) -> ModelFamily:
-    from .frozen.family import FrozenFamily, is_frozen
-    return FrozenFamily() if is_frozen(model) else ClipFamily()
+#: config ``family`` name -> the runner's family for it. A new family is one ``register_family`` call.
+FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_family(config_family: str, family: ModelFamily, *, overwrite: bool = False) -> None:
+    """Make models whose config says ``family: config_family`` train and save through ``family``."""
+    if config_family in FAMILIES and not overwrite and FAMILIES[config_family] is not family:
+        raise ValueError(f"model family {config_family!r} is already registered (pass overwrite=True to replace it)")
+    FAMILIES[config_family] = family
+
+
+def _register_builtin_families() -> None:
+    # the families above this module's layer register here (experiment may import them; they may not import it)
+    from .frozen.family import FrozenFamily
+    for name, family in (("clip", ClipFamily()), ("hybrid", ClipFamily()), ("frozen", FrozenFamily())):
+        FAMILIES.setdefault(name, family)
+
+
+def family_of_config(cfg: Any) -> str:
+    """The family name a model config declares (CLIP configs predate the field: ``clip``)."""
+    return str(getattr(cfg, "family", None) or "clip")
+
+
+def model_family(model_or_config: Any) -> ModelFamily:
+    """The registered family of a model (its ``config``) or of a model config."""
+    _register_builtin_families()
+    cfg = getattr(model_or_config, "config", model_or_config)
+    name = family_of_config(cfg)
+    if name not in FAMILIES:
+        raise ValueError(f"model family {name!r} has no runner family; registered: {sorted(FAMILIES)} "
+                         f"(mmfm.experiment.register_family)")
+    return FAMILIES[name]
 
 
 def _views(cfg, family: ModelFamily, model, tok, datasets, train: TrainConfig):
