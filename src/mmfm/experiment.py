@@ -66,6 +66,10 @@ class EvalSpec(Strict):
         return ALIASES[v]
 
 
+#: the config families CLIP's evaluations and adaptations apply to
+CLIP_FAMILIES = ("clip", "hybrid")
+
+
 class ModelSpec(Strict):
     label: str = Field(description="the model's name in reports and its folder under the run folder")
     model: str | None = Field(None, description="registered model config (`mmfm models`)")
@@ -73,7 +77,8 @@ class ModelSpec(Strict):
                                           "frozen, ...; e.g. Frozen's vision, pretrained_lm, prefix_length); with "
                                           "`model`, fields replacing the registered config's")
     tokenizer: str | None = Field(None, description="Frozen: the LM's tokenizer (directory or hub id); default the "
-                                  "config's tokenizer, else its pretrained_lm")
+                                  "config's tokenizer, else its pretrained_lm. causal_lm: 'word-level' (trained on "
+                                  "the training corpus) or a tokenizer directory / hub id")
     pretrained: str | None = None
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     lora: str | dict[str, Any] | None = Field(None, description="LoRA preset name, or apply_lora options {preset, r, "
@@ -112,16 +117,21 @@ class ModelSpec(Strict):
                 and (self.train is None or (self.train.lock_image is None and self.train.lock_text is None)):
             return self
         cfg = model_config(self)
-        frozen = getattr(cfg, "family", None) == "frozen"
+        family = getattr(cfg, "family", "clip")
+        frozen = family not in CLIP_FAMILIES      # Frozen, causal_lm: text-generating models
         if self.lora is not None and frozen:
-            raise ValueError("lora: LoRA applies to CLIP-family models; Frozen trains its vision side only (remove `lora`)")
+            raise ValueError(f"lora: LoRA applies to CLIP-family models, not {family!r} ones (remove `lora`)")
         if self.tokenizer is not None and cfg is not None and not frozen:
-            raise ValueError("tokenizer: only Frozen models take a `tokenizer` (CLIP-family models bring their own)")
+            raise ValueError("tokenizer: only Frozen and causal_lm models take a `tokenizer` (CLIP-family models "
+                             "bring their own)")
+        if family == "causal_lm" and self.tokenizer is None:
+            raise ValueError("tokenizer: a causal_lm model needs one: 'word-level' (trained on the training corpus) "
+                             "or a tokenizer directory / hub id")
         steps = adaptation_steps(self)           # `lora:` and train's lock/freeze, as the steps they stand for
         clip_only = [s.method for s in steps if s.adaptation.clip_only]
         if clip_only and frozen:
             raise ValueError(f"adapt: {', '.join(clip_only)} (from `adapt:` or train's lock_image/lock_text) applies "
-                             f"to CLIP-family models, not Frozen (remove it)")
+                             f"to CLIP-family models, not {family!r} ones (remove it)")
         after = [s.method for s in steps if s.adaptation.when == "after_training"]
         if after and self.train is None:
             raise ValueError(f"adapt: {', '.join(after)} runs after training; add `train:` or remove it")
@@ -321,7 +331,9 @@ def register_family(config_family: str, family: ModelFamily, *, overwrite: bool 
 def _register_builtin_families() -> None:
     # the families above this module's layer register here (experiment may import them; they may not import it)
     from .frozen.family import FrozenFamily
-    for name, family in (("clip", ClipFamily()), ("hybrid", ClipFamily()), ("frozen", FrozenFamily())):
+    from .frozen.lm import CausalLMFamily
+    for name, family in (("clip", ClipFamily()), ("hybrid", ClipFamily()), ("frozen", FrozenFamily()),
+                         ("causal_lm", CausalLMFamily())):
         FAMILIES.setdefault(name, family)
 
 
@@ -343,30 +355,32 @@ def model_family(model_or_config: Any) -> ModelFamily:
 
 def _views(cfg, family: ModelFamily, model, tok, datasets, train: TrainConfig):
     from .data.transforms import image_transform
-    size = family.image_size(model)
+    size = family.image_size(model)          # None: a text-only family, no image transforms
     a = cfg.augment
     train_tf = image_transform(size, train=True, scale=a.random_resized_crop or (1.0, 1.0), hflip=a.hflip,
-                               pad_crop=a.pad_crop)
+                               pad_crop=a.pad_crop) if size else None
     if cfg.train_data not in datasets:
         raise ValueError(f"train_data {cfg.train_data!r} is not a key of data ({sorted(datasets)})")
     train_view = family.train_view(datasets[cfg.train_data], train_tf, tok, seed=train.seed)
     val_view = None
     if cfg.val_data and cfg.val_data in datasets:
-        val_view = family.val_view(datasets[cfg.val_data], image_transform(size), tok)
+        val_view = family.val_view(datasets[cfg.val_data], image_transform(size) if size else None, tok)
     return train_view, val_view
 
 
 def _check_evals(cfg: ExperimentConfig, datasets: dict) -> None:
     """Evaluations that cannot run on their model or data fail before anything trains (nothing is lost)."""
-    from .evaluate import get_kind
+    from .evaluate import KINDS, get_kind
     from .frozen.evals import VQA_DATASETS, supports_vqa
     for i, spec in enumerate(cfg.models):
         family = getattr(model_config(spec), "family", None)      # None: only the checkpoint knows
+        group = "clip" if family in CLIP_FAMILIES else family
         for e in list(spec.evals if spec.evals is not None else cfg.evals) + list(cfg.eval_during_training):
             kind = get_kind(e.kind)
-            if family is not None and (family == "frozen") != (kind.family == "frozen"):
+            if family is not None and group != kind.family:
+                frozen_kinds = sorted(n for n, k in KINDS.items() if k.family == "frozen")
                 raise ValueError(f"models.{i} ({spec.label}): evaluation {e.kind} does not apply to a {family!r} "
-                                 f"model; Frozen takes captioning / vqa, CLIP-family models the others")
+                                 f"model; Frozen takes {', '.join(frozen_kinds)}, CLIP-family models the others")
             if kind.name == "vqa" and e.dataset in datasets and not supports_vqa(datasets[e.dataset]):
                 raise ValueError(f"evaluation vqa: data {e.dataset!r} ({cfg.data[e.dataset].name}) provides no "
                                  f"questions and answers; datasets that do: {list(VQA_DATASETS)}")
@@ -566,14 +580,20 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
         mdir = out / spec.label
         what = spec.model or (f"inline {spec.config.get('family', 'clip')} config" if spec.config else "")
         print(f"\n=== {spec.label}: {what} {('(' + spec.pretrained + ')') if spec.pretrained else ''}")
-        model = create_model(model_config(spec) if spec.config is not None else spec.model,
-                             pretrained=spec.pretrained, precision=spec.precision)
+        config, tok = (model_config(spec) if spec.config is not None else spec.model), None
+        if spec.config is not None and hasattr(model_family(config), "complete_config"):
+            # the family fills in what the data decides (a causal LM's vocabulary size, from its tokenizer)
+            train_key = cfg.train_data
+            if train_key not in datasets:
+                raise ValueError(f"train_data {train_key!r} is not a key of data ({sorted(datasets)})")
+            config, tok = model_family(config).complete_config(config, spec.tokenizer, datasets[train_key])
+        model = create_model(config, pretrained=spec.pretrained, precision=spec.precision)
         steps = adaptation_steps(spec)
         before, after = split_steps(steps)
         context = AdaptContext(initial=initial_copy(model, steps))
         (model,) = apply_adaptations(model, before, context).values()
         family = model_family(model)
-        tok = family.prepare(model, spec.tokenizer)
+        tok = tok if tok is not None else family.prepare(model, spec.tokenizer)
         train_result = None
         if spec.train is not None:
             # lock / freeze were translated into adaptation steps and have run: the Trainer does not repeat them
@@ -591,8 +611,9 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
                         for k, v in headline(r).items():
                             metrics[f"{e.kind}{'_' + e.task if e.task else ''}_{k}"] = v
                     return metrics
+            collate = family.collate(tok) if hasattr(family, "collate") else None
             train_result = Trainer(model, train_view, tcfg, mdir, objective=family.objective(tok, tcfg),
-                                   val_data=val_view, eval_fn=eval_fn).fit()
+                                   val_data=val_view, eval_fn=eval_fn, collate_fn=collate).fit()
             if not _is_main_process():
                 continue   # under torchrun, rank 0 alone evaluates and writes the reports
             family.save(model, mdir, tok)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from mmfm.frozen.corpus import binding_text, nonsense_words, text_corpus
+from mmfm.data.shapes_text import binding_text, nonsense_words, text_corpus
 from mmfm.frozen.demo import load_demo_config, run_demo
 
 

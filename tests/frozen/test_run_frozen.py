@@ -112,7 +112,7 @@ def test_frozen_spec_errors_name_the_field(tmp_path, lm_dir):
         load_experiment(_write(tmp_path, cfg))
     cfg = _experiment(lm_dir, data, [])
     cfg["models"][0] = {"label": "clip", "model": "ViT-tiny-test", "tokenizer": str(lm_dir)}
-    with pytest.raises(ValueError, match="tokenizer: only Frozen models"):
+    with pytest.raises(ValueError, match="tokenizer: only Frozen and causal_lm models"):
         load_experiment(_write(tmp_path, cfg))
 
 

@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 
 from ..train.config import Strict
 from ..util.overrides import apply_overrides, set_path
-from .corpus import DEFAULT_MIX
+from ..data.shapes_text import DEFAULT_MIX
 
 
 class TextLMSpec(Strict):
@@ -192,7 +192,7 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool 
     from ..measure import count_parameters, measure_latency, track_memory
     from ..models.frozen import FrozenConfig
     from ..train import TrainConfig, Trainer
-    from .corpus import nonsense_words, text_corpus, vocabulary_texts
+    from ..data.shapes_text import nonsense_words, text_corpus, vocabulary_texts
     from .generate import caption
     from .io import save_frozen
     from .lm import language_model_config, load_tokenizer, tiny_gpt2_config, train_text_lm, train_word_tokenizer
@@ -228,10 +228,11 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None, progress: bool 
                                   n_head=cfg.lm.n_head, n_positions=cfg.lm.n_positions)
         lm_dir = out / "lm"
         with track_memory() as lm_mem:
-            _, lm_summary = train_text_lm(corpus, hf_tok, lm_cfg, lm_dir, steps=cfg.lm.steps,
-                                          batch_size=cfg.lm.batch_size, lr=cfg.lm.lr, seed=cfg.seed,
-                                          log_every=max(cfg.lm.steps // 5, 1), log=_log, progress=progress)
-        lm_summary.pop("history", None)
+            _, lm_result = train_text_lm(corpus, hf_tok, lm_cfg, lm_dir, steps=cfg.lm.steps,
+                                         batch_size=cfg.lm.batch_size, lr=cfg.lm.lr, seed=cfg.seed,
+                                         log_every=max(cfg.lm.steps // 5, 1), progress=progress)
+        lm_summary = {"steps": lm_result.steps, "documents": len(corpus), "final_loss": lm_result.final_loss,
+                      "train_time_s": lm_result.wall_time_s}
         lm_peak_mb = lm_mem.to_dict()["peak_rss_mb"]
     tok = FrozenTokenizer(hf_tok, cfg.frozen.context_length)
 
@@ -337,7 +338,7 @@ def _plot_samples(model, tok, dataset, cfg: DemoConfig, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from .corpus import VQA_TEMPLATE
+    from ..data.shapes_text import VQA_TEMPLATE
     from .generate import generate
     from .tasks import binding_episodes, binding_prompt
     n = cfg.samples_png
@@ -381,7 +382,7 @@ def _binding_strip(images):
 
 
 def _binding_example(template: str) -> str:
-    from .corpus import binding_template
+    from ..data.shapes_text import binding_template
     statement, question = binding_template(template)
     return "`" + " ".join([f"[image] {statement.format('dax')}", f"[image] {statement.format('blicket')}",
                            f"[image] {question}".strip()]) + "`"

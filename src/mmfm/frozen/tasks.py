@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from ..data.pipeline import caption_rng
 from ..data.shapes import Shapes, questions
 from ..models.frozen import IGNORE_INDEX
-from .corpus import VQA_TEMPLATE, binding_template, description
+from ..data.shapes_text import VQA_TEMPLATE, binding_template, description
 from .generate import generate, score_continuations
 from .text import FrozenTokenizer
 
