@@ -74,13 +74,12 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert "Measurements" in report and "tiny" in report
 
 
-@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parents[1].glob("configs/*.yaml")),
-                         ids=lambda p: p.name)
+_ROOT = __import__("pathlib").Path(__file__).parents[1]
+
+
+@pytest.mark.parametrize("path", sorted([*_ROOT.glob("configs/*.yaml"), *_ROOT.glob("experiments/*/*.yaml")]),
+                         ids=lambda p: str(p.relative_to(_ROOT)))
 def test_bundled_configs_validate(path):
-    if "frozen_demo" in yaml.safe_load(path.read_text()):
-        from mmfm.frozen.demo import load_demo_config
-        load_demo_config(path)
-        return
     cfg = load_experiment(path)
     from mmfm.models import get_model_config
     for m in cfg.models:

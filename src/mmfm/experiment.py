@@ -50,6 +50,8 @@ class EvalSpec(Strict):
                                     "the official val split of flowers102/dtd (as `mmfm eval`), else carved from "
                                     "train; null = always carve")
     task: str | None = Field(None, description="zero-shot task, e.g. shape / color for shapes")
+    tag: str | None = Field(None, description="the evaluation's name in the report's columns (default kind[task]@dataset); "
+                                              "needed to tell apart two evaluations of one kind, e.g. 'vqa text-only'")
     protocol: Literal["clip_paper", "clip_benchmark"] = Field(
         "clip_paper", description="clip_benchmark: open_clip's published protocol (raw CIFAR-100 names, AdamW "
                                   "linear probe on normalised embeddings), as `mmfm eval --protocol`")
@@ -85,6 +87,13 @@ class ModelSpec(Strict):
                                               "alpha, ...}; sugar for `adapt: [{method: lora, ...}]`")
     adapt: list[dict[str, Any]] | None = Field(None, description="adaptation steps in order, each {method: NAME, "
                                                "...options}: lora, lock, freeze, wise_ft, ... (mmfm.adapt.ADAPTATIONS)")
+    options: dict[str, Any] | None = Field(None, description="the family's own options (Frozen: vision_init, "
+                                           "prefix_weight, prefix_targets, vqa_fraction: mmfm.frozen.family."
+                                           "FrozenOptions); '@label' as a value names an earlier model's saved model")
+    train_data: str | None = Field(None, description="key of `data` this model trains on (default: the experiment's "
+                                   "train_data)")
+    val_data: str | None = Field(None, description="key of `data` it is validated on (default: the experiment's "
+                                 "val_data; 'none': no validation)")
     train: TrainConfig | None = None
     evals: list[EvalSpec] | None = Field(None, description="evaluations for this model (default: the experiment's)")
 
@@ -114,6 +123,7 @@ class ModelSpec(Strict):
             raise ValueError("lora: give LoRA either as `lora:` or as a step of `adapt:` ({method: lora, ...}), "
                              "not both")
         if self.config is None and self.tokenizer is None and self.lora is None and self.adapt is None \
+                and self.options is None \
                 and (self.train is None or (self.train.lock_image is None and self.train.lock_text is None)):
             return self
         cfg = model_config(self)
@@ -135,7 +145,47 @@ class ModelSpec(Strict):
         after = [s.method for s in steps if s.adaptation.when == "after_training"]
         if after and self.train is None:
             raise ValueError(f"adapt: {', '.join(after)} runs after training; add `train:` or remove it")
+        family_options(self, cfg)
         return self
+
+
+def family_options(spec: "ModelSpec", cfg=None):
+    """The spec's ``options:`` validated by its family's ``Options`` (None when it gives none)."""
+    if spec.options is None:
+        return None
+    cfg = cfg if cfg is not None else model_config(spec)
+    family = model_family(cfg) if cfg is not None else None
+    options_cls = getattr(family, "Options", None)
+    if options_cls is None:
+        raise ValueError(f"options: the {family_of_config(cfg)!r} family takes no options (remove `options`)")
+    try:
+        options = options_cls.model_validate(spec.options)
+    except ValidationError as e:
+        raise ValueError("options: " + "; ".join(f"{'.'.join(str(x) for x in err['loc']) or '(options)'}: "
+                                                 f"{err['msg']}" for err in e.errors())) from None
+    if hasattr(family, "check_options"):
+        family.check_options(cfg, options)
+    return options
+
+
+def references(spec: "ModelSpec") -> list[tuple[str, str]]:
+    """(where, label) of every '@label' value of the spec's config and options: an earlier model's output."""
+    found = []
+    for section in ("config", "options"):
+        for key, value in (getattr(spec, section) or {}).items():
+            if isinstance(value, str) and value.startswith("@"):
+                found.append((f"{section}.{key}", value[1:]))
+    return found
+
+
+def resolve_references(spec: "ModelSpec", out: Path) -> "ModelSpec":
+    """The spec with each '@label' replaced by that model's saved model folder (``out/label/model``)."""
+    def resolve(d):
+        if d is None:
+            return None
+        return {k: (str((out / v[1:] / "model").resolve()) if isinstance(v, str) and v.startswith("@") else v)
+                for k, v in d.items()}
+    return spec.model_copy(update={"config": resolve(spec.config), "options": resolve(spec.options)})
 
 
 def adaptation_steps(spec: ModelSpec) -> list:
@@ -205,6 +255,20 @@ class ExperimentConfig(Strict):
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise ValueError(f"duplicate model label(s) {dup}: each model needs its own label (its folder and row)")
+        return self
+
+    @model_validator(mode="after")
+    def _references_and_data_keys_exist(self):
+        for i, m in enumerate(self.models):
+            trained = [e.label for e in self.models[:i] if e.train is not None]
+            for where, label in references(m):
+                if label not in trained:
+                    raise ValueError(f"models.{i}.{where}: '@{label}' names no earlier trained model of this run "
+                                     f"(earlier trained models: {trained}); a model can use only what was saved before it")
+            for key in ("train_data", "val_data"):
+                value = getattr(m, key)
+                if value is not None and value not in self.data and not (key == "val_data" and value == "none"):
+                    raise ValueError(f"models.{i}.{key}: {value!r} is not a key of data ({sorted(self.data)})")
         return self
 
 
@@ -277,8 +341,8 @@ class ModelFamily(Protocol):
 
     def prepare(self, model: nn.Module, tokenizer: str | None = None) -> Any: ...   # -> the tokenizer
     def image_size(self, model: nn.Module) -> int: ...
-    def objective(self, tokenizer, train_cfg: TrainConfig) -> Any: ...
-    def train_view(self, dataset, transform, tokenizer, seed: int) -> Any: ...
+    def objective(self, tokenizer, train_cfg: TrainConfig, options: Any = None) -> Any: ...
+    def train_view(self, dataset, transform, tokenizer, seed: int, options: Any = None, model: Any = None) -> Any: ...
     def val_view(self, dataset, transform, tokenizer) -> Any: ...
     def save(self, model: nn.Module, directory: Path, tokenizer) -> None: ...
 
@@ -295,11 +359,11 @@ class ClipFamily:
     def image_size(self, model) -> int:
         return model.config.vision.image_size
 
-    def objective(self, tokenizer, train_cfg: TrainConfig):
+    def objective(self, tokenizer, train_cfg: TrainConfig, options=None):
         from .train.objectives import ContrastiveObjective
         return ContrastiveObjective(train_cfg.loss, train_cfg.local_loss)
 
-    def train_view(self, dataset, transform, tokenizer, seed: int):
+    def train_view(self, dataset, transform, tokenizer, seed: int, options=None, model=None):
         from .data import ImageTextView
         return ImageTextView(dataset, transform, tokenizer, caption_mode="random", seed=seed)
 
@@ -353,18 +417,25 @@ def model_family(model_or_config: Any) -> ModelFamily:
     return FAMILIES[name]
 
 
-def _views(cfg, family: ModelFamily, model, tok, datasets, train: TrainConfig):
+def data_keys(cfg: ExperimentConfig, spec: ModelSpec) -> tuple[str, str | None]:
+    """(training data key, validation data key or None) of a model: its own, else the experiment's."""
+    val = spec.val_data if spec.val_data is not None else cfg.val_data
+    return spec.train_data or cfg.train_data, (None if val == "none" else val)
+
+
+def _views(cfg, family: ModelFamily, model, tok, datasets, train: TrainConfig, spec: ModelSpec, options=None):
     from .data.transforms import image_transform
     size = family.image_size(model)          # None: a text-only family, no image transforms
     a = cfg.augment
     train_tf = image_transform(size, train=True, scale=a.random_resized_crop or (1.0, 1.0), hflip=a.hflip,
                                pad_crop=a.pad_crop) if size else None
-    if cfg.train_data not in datasets:
-        raise ValueError(f"train_data {cfg.train_data!r} is not a key of data ({sorted(datasets)})")
-    train_view = family.train_view(datasets[cfg.train_data], train_tf, tok, seed=train.seed)
+    train_key, val_key = data_keys(cfg, spec)
+    if train_key not in datasets:
+        raise ValueError(f"train_data {train_key!r} is not a key of data ({sorted(datasets)})")
+    train_view = family.train_view(datasets[train_key], train_tf, tok, seed=train.seed, options=options, model=model)
     val_view = None
-    if cfg.val_data and cfg.val_data in datasets:
-        val_view = family.val_view(datasets[cfg.val_data], image_transform(size) if size else None, tok)
+    if val_key and val_key in datasets:
+        val_view = family.val_view(datasets[val_key], image_transform(size) if size else None, tok)
     return train_view, val_view
 
 
@@ -381,9 +452,9 @@ def _check_evals(cfg: ExperimentConfig, datasets: dict) -> None:
                 frozen_kinds = sorted(n for n, k in KINDS.items() if k.family == "frozen")
                 raise ValueError(f"models.{i} ({spec.label}): evaluation {e.kind} does not apply to a {family!r} "
                                  f"model; Frozen takes {', '.join(frozen_kinds)}, CLIP-family models the others")
-            if kind.name == "vqa" and e.dataset in datasets and not supports_vqa(datasets[e.dataset]):
-                raise ValueError(f"evaluation vqa: data {e.dataset!r} ({cfg.data[e.dataset].name}) provides no "
-                                 f"questions and answers; datasets that do: {list(VQA_DATASETS)}")
+            if kind.name in ("vqa", "binding") and e.dataset in datasets and not supports_vqa(datasets[e.dataset]):
+                raise ValueError(f"evaluation {kind.name}: data {e.dataset!r} ({cfg.data[e.dataset].name}) provides no "
+                                 f"scenes with questions and answers; datasets that do: {list(VQA_DATASETS)}")
 
 
 def _val_dataset(spec: EvalSpec, datasets: dict, data_specs: dict[str, DatasetSpec] | None):
@@ -401,19 +472,26 @@ def _val_dataset(spec: EvalSpec, datasets: dict, data_specs: dict[str, DatasetSp
 
 def run_eval_spec(spec: EvalSpec, model, datasets: dict, label: str, out_dir: Path, device, num_workers: int = 0,
                   progress: bool = True, data_specs: dict[str, DatasetSpec] | None = None,
-                  random_weights: bool = False):
-    """One configured evaluation, through the same :func:`mmfm.evaluate.evaluate` as `mmfm eval`."""
+                  random_weights: bool = False, seed: int | None = None):
+    """One configured evaluation, through the same :func:`mmfm.evaluate.evaluate` as `mmfm eval`. Kinds that draw
+    (binding episodes) draw from the run's ``seed`` unless their args name one."""
     from .evaluate import evaluate, get_kind
     kind = get_kind(spec.kind)
+    args = dict(spec.args)
+    if seed is not None and kind.run_seed and "seed" not in args:
+        args["seed"] = seed
+    uses_train = kind.needs_train or (kind.uses_train and spec.train_dataset in datasets)
     keys = (spec.dataset,) + ((spec.train_dataset,) if kind.needs_train else ()) + \
         ((spec.val_dataset,) if kind.name == "linear_probe" and spec.val_dataset not in (None, "auto") else ())
     for key in keys:
         if key not in datasets:
             raise ValueError(f"evaluation {spec.kind}: dataset {key!r} is not a key of data ({sorted(datasets)})")
-    train = datasets[spec.train_dataset] if kind.needs_train else None
-    return evaluate(kind, model, datasets[spec.dataset], train, _val_dataset(spec, datasets, data_specs),
-                    label=label, out_dir=out_dir, device=device, num_workers=num_workers, progress=progress,
-                    task=spec.task, random_weights=random_weights, protocol=spec.protocol, **spec.args)
+    train = datasets[spec.train_dataset] if uses_train else None
+    result = evaluate(kind, model, datasets[spec.dataset], train, _val_dataset(spec, datasets, data_specs),
+                      label=label, out_dir=out_dir, device=device, num_workers=num_workers, progress=progress,
+                      task=spec.task, random_weights=random_weights, protocol=spec.protocol, **args)
+    result.config["tag"] = eval_tag(spec)
+    return result
 
 
 def _attach_published(result, spec: ModelSpec, data: DatasetSpec | None, e: EvalSpec, device) -> None:
@@ -421,7 +499,7 @@ def _attach_published(result, spec: ModelSpec, data: DatasetSpec | None, e: Eval
     as they are (no training, no LoRA) on a dataset's test split."""
     from .eval import published_comparison
     if spec.train is not None or adaptation_steps(spec) or data is None or data.args.get("split", "test") != "test" \
-            or e.kind in ("captioning", "vqa"):
+            or e.kind in ("captioning", "vqa", "binding"):
         return
     comp = published_comparison(result, spec.model, spec.pretrained, data.name, protocol_used=e.protocol,
                                 precision=spec.precision, device=str(device))
@@ -431,6 +509,8 @@ def _attach_published(result, spec: ModelSpec, data: DatasetSpec | None, e: Eval
 
 def eval_tag(spec: EvalSpec) -> str:
     """How an evaluation is named in the report's columns, e.g. ``zeroshot[shape]`` or ``retrieval@val``."""
+    if spec.tag:
+        return spec.tag
     return spec.kind + (f"[{spec.task}]" if spec.task else "") + (f"@{spec.dataset}" if spec.dataset != "test" else "")
 
 
@@ -577,13 +657,14 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows, all_results = [], []
     for spec in cfg.models:
+        spec = resolve_references(spec, out)      # '@label' -> that earlier model's saved folder
         mdir = out / spec.label
         what = spec.model or (f"inline {spec.config.get('family', 'clip')} config" if spec.config else "")
         print(f"\n=== {spec.label}: {what} {('(' + spec.pretrained + ')') if spec.pretrained else ''}")
         config, tok = (model_config(spec) if spec.config is not None else spec.model), None
         if spec.config is not None and hasattr(model_family(config), "complete_config"):
             # the family fills in what the data decides (a causal LM's vocabulary size, from its tokenizer)
-            train_key = cfg.train_data
+            train_key = data_keys(cfg, spec)[0]
             if train_key not in datasets:
                 raise ValueError(f"train_data {train_key!r} is not a key of data ({sorted(datasets)})")
             config, tok = model_family(config).complete_config(config, spec.tokenizer, datasets[train_key])
@@ -594,12 +675,15 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
         (model,) = apply_adaptations(model, before, context).values()
         family = model_family(model)
         tok = tok if tok is not None else family.prepare(model, spec.tokenizer)
+        options = family_options(spec)
+        if options is not None and hasattr(family, "initialize"):
+            family.initialize(model, options)     # e.g. Frozen's vision encoder from a CLIP's image tower
         train_result = None
         if spec.train is not None:
             # lock / freeze were translated into adaptation steps and have run: the Trainer does not repeat them
             tcfg = spec.train.model_copy(update={"device": spec.train.device or cfg.device, "lock_image": None,
                                                  "lock_text": None, "freeze": []})
-            train_view, val_view = _views(cfg, family, model, tok, datasets, tcfg)
+            train_view, val_view = _views(cfg, family, model, tok, datasets, tcfg, spec, options)
             during = [e for e in cfg.eval_during_training]
             eval_fn = None
             if during:
@@ -607,12 +691,12 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
                     metrics = {}
                     for e in during:
                         r = run_eval_spec(e, m, datasets, spec.label, mdir / "during", device, progress=False,
-                                          data_specs=cfg.data)
+                                          data_specs=cfg.data, seed=cfg.seed)
                         for k, v in headline(r).items():
                             metrics[f"{e.kind}{'_' + e.task if e.task else ''}_{k}"] = v
                     return metrics
             collate = family.collate(tok) if hasattr(family, "collate") else None
-            train_result = Trainer(model, train_view, tcfg, mdir, objective=family.objective(tok, tcfg),
+            train_result = Trainer(model, train_view, tcfg, mdir, objective=family.objective(tok, tcfg, options),
                                    val_data=val_view, eval_fn=eval_fn, collate_fn=collate).fit()
             if not _is_main_process():
                 continue   # under torchrun, rank 0 alone evaluates and writes the reports
@@ -630,7 +714,8 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
             with timer() as eval_time:
                 for e in evals:
                     results.append(run_eval_spec(e, variant, datasets, label, mdir / f"eval{suffix}", device,
-                                                 cfg.num_workers, data_specs=cfg.data, random_weights=random_weights))
+                                                 cfg.num_workers, data_specs=cfg.data, random_weights=random_weights,
+                                                 seed=cfg.seed))
                     _attach_published(results[-1], spec, cfg.data.get(e.dataset), e, device)
             all_results += results
             metrics = {f"{eval_tag(e)} {k}": v for e, r in zip(evals, results) for k, v in headline(r).items()}

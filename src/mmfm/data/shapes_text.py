@@ -29,13 +29,11 @@ from .shapes import Shapes, ShapeScene, questions
 
 VQA_TEMPLATE = "Q: {} A:"
 # How a binding episode is written: (statement naming a thing, question about a new thing). "paper" is
-# Tsimpoukelli et al.'s wording. In it the answer is 6 tokens after the query and the new word 4 after the
-# thing it names, so the LM has to match the query with an earlier thing across a template (a fuzzy,
-# offset look-up): a 2-layer LM trained on this corpus on CPU does not learn that (chance after 4,000 steps,
-# also with the descriptions as text). "direct" puts the new word right after the thing and ends the query
-# with the thing, which is the plain look-up an induction head does ("what followed this last time?"): the
-# same LM can learn it (text-only binding 0.98-1.00), though the step at which it does varies from run to
-# run (2,000 in one, not by 12,000 in another). The demo uses "direct".
+# Tsimpoukelli et al.'s wording: the answer comes 6 tokens after the query and the new word 4 after the thing
+# it names, so the LM has to match the query with an earlier thing across a template (a fuzzy, offset
+# look-up). "direct" puts the new word right after the thing and ends the query with the thing: the plain
+# look-up an induction head does ("what followed this last time?"). What a small LM learns of each:
+# experiments/frozen_shapes/README.md.
 BINDING_TEMPLATES = {"paper": ("This is a {}.", "Q: What is this? A:"), "direct": ("{}.", "")}
 
 

@@ -28,7 +28,6 @@ from ..checkpoints.language_model import (build_language_model, check_lm_config,
                                           language_model_config, resolve_pretrained)
 from ..data.shapes_text import TextCorpus
 from ..models.causal_lm import init_sinusoidal_positions  # noqa: F401
-from ..train.config import TrainConfig
 from ..train.objectives import Objective
 from ..util.hf import quiet_transformers  # noqa: F401  (the Frozen modules import it from here)
 
@@ -44,11 +43,11 @@ def load_tokenizer(identifier: str):
 
 
 # ------------------------------------------------------------------------------------------
-# Training a small LM from text (the demonstration's stand-in for a pretrained GPT-2).
+# Training a small LM from text (the Frozen experiment's stand-in for a pretrained GPT-2).
 def train_word_tokenizer(texts: Sequence[str], out_dir: str | Path | None = None):
     """A word-level tokenizer (words and punctuation marks are tokens) with pad/unk/eos.
 
-    Word-level keeps the demo's vocabulary to a few hundred entries, so a tiny LM can learn every word.
+    Word-level keeps the Frozen experiment's vocabulary to a few hundred entries, so a tiny LM can learn every word.
     Case is kept: the article "a" and the answer marker "A:" stay different tokens.
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -194,13 +193,13 @@ class CausalLMFamily:
     def image_size(self, model) -> None:
         return None      # text only: no image transform
 
-    def objective(self, tokenizer: LMTokenizer, train_cfg):
+    def objective(self, tokenizer: LMTokenizer, train_cfg, options=None):
         return CausalLMObjective()
 
     def collate(self, tokenizer: LMTokenizer):
         return pad_documents(tokenizer.pad_id)
 
-    def train_view(self, dataset, transform, tokenizer: LMTokenizer, seed: int):
+    def train_view(self, dataset, transform, tokenizer: LMTokenizer, seed: int, options=None, model=None):
         return DocumentStream(tokenizer.encode_documents(dataset.texts), seed)
 
     def val_view(self, dataset, transform, tokenizer: LMTokenizer):
@@ -210,31 +209,3 @@ class CausalLMFamily:
         with quiet_transformers():
             model.lm.save_pretrained(str(Path(directory) / "model"))
             tokenizer.hf.save_pretrained(str(Path(directory) / "model"))
-
-
-def train_text_lm(texts: Sequence[str], tokenizer, lm_cfg: dict[str, Any], out_dir: str | Path, *,
-                  steps: int = 1000, batch_size: int = 64, lr: float = 3e-3, warmup: int = 50, seed: int = 0,
-                  sinusoidal_positions: bool = False, progress: bool = False, log_every: int = 100):
-    """Train a causal LM from scratch on ``texts`` with the Trainer, as ``mmfm run``'s ``causal_lm`` family does
-    (the recipe of the small LMs here: AdamW on every parameter, eps 1e-8, weight decay 0.01, the warmup ramp
-    times one cosine over all steps, gradients clipped at 1); save it and ``tokenizer`` to ``out_dir``.
-    Returns (model in eval mode, the Trainer's result). The Trainer's files go to ``out_dir/train``."""
-    from ..models.causal_lm import CausalLM, CausalLMConfig
-    from ..train import TrainConfig, Trainer
-    torch.manual_seed(seed)
-    model = CausalLM(CausalLMConfig(lm=dict(lm_cfg), sinusoidal_positions=sinusoidal_positions))
-    tok = LMTokenizer(tokenizer, int(lm_cfg.get("n_positions", 128)))
-    family = CausalLMFamily()
-    cfg = TEXT_LM_RECIPE.model_copy(update=dict(max_steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
-                                                seed=seed, progress=progress, log_every=log_every))
-    result = Trainer(model, family.train_view(TextCorpus(texts), None, tok, seed), cfg, Path(out_dir) / "train",
-                     objective=family.objective(tok, cfg), collate_fn=family.collate(tok)).fit()
-    with quiet_transformers():
-        model.lm.save_pretrained(str(out_dir))
-        tokenizer.save_pretrained(str(out_dir))
-    return model.eval(), result
-
-
-#: How the small text LMs here are trained (``train:`` of a causal_lm model in run configs says the same).
-TEXT_LM_RECIPE = TrainConfig(weight_decay=0.01, weight_decay_on="all", eps=1e-8, schedule="cosine_whole",
-                             grad_clip=1.0, device="cpu", tensorboard=False, resume=False, keep_last=1)

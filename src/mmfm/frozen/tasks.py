@@ -1,4 +1,5 @@
-"""Frozen on ``shapes``: a captioning(+VQA) training view and the three evaluations of the demonstration.
+"""Frozen on ``shapes``: a captioning(+VQA) training view and the evaluations behind the ``vqa`` and ``binding``
+kinds (:mod:`.evals`), as run by experiments/frozen_shapes.
 
 * ``evaluate_captioning``: greedy captions of held-out images, BLEU-1..4 / CIDEr-D against all their captions;
 * ``evaluate_vqa``: open-ended answers to attribute questions (shape, colour), VQAv2 accuracy, next to
