@@ -6,7 +6,7 @@ difference only where the gap between two means exceeds the sum of their standar
 
     python benchmarks/seeds.py configs/quickstart.yaml --seeds 0 1 2 --out runs/quickstart_seeds \\
         --json benchmarks/results/quickstart_seeds.json                 # ~4-6 min per seed at 1 thread
-    python benchmarks/seeds.py configs/frozen_shapes.yaml --seeds 0 1 2 --out runs/frozen_seeds \\
+    python benchmarks/seeds.py experiments/frozen_shapes/config.yaml --seeds 0 1 2 --out runs/frozen_seeds \\
         --json benchmarks/results/frozen_seeds.json                     # ~8-10 min per seed at 1 thread
 
 Expected on this project's 2-core machine (1 thread; benchmarks/results/*_seeds.json, README): quickstart
@@ -15,14 +15,12 @@ zero-shot shape 94.6 +- 1.1%, colour 99.8 +- 0.2%, image->text R@1 44.4 +- 7.9%;
 
 Each seed is a fresh process, literally ``mmfm run CONFIG --out OUT/seed<N> --set ...`` (printed), so a
 seed's figures are what that command gives on its own; nothing is shared between seeds in memory. What a
-seed changes:
-
-- an experiment config (quickstart, digits, ...): the weight initialisation (``seed``), the order and
-  augmentation of training samples (``models.<i>.train.seed``) and, for datasets that take a seed
-  (``shapes``), the training images (``data.<train_data>.args.seed``). Validation and test sets stay
-  fixed, so every seed is scored on the same images.
-- the Frozen demo (``frozen_demo:``): ``seed``, which draws everything: the LM's corpus and
-  initialisation, training and test images, binding episodes.
+seed changes: the weight initialisation and what the run draws (``seed``), the order and augmentation of
+training samples (``models.<i>.train.seed``), for ``shapes`` training data the training images
+(``data.<train_data>.args.seed``), and every dataset whose ``args`` name a ``seed`` in the config. So the
+quickstart's validation and test sets stay fixed (every seed is scored on the same images), while the Frozen
+experiment, whose datasets all name their seed, draws everything per seed: the LM's corpus and
+initialisation, training and test images, binding episodes.
 
 A seed whose folder already holds a result made from the same resolved config is reused, not rerun
 (delete the folder to rerun it); a folder started with another config is refused (exit 2). Writes OUT/aggregate.json and OUT/aggregate.md (and --json PATH).
@@ -84,41 +82,28 @@ def aggregate(per_seed: dict[int, dict[str, float]]) -> dict[str, dict[str, Any]
 
 
 # -- what a seed changes -------------------------------------------------------------------------
-def is_frozen_demo(raw: dict[str, Any]) -> bool:
-    return isinstance(raw, dict) and "frozen_demo" in raw
-
-
 def seed_overrides(raw: dict[str, Any], seed: int) -> list[str]:
     """The ``--set`` assignments that give one seed of a config (see the module docstring)."""
-    if is_frozen_demo(raw):
-        return [f"seed={seed}"]
     sets = [f"seed={seed}"]
     for i, m in enumerate(raw.get("models", [])):
         if m.get("train") is not None:
             sets.append(f"models.{i}.train.seed={seed}")
     train_key = raw.get("train_data", "train")
-    spec = raw.get("data", {}).get(train_key)
-    if spec is not None and spec.get("name") == "shapes":
-        sets.append(f"data.{train_key}.args.seed={seed}")
+    for key, spec in (raw.get("data") or {}).items():
+        args = (spec or {}).get("args") or {}
+        if "seed" in args or (key == train_key and spec.get("name") == "shapes"):
+            sets.append(f"data.{key}.args.seed={seed}")
     return sets
 
 
 def resolved_config(config: Path, sets: list[str]) -> dict[str, Any]:
     """The validated config a seed runs with, as JSON data (what decides whether a stored seed is reusable)."""
-    raw = yaml.safe_load(config.read_text())
-    if is_frozen_demo(raw):
-        from mmfm.frozen.demo import load_demo_config
-        return load_demo_config(config, sets).model_dump(mode="json")
     from mmfm.experiment import load_experiment
     return load_experiment(config, sets).model_dump(mode="json")
 
 
-def stored_result(seed_dir: Path, frozen: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def stored_result(seed_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(the result JSON or None, the resolved config the folder's run was started with or None)."""
-    if frozen:
-        path = seed_dir / "results.json"
-        result = json.loads(path.read_text()) if path.is_file() else None
-        return result, (result or {}).get("config")
     path, cfg = seed_dir / "report.json", seed_dir / "config.resolved.yaml"
     return (json.loads(path.read_text()) if path.is_file() else None,
             yaml.safe_load(cfg.read_text()) if cfg.is_file() else None)
@@ -128,22 +113,29 @@ class ForeignSeedDir(ValueError):
     """A seed's folder holds a run of another config (rerunning there would mix or overwrite it)."""
 
 
-def headline(result: dict[str, Any], frozen: bool) -> dict[str, float]:
-    """The figures worth aggregating: accuracies and measurements, flattened."""
-    if frozen:
-        keep = ("captioning", "captioning_blind_baseline", "vqa", "binding", "text_only_lm")
-        flat = flatten({k: result[k] for k in keep if k in result})
-        m = result.get("measurements", {})
-        flat.update(flatten({"time_s": {"text_lm": m.get("text_lm", {}).get("train_time_s"),
-                                        "frozen_train": m.get("frozen_train", {}).get("train_time_s"),
-                                        "total": m.get("total_time_s")}}))
-        return flat
+#: the figures of the generative evaluations beyond their headline: baselines, per question, binding's others
+GENERATIVE_FIGURES = ("metrics", "accuracy", "majority_baseline", "per_question", "per_question_majority_baseline",
+                      "open_ended_accuracy", "forced_choice_accuracy", "answered_a_new_word", "chance", "n_episodes",
+                      "num_images", "num_questions")
+
+
+def headline(result: dict[str, Any]) -> dict[str, float]:
+    """The figures worth aggregating: each row's headline metrics, training time and loss, and every figure of
+    its captioning / vqa / binding evaluations (with the blind-caption baseline), flattened."""
     flat: dict[str, float] = {}
     for row in result["models"]:
         flat.update(flatten(row.get("metrics", {}), f"{row['label']}/"))
         train = row.get("train") or {}
         flat.update(flatten({"train_s": train.get("wall_time_s"), "final_loss": train.get("final_loss")},
                             f"{row['label']}/"))
+        for e in row.get("evaluations") or []:
+            if e.get("kind") in ("captioning", "vqa", "binding"):
+                tag = (e.get("config") or {}).get("tag", e["kind"])
+                figures = {k: e[k] for k in GENERATIVE_FIGURES if k in e}
+                blind = (e.get("config") or {}).get("blind_baseline")
+                if blind:
+                    figures["blind_baseline"] = blind
+                flat.update(flatten(figures, f"{row['label']}/{tag}/"))
     return flat
 
 
@@ -154,10 +146,10 @@ def run_seed(config: Path, seed: int, out: Path, threads: int) -> tuple[dict[str
     checkpoint, which gives the weights of an uninterrupted run. A folder started with another config is
     refused: the trainer would resume from its checkpoints, and its results would be overwritten."""
     raw = yaml.safe_load(config.read_text())
-    frozen, sets = is_frozen_demo(raw), seed_overrides(raw, seed)
+    sets = seed_overrides(raw, seed)
     seed_dir = out / f"seed{seed}"
     want = resolved_config(config, sets)
-    result, made_from = stored_result(seed_dir, frozen)
+    result, made_from = stored_result(seed_dir)
     if made_from is not None and made_from != want:
         raise ForeignSeedDir(f"{seed_dir} holds a run of another config than {config} with seed {seed}; "
                              f"delete that folder or give another --out")
@@ -169,17 +161,15 @@ def run_seed(config: Path, seed: int, out: Path, threads: int) -> tuple[dict[str
     print("$ " + " ".join(cmd), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     subprocess.run(cmd, check=True, env=env)
-    result, made_from = stored_result(seed_dir, frozen)
+    result, made_from = stored_result(seed_dir)
     if result is None or made_from != want:
         raise RuntimeError(f"seed {seed}: {seed_dir} holds no result made from the expected config after the run")
     return result, False
 
 
 def summarise(config: Path, seeds: list[int], results: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    frozen = is_frozen_demo(yaml.safe_load(config.read_text()))
-    per_seed = {s: headline(r, frozen) for s, r in results.items()}
+    per_seed = {s: headline(r) for s, r in results.items()}
     return {"config": str(config), "seeds": seeds, "statistic": "mean and sample std (n-1) over seeds",
-            "frozen_demo": frozen,
             "seed_overrides": {s: seed_overrides(yaml.safe_load(config.read_text()), s) for s in seeds},
             "aggregate": aggregate(per_seed), "per_seed": per_seed}
 
@@ -189,8 +179,8 @@ def markdown(summary: dict[str, Any]) -> str:
     agg = summary["aggregate"]
     rows = []
     for key, s in agg.items():
-        # experiment metrics are fractions, shown in % as in report.md; the Frozen demo's keep their own scale
-        fraction = not summary["frozen_demo"] and 0.0 <= s["min"] and s["max"] <= 1.0 and "loss" not in key
+        # fractions are shown in % as in report.md (counts, losses and times keep their own scale)
+        fraction = 0.0 <= s["min"] and s["max"] <= 1.0 and "loss" not in key and not key.endswith("_s")
         scale = 100.0 if fraction else 1.0
         rows.append([key + (" (%)" if fraction else ""), fmt(s, scale, 2 if not fraction else 1),
                      ", ".join(f"{scale * v:.4g}" for v in s["values"])])

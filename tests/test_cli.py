@@ -246,20 +246,18 @@ def test_eval_fewshot_method_shots_and_seeds(tmp_path, capsys):
     assert "only apply to `mmfm eval fewshot`" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("section", ["frozen_demo", "experiment"])
-def test_run_overrides_share_one_parser_and_name_the_bad_key(tmp_path, capsys, section):
-    """`mmfm run --set` parses experiments and the Frozen demo alike: a bad value names its key, a missing
-    '=' names the assignment; both exit 2 before anything runs."""
+def test_run_overrides_name_the_bad_key(tmp_path, capsys):
+    """`mmfm run --set`: a bad value names its key, a missing '=' names the assignment; both exit 2 before
+    anything runs. A config of the retired Frozen demo schema (`frozen_demo:`) is refused by its key."""
     config = tmp_path / "c.yaml"
-    if section == "frozen_demo":
-        config.write_text("frozen_demo:\n  name: tiny\n")
-        key = "frozen_demo.frozen.steps"
-    else:
-        config.write_text("name: tiny\nseed: 0\nmodels: []\n")
-        key = "seed"
+    config.write_text("name: tiny\nseed: 0\nmodels: []\n")
+    key = "seed"
     assert main(["run", str(config), "--out", str(tmp_path / "out"), "--set", f"{key}=many"]) == 2
     err = capsys.readouterr().err
-    assert key.removeprefix("frozen_demo.") in err
+    assert key in err
     assert main(["run", str(config), "--out", str(tmp_path / "out"), "--set", key]) == 2
     assert f"override {key!r} is not KEY=VALUE" in capsys.readouterr().err
+    config.write_text("frozen_demo:\n  name: tiny\n")
+    assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
+    assert "unknown key 'frozen_demo'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -93,14 +93,15 @@ def test_benchmark_linear_probe_uses_the_official_val_split_both_ways(tmp_path, 
 
 def test_registry_names_function_result_type_and_spellings():
     from mmfm.eval.generation_results import CaptioningResult, VQAResult
-    from mmfm.frozen.evals import captioning, vqa
+    from mmfm.frozen.evals import BindingResult, binding, captioning, vqa
     result_types = {"zeroshot": ZeroShotResult, "linear_probe": LinearProbeResult, "fewshot": FewShotResult,
-                    "retrieval": RetrievalResult, "captioning": CaptioningResult, "vqa": VQAResult}
+                    "retrieval": RetrievalResult, "captioning": CaptioningResult, "vqa": VQAResult,
+                    "binding": BindingResult}
     assert set(KINDS) == set(result_types)
     assert {name: kind.function for name, kind in KINDS.items()} == {
         "zeroshot": zero_shot, "linear_probe": linear_probe, "fewshot": few_shot, "retrieval": retrieval,
-        "captioning": captioning, "vqa": vqa}
-    assert {name for name, kind in KINDS.items() if kind.family == "frozen"} == {"captioning", "vqa"}
+        "captioning": captioning, "vqa": vqa, "binding": binding}
+    assert {name for name, kind in KINDS.items() if kind.family == "frozen"} == {"captioning", "vqa", "binding"}
     for name, kind in KINDS.items():
         assert kind.result_type is result_types[name] and kind.result_type.kind == name
         for spelling in kind.cli_names:

@@ -74,13 +74,12 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert "Measurements" in report and "tiny" in report
 
 
-@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parents[1].glob("configs/*.yaml")),
-                         ids=lambda p: p.name)
+_ROOT = __import__("pathlib").Path(__file__).parents[1]
+
+
+@pytest.mark.parametrize("path", sorted([*_ROOT.glob("configs/*.yaml"), *_ROOT.glob("experiments/*/*.yaml")]),
+                         ids=lambda p: str(p.relative_to(_ROOT)))
 def test_bundled_configs_validate(path):
-    if "frozen_demo" in yaml.safe_load(path.read_text()):
-        from mmfm.frozen.demo import load_demo_config
-        load_demo_config(path)
-        return
     cfg = load_experiment(path)
     from mmfm.models import get_model_config
     for m in cfg.models:
@@ -326,3 +325,28 @@ def test_run_folders_written_before_adapt_existed_still_resume(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "config.resolved.yaml").write_text(yaml.safe_dump(old))
     check_run_folder(loaded, tmp_path / "out")          # no "holds another experiment"
+
+
+def test_model_families_are_a_registry_lookup_by_config_family(monkeypatch):
+    from mmfm.api import create_model
+    from mmfm.experiment import FAMILIES, ClipFamily, model_family, register_family
+    from mmfm.frozen.family import FrozenFamily
+    from mmfm.models import get_model_config
+    clip = create_model("RN-S-64")
+    assert isinstance(model_family(clip), ClipFamily)
+    assert isinstance(model_family(get_model_config("RN-S-64")), ClipFamily)     # a config answers too
+
+    class Mine(ClipFamily):
+        name = "mine"
+    monkeypatch.setitem(FAMILIES, "clip", FAMILIES["clip"])   # restored after the test
+    mine = Mine()
+    with pytest.raises(ValueError, match="already registered"):
+        register_family("clip", mine)
+    register_family("clip", mine, overwrite=True)
+    assert model_family(clip) is mine
+    assert isinstance(FAMILIES["frozen"], FrozenFamily)
+
+    class Unknown:
+        family = "no-such-family"
+    with pytest.raises(ValueError, match="no runner family.*registered"):
+        model_family(Unknown())

@@ -33,25 +33,6 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from pathlib import Path
-
-    import yaml
-    path = Path(args.config)
-    raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-    if isinstance(raw, dict) and "frozen_demo" in raw:
-        # The Frozen demonstration has its own pipeline (text-only LM first, then Frozen on top).
-        from .frozen.demo import load_demo_config, run_demo
-        cfg = load_demo_config(path, args.set or [])
-        if getattr(args, "threads", None):        # the command line wins over the config's threads
-            cfg = cfg.model_copy(update={"threads": args.threads})
-        from .experiment import run_lock
-        out = Path(args.out) if args.out else Path("runs") / cfg.name
-        out.mkdir(parents=True, exist_ok=True)
-        # The demo retrains from scratch into its folder (nothing is resumed, so a rerun reports itself),
-        # but two runs at once on one folder would interleave: the same lock as every `mmfm run`.
-        with run_lock(out):
-            run_demo(out, cfg, progress=True)
-        return 0
     from .experiment import run_experiment
     existing = "resume" if args.resume else "overwrite" if args.overwrite else "refuse"
     run_experiment(args.config, out_dir=args.out, overrides=args.set or [], existing=existing)

@@ -12,8 +12,8 @@ This module sits above both :mod:`mmfm.eval` (zero-shot, linear probe, retrieval
 (the few-shot evaluation, whose methods are adaptations, and the adapter loading), which is why the table
 lives here and not in either. The numbers that go into comparison tables are each result type's own
 ``headline()`` (:func:`mmfm.eval.headline`), so reports need nothing from here. Each kind names the model
-family it evaluates: the embedding kinds CLIP-family models, ``captioning`` / ``vqa`` (:mod:`mmfm.frozen.evals`)
-Frozen models; :func:`evaluate` refuses the wrong one by name.
+family it evaluates: the embedding kinds CLIP-family models, ``captioning`` / ``vqa`` / ``binding``
+(:mod:`mmfm.frozen.evals`) Frozen models; :func:`evaluate` refuses the wrong one by name.
 
     from mmfm.evaluate import evaluate, run_eval
     r = evaluate("zeroshot", model, get_dataset("shapes", split="test"), task="color")
@@ -40,7 +40,7 @@ from .eval.report import write_report
 from .eval.results import EvalResult, FewShotResult, LinearProbeResult, RetrievalResult, ZeroShotResult
 from .eval.retrieval import retrieval
 from .eval.zero_shot import zero_shot
-from .frozen.evals import captioning, vqa
+from .frozen.evals import BindingResult, binding, captioning, vqa
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ class EvalKind:
     cli_names: tuple[str, ...]      # spellings `mmfm eval` accepts; the first is shown in --help
     needs_train: bool               # fitted on a training split (linear probe, few-shot)
     family: str = "clip"            # the models it evaluates: "clip" (embeddings: CLIP, LoRA, hybrids) or "frozen" (text)
+    uses_train: bool = False        # takes the training split when there is one (for a baseline), without being fitted
+    run_seed: bool = False          # draws (episodes) from `mmfm run`'s seed unless its args name a seed
 
 
 KINDS: dict[str, EvalKind] = {k.name: k for k in (
@@ -58,8 +60,10 @@ KINDS: dict[str, EvalKind] = {k.name: k for k in (
     EvalKind("linear_probe", linear_probe, LinearProbeResult, ("linear-probe", "linear_probe", "linearprobe"), True),
     EvalKind("fewshot", few_shot, FewShotResult, ("fewshot", "few-shot", "few_shot"), True),
     EvalKind("retrieval", retrieval, RetrievalResult, ("retrieval",), False),
-    EvalKind("captioning", captioning, CaptioningResult, ("captioning", "caption"), False, family="frozen"),
-    EvalKind("vqa", vqa, VQAResult, ("vqa",), False, family="frozen"),
+    EvalKind("captioning", captioning, CaptioningResult, ("captioning", "caption"), False, family="frozen",
+             uses_train=True),
+    EvalKind("vqa", vqa, VQAResult, ("vqa",), False, family="frozen", uses_train=True),
+    EvalKind("binding", binding, BindingResult, ("binding",), False, family="frozen", run_seed=True),
 )}
 
 #: every accepted spelling -> canonical kind name
@@ -137,6 +141,8 @@ def evaluate(kind: str | EvalKind, model, test, train=None, val=None, *, label: 
                                   progress=progress, task=task).items() if n in accepted}
     call.update(args)
     if not k.needs_train:
+        if k.uses_train and train is not None:
+            call["train_dataset"] = train
         result = fn(model, test, **call)
     else:
         if train is None:

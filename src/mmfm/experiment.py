@@ -50,6 +50,8 @@ class EvalSpec(Strict):
                                     "the official val split of flowers102/dtd (as `mmfm eval`), else carved from "
                                     "train; null = always carve")
     task: str | None = Field(None, description="zero-shot task, e.g. shape / color for shapes")
+    tag: str | None = Field(None, description="the evaluation's name in the report's columns (default kind[task]@dataset); "
+                                              "needed to tell apart two evaluations of one kind, e.g. 'vqa text-only'")
     protocol: Literal["clip_paper", "clip_benchmark"] = Field(
         "clip_paper", description="clip_benchmark: open_clip's published protocol (raw CIFAR-100 names, AdamW "
                                   "linear probe on normalised embeddings), as `mmfm eval --protocol`")
@@ -66,6 +68,10 @@ class EvalSpec(Strict):
         return ALIASES[v]
 
 
+#: the config families CLIP's evaluations and adaptations apply to
+CLIP_FAMILIES = ("clip", "hybrid")
+
+
 class ModelSpec(Strict):
     label: str = Field(description="the model's name in reports and its folder under the run folder")
     model: str | None = Field(None, description="registered model config (`mmfm models`)")
@@ -73,13 +79,21 @@ class ModelSpec(Strict):
                                           "frozen, ...; e.g. Frozen's vision, pretrained_lm, prefix_length); with "
                                           "`model`, fields replacing the registered config's")
     tokenizer: str | None = Field(None, description="Frozen: the LM's tokenizer (directory or hub id); default the "
-                                  "config's tokenizer, else its pretrained_lm")
+                                  "config's tokenizer, else its pretrained_lm. causal_lm: 'word-level' (trained on "
+                                  "the training corpus) or a tokenizer directory / hub id")
     pretrained: str | None = None
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     lora: str | dict[str, Any] | None = Field(None, description="LoRA preset name, or apply_lora options {preset, r, "
                                               "alpha, ...}; sugar for `adapt: [{method: lora, ...}]`")
     adapt: list[dict[str, Any]] | None = Field(None, description="adaptation steps in order, each {method: NAME, "
                                                "...options}: lora, lock, freeze, wise_ft, ... (mmfm.adapt.ADAPTATIONS)")
+    options: dict[str, Any] | None = Field(None, description="the family's own options (Frozen: vision_init, "
+                                           "prefix_weight, prefix_targets, vqa_fraction: mmfm.frozen.family."
+                                           "FrozenOptions); '@label' as a value names an earlier model's saved model")
+    train_data: str | None = Field(None, description="key of `data` this model trains on (default: the experiment's "
+                                   "train_data)")
+    val_data: str | None = Field(None, description="key of `data` it is validated on (default: the experiment's "
+                                 "val_data; 'none': no validation)")
     train: TrainConfig | None = None
     evals: list[EvalSpec] | None = Field(None, description="evaluations for this model (default: the experiment's)")
 
@@ -109,23 +123,69 @@ class ModelSpec(Strict):
             raise ValueError("lora: give LoRA either as `lora:` or as a step of `adapt:` ({method: lora, ...}), "
                              "not both")
         if self.config is None and self.tokenizer is None and self.lora is None and self.adapt is None \
+                and self.options is None \
                 and (self.train is None or (self.train.lock_image is None and self.train.lock_text is None)):
             return self
         cfg = model_config(self)
-        frozen = getattr(cfg, "family", None) == "frozen"
+        family = getattr(cfg, "family", "clip")
+        frozen = family not in CLIP_FAMILIES      # Frozen, causal_lm: text-generating models
         if self.lora is not None and frozen:
-            raise ValueError("lora: LoRA applies to CLIP-family models; Frozen trains its vision side only (remove `lora`)")
+            raise ValueError(f"lora: LoRA applies to CLIP-family models, not {family!r} ones (remove `lora`)")
         if self.tokenizer is not None and cfg is not None and not frozen:
-            raise ValueError("tokenizer: only Frozen models take a `tokenizer` (CLIP-family models bring their own)")
+            raise ValueError("tokenizer: only Frozen and causal_lm models take a `tokenizer` (CLIP-family models "
+                             "bring their own)")
+        if family == "causal_lm" and self.tokenizer is None:
+            raise ValueError("tokenizer: a causal_lm model needs one: 'word-level' (trained on the training corpus) "
+                             "or a tokenizer directory / hub id")
         steps = adaptation_steps(self)           # `lora:` and train's lock/freeze, as the steps they stand for
         clip_only = [s.method for s in steps if s.adaptation.clip_only]
         if clip_only and frozen:
             raise ValueError(f"adapt: {', '.join(clip_only)} (from `adapt:` or train's lock_image/lock_text) applies "
-                             f"to CLIP-family models, not Frozen (remove it)")
+                             f"to CLIP-family models, not {family!r} ones (remove it)")
         after = [s.method for s in steps if s.adaptation.when == "after_training"]
         if after and self.train is None:
             raise ValueError(f"adapt: {', '.join(after)} runs after training; add `train:` or remove it")
+        family_options(self, cfg)
         return self
+
+
+def family_options(spec: "ModelSpec", cfg=None):
+    """The spec's ``options:`` validated by its family's ``Options`` (None when it gives none)."""
+    if spec.options is None:
+        return None
+    cfg = cfg if cfg is not None else model_config(spec)
+    family = model_family(cfg) if cfg is not None else None
+    options_cls = getattr(family, "Options", None)
+    if options_cls is None:
+        raise ValueError(f"options: the {family_of_config(cfg)!r} family takes no options (remove `options`)")
+    try:
+        options = options_cls.model_validate(spec.options)
+    except ValidationError as e:
+        raise ValueError("options: " + "; ".join(f"{'.'.join(str(x) for x in err['loc']) or '(options)'}: "
+                                                 f"{err['msg']}" for err in e.errors())) from None
+    if hasattr(family, "check_options"):
+        family.check_options(cfg, options)
+    return options
+
+
+def references(spec: "ModelSpec") -> list[tuple[str, str]]:
+    """(where, label) of every '@label' value of the spec's config and options: an earlier model's output."""
+    found = []
+    for section in ("config", "options"):
+        for key, value in (getattr(spec, section) or {}).items():
+            if isinstance(value, str) and value.startswith("@"):
+                found.append((f"{section}.{key}", value[1:]))
+    return found
+
+
+def resolve_references(spec: "ModelSpec", out: Path) -> "ModelSpec":
+    """The spec with each '@label' replaced by that model's saved model folder (``out/label/model``)."""
+    def resolve(d):
+        if d is None:
+            return None
+        return {k: (str((out / v[1:] / "model").resolve()) if isinstance(v, str) and v.startswith("@") else v)
+                for k, v in d.items()}
+    return spec.model_copy(update={"config": resolve(spec.config), "options": resolve(spec.options)})
 
 
 def adaptation_steps(spec: ModelSpec) -> list:
@@ -197,6 +257,20 @@ class ExperimentConfig(Strict):
             raise ValueError(f"duplicate model label(s) {dup}: each model needs its own label (its folder and row)")
         return self
 
+    @model_validator(mode="after")
+    def _references_and_data_keys_exist(self):
+        for i, m in enumerate(self.models):
+            trained = [e.label for e in self.models[:i] if e.train is not None]
+            for where, label in references(m):
+                if label not in trained:
+                    raise ValueError(f"models.{i}.{where}: '@{label}' names no earlier trained model of this run "
+                                     f"(earlier trained models: {trained}); a model can use only what was saved before it")
+            for key in ("train_data", "val_data"):
+                value = getattr(m, key)
+                if value is not None and value not in self.data and not (key == "val_data" and value == "none"):
+                    raise ValueError(f"models.{i}.{key}: {value!r} is not a key of data ({sorted(self.data)})")
+        return self
+
 
 def _explain(e: ValidationError, where: str) -> str:
     lines = []
@@ -259,15 +333,16 @@ def _build_datasets(cfg: ExperimentConfig):
 
 
 class ModelFamily(Protocol):
-    """What the runner asks of a model's family; the Trainer knows none of it. CLIP-family models (CLIP, LoRA,
-    hybrids, LiT) answer with :class:`ClipFamily`, Frozen with :class:`mmfm.frozen.family.FrozenFamily`."""
+    """What the runner asks of a model's family; the Trainer knows none of it. Families are registered by
+    their config's ``family`` name (:func:`register_family`): CLIP-family models (CLIP, LoRA, hybrids, LiT)
+    answer with :class:`ClipFamily`, Frozen with :class:`mmfm.frozen.family.FrozenFamily`."""
 
     name: str
 
     def prepare(self, model: nn.Module, tokenizer: str | None = None) -> Any: ...   # -> the tokenizer
     def image_size(self, model: nn.Module) -> int: ...
-    def objective(self, tokenizer, train_cfg: TrainConfig) -> Any: ...
-    def train_view(self, dataset, transform, tokenizer, seed: int) -> Any: ...
+    def objective(self, tokenizer, train_cfg: TrainConfig, options: Any = None) -> Any: ...
+    def train_view(self, dataset, transform, tokenizer, seed: int, options: Any = None, model: Any = None) -> Any: ...
     def val_view(self, dataset, transform, tokenizer) -> Any: ...
     def save(self, model: nn.Module, directory: Path, tokenizer) -> None: ...
 
@@ -284,11 +359,11 @@ class ClipFamily:
     def image_size(self, model) -> int:
         return model.config.vision.image_size
 
-    def objective(self, tokenizer, train_cfg: TrainConfig):
+    def objective(self, tokenizer, train_cfg: TrainConfig, options=None):
         from .train.objectives import ContrastiveObjective
         return ContrastiveObjective(train_cfg.loss, train_cfg.local_loss)
 
-    def train_view(self, dataset, transform, tokenizer, seed: int):
+    def train_view(self, dataset, transform, tokenizer, seed: int, options=None, model=None):
         from .data import ImageTextView
         return ImageTextView(dataset, transform, tokenizer, caption_mode="random", seed=seed)
 
@@ -306,40 +381,80 @@ class ClipFamily:
             save_pretrained(model, directory / "model")
 
 
-def model_family(model: nn.Module) -> ModelFamily:
-    from .frozen.family import FrozenFamily, is_frozen
-    return FrozenFamily() if is_frozen(model) else ClipFamily()
+#: config ``family`` name -> the runner's family for it. A new family is one ``register_family`` call.
+FAMILIES: dict[str, ModelFamily] = {}
 
 
-def _views(cfg, family: ModelFamily, model, tok, datasets, train: TrainConfig):
+def register_family(config_family: str, family: ModelFamily, *, overwrite: bool = False) -> None:
+    """Make models whose config says ``family: config_family`` train and save through ``family``."""
+    if config_family in FAMILIES and not overwrite and FAMILIES[config_family] is not family:
+        raise ValueError(f"model family {config_family!r} is already registered (pass overwrite=True to replace it)")
+    FAMILIES[config_family] = family
+
+
+def _register_builtin_families() -> None:
+    # the families above this module's layer register here (experiment may import them; they may not import it)
+    from .frozen.family import FrozenFamily
+    from .frozen.lm import CausalLMFamily
+    for name, family in (("clip", ClipFamily()), ("hybrid", ClipFamily()), ("frozen", FrozenFamily()),
+                         ("causal_lm", CausalLMFamily())):
+        FAMILIES.setdefault(name, family)
+
+
+def family_of_config(cfg: Any) -> str:
+    """The family name a model config declares (CLIP configs predate the field: ``clip``)."""
+    return str(getattr(cfg, "family", None) or "clip")
+
+
+def model_family(model_or_config: Any) -> ModelFamily:
+    """The registered family of a model (its ``config``) or of a model config."""
+    _register_builtin_families()
+    cfg = getattr(model_or_config, "config", model_or_config)
+    name = family_of_config(cfg)
+    if name not in FAMILIES:
+        raise ValueError(f"model family {name!r} has no runner family; registered: {sorted(FAMILIES)} "
+                         f"(mmfm.experiment.register_family)")
+    return FAMILIES[name]
+
+
+def data_keys(cfg: ExperimentConfig, spec: ModelSpec) -> tuple[str, str | None]:
+    """(training data key, validation data key or None) of a model: its own, else the experiment's."""
+    val = spec.val_data if spec.val_data is not None else cfg.val_data
+    return spec.train_data or cfg.train_data, (None if val == "none" else val)
+
+
+def _views(cfg, family: ModelFamily, model, tok, datasets, train: TrainConfig, spec: ModelSpec, options=None):
     from .data.transforms import image_transform
-    size = family.image_size(model)
+    size = family.image_size(model)          # None: a text-only family, no image transforms
     a = cfg.augment
     train_tf = image_transform(size, train=True, scale=a.random_resized_crop or (1.0, 1.0), hflip=a.hflip,
-                               pad_crop=a.pad_crop)
-    if cfg.train_data not in datasets:
-        raise ValueError(f"train_data {cfg.train_data!r} is not a key of data ({sorted(datasets)})")
-    train_view = family.train_view(datasets[cfg.train_data], train_tf, tok, seed=train.seed)
+                               pad_crop=a.pad_crop) if size else None
+    train_key, val_key = data_keys(cfg, spec)
+    if train_key not in datasets:
+        raise ValueError(f"train_data {train_key!r} is not a key of data ({sorted(datasets)})")
+    train_view = family.train_view(datasets[train_key], train_tf, tok, seed=train.seed, options=options, model=model)
     val_view = None
-    if cfg.val_data and cfg.val_data in datasets:
-        val_view = family.val_view(datasets[cfg.val_data], image_transform(size), tok)
+    if val_key and val_key in datasets:
+        val_view = family.val_view(datasets[val_key], image_transform(size) if size else None, tok)
     return train_view, val_view
 
 
 def _check_evals(cfg: ExperimentConfig, datasets: dict) -> None:
     """Evaluations that cannot run on their model or data fail before anything trains (nothing is lost)."""
-    from .evaluate import get_kind
+    from .evaluate import KINDS, get_kind
     from .frozen.evals import VQA_DATASETS, supports_vqa
     for i, spec in enumerate(cfg.models):
         family = getattr(model_config(spec), "family", None)      # None: only the checkpoint knows
+        group = "clip" if family in CLIP_FAMILIES else family
         for e in list(spec.evals if spec.evals is not None else cfg.evals) + list(cfg.eval_during_training):
             kind = get_kind(e.kind)
-            if family is not None and (family == "frozen") != (kind.family == "frozen"):
+            if family is not None and group != kind.family:
+                frozen_kinds = sorted(n for n, k in KINDS.items() if k.family == "frozen")
                 raise ValueError(f"models.{i} ({spec.label}): evaluation {e.kind} does not apply to a {family!r} "
-                                 f"model; Frozen takes captioning / vqa, CLIP-family models the others")
-            if kind.name == "vqa" and e.dataset in datasets and not supports_vqa(datasets[e.dataset]):
-                raise ValueError(f"evaluation vqa: data {e.dataset!r} ({cfg.data[e.dataset].name}) provides no "
-                                 f"questions and answers; datasets that do: {list(VQA_DATASETS)}")
+                                 f"model; Frozen takes {', '.join(frozen_kinds)}, CLIP-family models the others")
+            if kind.name in ("vqa", "binding") and e.dataset in datasets and not supports_vqa(datasets[e.dataset]):
+                raise ValueError(f"evaluation {kind.name}: data {e.dataset!r} ({cfg.data[e.dataset].name}) provides no "
+                                 f"scenes with questions and answers; datasets that do: {list(VQA_DATASETS)}")
 
 
 def _val_dataset(spec: EvalSpec, datasets: dict, data_specs: dict[str, DatasetSpec] | None):
@@ -357,19 +472,26 @@ def _val_dataset(spec: EvalSpec, datasets: dict, data_specs: dict[str, DatasetSp
 
 def run_eval_spec(spec: EvalSpec, model, datasets: dict, label: str, out_dir: Path, device, num_workers: int = 0,
                   progress: bool = True, data_specs: dict[str, DatasetSpec] | None = None,
-                  random_weights: bool = False):
-    """One configured evaluation, through the same :func:`mmfm.evaluate.evaluate` as `mmfm eval`."""
+                  random_weights: bool = False, seed: int | None = None):
+    """One configured evaluation, through the same :func:`mmfm.evaluate.evaluate` as `mmfm eval`. Kinds that draw
+    (binding episodes) draw from the run's ``seed`` unless their args name one."""
     from .evaluate import evaluate, get_kind
     kind = get_kind(spec.kind)
+    args = dict(spec.args)
+    if seed is not None and kind.run_seed and "seed" not in args:
+        args["seed"] = seed
+    uses_train = kind.needs_train or (kind.uses_train and spec.train_dataset in datasets)
     keys = (spec.dataset,) + ((spec.train_dataset,) if kind.needs_train else ()) + \
         ((spec.val_dataset,) if kind.name == "linear_probe" and spec.val_dataset not in (None, "auto") else ())
     for key in keys:
         if key not in datasets:
             raise ValueError(f"evaluation {spec.kind}: dataset {key!r} is not a key of data ({sorted(datasets)})")
-    train = datasets[spec.train_dataset] if kind.needs_train else None
-    return evaluate(kind, model, datasets[spec.dataset], train, _val_dataset(spec, datasets, data_specs),
-                    label=label, out_dir=out_dir, device=device, num_workers=num_workers, progress=progress,
-                    task=spec.task, random_weights=random_weights, protocol=spec.protocol, **spec.args)
+    train = datasets[spec.train_dataset] if uses_train else None
+    result = evaluate(kind, model, datasets[spec.dataset], train, _val_dataset(spec, datasets, data_specs),
+                      label=label, out_dir=out_dir, device=device, num_workers=num_workers, progress=progress,
+                      task=spec.task, random_weights=random_weights, protocol=spec.protocol, **args)
+    result.config["tag"] = eval_tag(spec)
+    return result
 
 
 def _attach_published(result, spec: ModelSpec, data: DatasetSpec | None, e: EvalSpec, device) -> None:
@@ -377,7 +499,7 @@ def _attach_published(result, spec: ModelSpec, data: DatasetSpec | None, e: Eval
     as they are (no training, no LoRA) on a dataset's test split."""
     from .eval import published_comparison
     if spec.train is not None or adaptation_steps(spec) or data is None or data.args.get("split", "test") != "test" \
-            or e.kind in ("captioning", "vqa"):
+            or e.kind in ("captioning", "vqa", "binding"):
         return
     comp = published_comparison(result, spec.model, spec.pretrained, data.name, protocol_used=e.protocol,
                                 precision=spec.precision, device=str(device))
@@ -387,6 +509,8 @@ def _attach_published(result, spec: ModelSpec, data: DatasetSpec | None, e: Eval
 
 def eval_tag(spec: EvalSpec) -> str:
     """How an evaluation is named in the report's columns, e.g. ``zeroshot[shape]`` or ``retrieval@val``."""
+    if spec.tag:
+        return spec.tag
     return spec.kind + (f"[{spec.task}]" if spec.task else "") + (f"@{spec.dataset}" if spec.dataset != "test" else "")
 
 
@@ -533,23 +657,33 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows, all_results = [], []
     for spec in cfg.models:
+        spec = resolve_references(spec, out)      # '@label' -> that earlier model's saved folder
         mdir = out / spec.label
         what = spec.model or (f"inline {spec.config.get('family', 'clip')} config" if spec.config else "")
         print(f"\n=== {spec.label}: {what} {('(' + spec.pretrained + ')') if spec.pretrained else ''}")
-        model = create_model(model_config(spec) if spec.config is not None else spec.model,
-                             pretrained=spec.pretrained, precision=spec.precision)
+        config, tok = (model_config(spec) if spec.config is not None else spec.model), None
+        if spec.config is not None and hasattr(model_family(config), "complete_config"):
+            # the family fills in what the data decides (a causal LM's vocabulary size, from its tokenizer)
+            train_key = data_keys(cfg, spec)[0]
+            if train_key not in datasets:
+                raise ValueError(f"train_data {train_key!r} is not a key of data ({sorted(datasets)})")
+            config, tok = model_family(config).complete_config(config, spec.tokenizer, datasets[train_key])
+        model = create_model(config, pretrained=spec.pretrained, precision=spec.precision)
         steps = adaptation_steps(spec)
         before, after = split_steps(steps)
         context = AdaptContext(initial=initial_copy(model, steps))
         (model,) = apply_adaptations(model, before, context).values()
         family = model_family(model)
-        tok = family.prepare(model, spec.tokenizer)
+        tok = tok if tok is not None else family.prepare(model, spec.tokenizer)
+        options = family_options(spec)
+        if options is not None and hasattr(family, "initialize"):
+            family.initialize(model, options)     # e.g. Frozen's vision encoder from a CLIP's image tower
         train_result = None
         if spec.train is not None:
             # lock / freeze were translated into adaptation steps and have run: the Trainer does not repeat them
             tcfg = spec.train.model_copy(update={"device": spec.train.device or cfg.device, "lock_image": None,
                                                  "lock_text": None, "freeze": []})
-            train_view, val_view = _views(cfg, family, model, tok, datasets, tcfg)
+            train_view, val_view = _views(cfg, family, model, tok, datasets, tcfg, spec, options)
             during = [e for e in cfg.eval_during_training]
             eval_fn = None
             if during:
@@ -557,12 +691,13 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
                     metrics = {}
                     for e in during:
                         r = run_eval_spec(e, m, datasets, spec.label, mdir / "during", device, progress=False,
-                                          data_specs=cfg.data)
+                                          data_specs=cfg.data, seed=cfg.seed)
                         for k, v in headline(r).items():
                             metrics[f"{e.kind}{'_' + e.task if e.task else ''}_{k}"] = v
                     return metrics
-            train_result = Trainer(model, train_view, tcfg, mdir, objective=family.objective(tok, tcfg),
-                                   val_data=val_view, eval_fn=eval_fn).fit()
+            collate = family.collate(tok) if hasattr(family, "collate") else None
+            train_result = Trainer(model, train_view, tcfg, mdir, objective=family.objective(tok, tcfg, options),
+                                   val_data=val_view, eval_fn=eval_fn, collate_fn=collate).fit()
             if not _is_main_process():
                 continue   # under torchrun, rank 0 alone evaluates and writes the reports
             family.save(model, mdir, tok)
@@ -579,7 +714,8 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
             with timer() as eval_time:
                 for e in evals:
                     results.append(run_eval_spec(e, variant, datasets, label, mdir / f"eval{suffix}", device,
-                                                 cfg.num_workers, data_specs=cfg.data, random_weights=random_weights))
+                                                 cfg.num_workers, data_specs=cfg.data, random_weights=random_weights,
+                                                 seed=cfg.seed))
                     _attach_published(results[-1], spec, cfg.data.get(e.dataset), e, device)
             all_results += results
             metrics = {f"{eval_tag(e)} {k}": v for e, r in zip(evals, results) for k, v in headline(r).items()}

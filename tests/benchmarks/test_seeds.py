@@ -38,11 +38,26 @@ def test_a_quickstart_seed_draws_init_order_and_training_images_but_not_the_test
     assert r0["data"]["train"]["args"] == {**shipped["data"]["train"]["args"], "seed": 0} and Shapes().seed == 0
 
 
-def test_a_frozen_demo_seed_is_its_one_seed():
-    config = CONFIGS / "frozen_shapes.yaml"
+def test_a_frozen_experiment_seed_draws_everything_its_datasets_name_a_seed_for():
+    config = CONFIGS.parent / "experiments" / "frozen_shapes" / "config.yaml"
     raw = yaml.safe_load(config.read_text())
-    assert S.seed_overrides(raw, 2) == ["seed=2"]
-    assert S.resolved_config(config, ["seed=2"])["seed"] == 2
+    r2 = S.resolved_config(config, S.seed_overrides(raw, 2))
+    assert r2["seed"] == 2 and [m["train"]["seed"] for m in r2["models"]] == [2, 2, 2]
+    assert {k: d["args"]["seed"] for k, d in r2["data"].items()} == {"corpus": 2, "train": 2, "val": 2, "test": 2}
+    assert S.resolved_config(config, S.seed_overrides(raw, 0)) == S.resolved_config(config, [])   # 0 = as shipped
+
+
+def test_generative_figures_and_their_baselines_are_aggregated():
+    result = {"models": [{"label": "frozen", "metrics": {"binding open_ended": 0.5}, "train": {"wall_time_s": 3.0},
+                          "evaluations": [
+                              {"kind": "captioning", "config": {"tag": "captioning", "blind_baseline": {
+                                  "caption": "a circle", "CIDEr-D": 0.2}}, "metrics": {"CIDEr-D": 3.0}},
+                              {"kind": "vqa", "config": {"tag": "vqa text-only"}, "accuracy": 1.0,
+                               "per_question": {"what shape is this?": 1.0}, "examples": [{"answer": 1}]}]}]}
+    flat = S.headline(result)
+    assert flat["frozen/captioning/metrics/CIDEr-D"] == 3.0 and flat["frozen/captioning/blind_baseline/CIDEr-D"] == 0.2
+    assert flat["frozen/vqa text-only/per_question/what shape is this?"] == 1.0
+    assert flat["frozen/binding open_ended"] == 0.5 and not any("examples" in k for k in flat)
 
 
 def _store_seed(config, seed_dir, sets, metrics):

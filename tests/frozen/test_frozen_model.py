@@ -147,17 +147,6 @@ def test_offline_hub_identifier_fails_fast_with_a_clear_message(monkeypatch, tin
     msg = str(info.value)
     assert "'gpt2-large'" in msg and "pretrained_lm" in msg and "local" in msg and "offline mode is on" in msg
 
-
-def test_text_lm_pretraining_shows_progress(hf_tokenizer, lm_config, capsys):
-    """The Frozen demo's text-LM pretraining is its longest phase: with progress on it draws a bar."""
-    from mmfm.frozen.lm import train_text_lm
-    train_text_lm(["a red circle", "a blue square"] * 4, hf_tokenizer, lm_config, steps=3, batch_size=2, log=None,
-                  progress=True)
-    assert "text LM" in capsys.readouterr().err
-    train_text_lm(["a red circle"] * 4, hf_tokenizer, lm_config, steps=2, batch_size=2, log=None)
-    assert "text LM" not in capsys.readouterr().err
-
-
 def test_models_never_read_a_pretrained_lm_themselves(tiny_config, lm_config):
     # Reading weights from disk or the hub is the door's job (hub checks, checkpoint errors live above models).
     with pytest.raises(ConfigError, match=r"has to be read from disk or the hub: build this config with mmfm.create_model"):

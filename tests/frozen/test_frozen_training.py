@@ -70,7 +70,7 @@ def test_vqa_targets_mix_in(tiny_model, tokenizer, tmp_path):
 
 
 def test_prefix_targets_are_the_last_words_of_the_description_and_train(tiny_model, tokenizer, tmp_path):
-    from mmfm.frozen.corpus import description
+    from mmfm.data.shapes_text import description
     ds = Shapes("train", size=8, image_size=32)
     view = CaptionVQAView(ds, image_transform(32), tokenizer, seed=0, prefix_targets=2)
     item = view[3]

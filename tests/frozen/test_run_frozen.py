@@ -94,10 +94,11 @@ def test_frozen_run_trains_from_a_caption_folder(tmp_path, lm_dir):
     assert [r["kind"] for r in results] == ["captioning"] and results[0]["num_images"] == 3
     assert results[0]["examples"][0]["references"] == ["a red square", "there is a red square"]
 
-    cfg["evals"] = [{"kind": "vqa"}]
-    with pytest.raises(ValueError, match="provides no questions and answers.*shapes"):
-        run_experiment(load_experiment(_write(tmp_path, cfg)), tmp_path / "run2")
-    assert not (tmp_path / "run2" / "frozen").exists()       # refused before training, not after
+    for kind in ("vqa", "binding"):
+        cfg["evals"] = [{"kind": kind}]
+        with pytest.raises(ValueError, match=f"evaluation {kind}: .*provides no scenes with questions.*shapes"):
+            run_experiment(load_experiment(_write(tmp_path, cfg)), tmp_path / "run2")
+        assert not (tmp_path / "run2" / "frozen").exists()       # refused before training, not after
 
 
 def test_frozen_spec_errors_name_the_field(tmp_path, lm_dir):
@@ -112,7 +113,7 @@ def test_frozen_spec_errors_name_the_field(tmp_path, lm_dir):
         load_experiment(_write(tmp_path, cfg))
     cfg = _experiment(lm_dir, data, [])
     cfg["models"][0] = {"label": "clip", "model": "ViT-tiny-test", "tokenizer": str(lm_dir)}
-    with pytest.raises(ValueError, match="tokenizer: only Frozen models"):
+    with pytest.raises(ValueError, match="tokenizer: only Frozen and causal_lm models"):
         load_experiment(_write(tmp_path, cfg))
 
 

@@ -29,6 +29,7 @@ from .custom import CustomDataset, custom_dataset
 from .digits import Digits
 from .pipeline import ImageTextView, SampleEncoder, all_captions, caption_rng, collate_skip_none
 from .shapes import Shapes, questions
+from .shapes_text import TextCorpus, shapes_text, text_file
 from .shard_folder import ShardFolder
 from .shards import ShardDataset, ShardImageTextView, WrittenShards, shards_from_folder, write_shards
 
@@ -67,6 +68,8 @@ _REGISTRY: dict[str, DatasetFactory] = {
     "custom": custom_dataset,       # root, split, annotations (CustomDataset's other arguments)
     "shards": ShardFolder,          # root = the folder `mmfm shards` wrote, split
     "wds": ShardFolder,
+    "shapes_text": shapes_text,     # text about shapes scenes, no images (a causal LM's corpus)
+    "text_file": text_file,         # path: .txt (a document per line) or .jsonl ({"text": ...} per line)
 }
 
 

@@ -2,15 +2,16 @@
 
 The model and its config live in :mod:`mmfm.models.frozen`; this package has everything around it:
 
-* :mod:`.lm` - load a causal LM / tokenizer (hub or local, fast offline failure) or train a small one on text;
+* :mod:`.lm` - load a causal LM / tokenizer (hub or local, fast offline failure); ``family: causal_lm`` for
+  ``mmfm run`` (a small LM and a word-level tokenizer trained on text by the Trainer);
 * :mod:`.text` - the LM tokenizer as an mmfm tokenizer (``FrozenTokenizer``);
 * :mod:`.objective` - ``FrozenObjective`` for mmfm's ``Trainer``;
 * :mod:`.generate` - greedy / beam / nucleus decoding from interleaved image-text prompts;
 * :mod:`.io` - ``save_frozen`` / ``load_frozen``;
-* :mod:`.family`, :mod:`.evals` - what ``mmfm run`` asks of Frozen (tokenizer, objective, view, saving) and
-  its ``captioning`` / ``vqa`` evaluation kinds;
-* :mod:`.corpus`, :mod:`.tasks` - text corpus, VQA data and few-shot evaluations on ``shapes``;
-* :mod:`.demo` - the embedded demonstration (``python -m mmfm.frozen.demo --out DIR``);
+* :mod:`.family`, :mod:`.evals` - what ``mmfm run`` asks of Frozen (tokenizer, objective, view, saving, its
+  options) and its ``captioning`` / ``vqa`` / ``binding`` evaluation kinds;
+* :mod:`.tasks` - the caption+VQA training view and the evaluations on ``shapes`` (the text corpus about
+  ``shapes`` is data: :mod:`mmfm.data.shapes_text`; the experiment is ``experiments/frozen_shapes/``);
 * :mod:`.cli` - ``caption_files`` / ``vqa_files`` behind ``mmfm caption`` / ``mmfm vqa``.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ _EXPORTS = {
     "generate": ".generate", "caption": ".generate", "answer": ".generate", "score_continuations": ".generate",
     "embed_prompts": ".generate",
     "save_frozen": ".io", "load_frozen": ".io",
-    "load_tokenizer": ".lm", "build_language_model": ".lm", "train_word_tokenizer": ".lm", "train_text_lm": ".lm",
+    "load_tokenizer": ".lm", "build_language_model": ".lm", "train_word_tokenizer": ".lm",
     "tiny_gpt2_config": ".lm",
     "caption_files": ".cli", "vqa_files": ".cli",
 }

@@ -115,7 +115,7 @@ def cmd_vqa(args) -> int:
 
 def add_caption_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("caption", help="caption images with a trained Frozen model")
-    p.add_argument("model_dir", help="a directory written by save_frozen (e.g. DIR/model of the demo)")
+    p.add_argument("model_dir", help="a directory written by save_frozen (e.g. frozen/model of experiments/frozen_shapes)")
     p.add_argument("images", nargs="+", help="image files (unreadable ones are skipped and named)")
     p.add_argument("--prompt", default=None, help="text after the image, e.g. 'A picture of'")
     _add_generation_arguments(p, 30)
@@ -125,9 +125,9 @@ def add_caption_parser(subparsers) -> argparse.ArgumentParser:
 
 def add_vqa_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("vqa", help="answer a question about images with a trained Frozen model")
-    p.add_argument("model_dir", help="a directory written by save_frozen (e.g. DIR/model of the demo)")
+    p.add_argument("model_dir", help="a directory written by save_frozen (e.g. frozen/model of experiments/frozen_shapes)")
     p.add_argument("images", nargs="+", metavar="image", help="image files (unreadable ones are skipped and named)")
-    p.add_argument("question", help="e.g. 'what colour is it?' (color and colour both work with the demo's LM)")
+    p.add_argument("question", help="e.g. 'what colour is it?' (color and colour both work with the Frozen experiment's LM)")
     p.add_argument("--template", default="Q: {} A:", help="how the question is put to the model, {} = the question "
                                                          "(default: 'Q: {} A:')")
     _add_generation_arguments(p, 10)

@@ -39,7 +39,7 @@ def _parts(prompt: Prompt) -> list[Part]:
 def known_spelling(tokenizer, text: str) -> str:
     """``text`` with each word of ``SPELLINGS`` the tokenizer does not know in the spelling it does know.
 
-    A word-level LM (the demo's) knows only the spelling its training text used and reads the other
+    A word-level LM (the Frozen experiment's) knows only the spelling its training text used and reads the other
     as <unk>: "what color is it?" was answered ": : : top left".
 
     Only tokenizers with an unknown-word token can not know a word; others get ``text`` unchanged.

@@ -7,26 +7,28 @@ The LM itself is built by :mod:`mmfm.models.causal_lm` (from its config dict) an
 by :mod:`mmfm.checkpoints.language_model` (``mmfm.create_model`` builds a Frozen model with it); this module
 keeps what is Frozen's own: the tokenizer and training a small LM from text.
 
-Training (for the embedded demonstration, where nothing can be downloaded): a word-level tokenizer
-trained with Hugging Face ``tokenizers`` and saved as a ``PreTrainedTokenizerFast`` directory, and a
-tiny ``GPT2LMHeadModel`` trained on text alone and saved with ``save_pretrained``, so both load back
-through the same ``AutoTokenizer`` / ``AutoModelForCausalLM`` path as GPT-2 Large would.
+Training (for the Frozen experiment, where nothing can be downloaded): a word-level tokenizer trained with
+Hugging Face ``tokenizers`` and saved as a ``PreTrainedTokenizerFast`` directory, and a tiny GPT-2 trained on
+text alone by mmfm's Trainer (``family: causal_lm`` in ``mmfm run``: :class:`CausalLMFamily`) and saved with
+``save_pretrained``, so both load back through the same ``AutoTokenizer`` / ``AutoModelForCausalLM`` path as
+GPT-2 Large would.
 """
 from __future__ import annotations
 
-import math
 import random
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from torch import nn
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 # Reading a pretrained LM is checkpoints' job (the door passes it to FrozenModel); the names stay importable here.
 from ..checkpoints.language_model import (build_language_model, check_lm_config,  # noqa: F401
                                           language_model_config, resolve_pretrained)
-from ..models.causal_lm import causal_lm_from_config
+from ..data.shapes_text import TextCorpus
+from ..models.causal_lm import init_sinusoidal_positions  # noqa: F401
+from ..train.objectives import Objective
 from ..util.hf import quiet_transformers  # noqa: F401  (the Frozen modules import it from here)
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<|endoftext|>"
@@ -41,11 +43,11 @@ def load_tokenizer(identifier: str):
 
 
 # ------------------------------------------------------------------------------------------
-# Training a small LM from text (the demonstration's stand-in for a pretrained GPT-2).
+# Training a small LM from text (the Frozen experiment's stand-in for a pretrained GPT-2).
 def train_word_tokenizer(texts: Sequence[str], out_dir: str | Path | None = None):
     """A word-level tokenizer (words and punctuation marks are tokens) with pad/unk/eos.
 
-    Word-level keeps the demo's vocabulary to a few hundred entries, so a tiny LM can learn every word.
+    Word-level keeps the Frozen experiment's vocabulary to a few hundred entries, so a tiny LM can learn every word.
     Case is kept: the article "a" and the answer marker "A:" stay different tokens.
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -68,98 +70,142 @@ def tiny_gpt2_config(vocab_size: int, eos_id: int, n_embd: int = 128, n_layer: i
             "resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout}
 
 
-@torch.no_grad()
-def init_sinusoidal_positions(model: nn.Module, scale: float = 0.02) -> None:
-    """Start a GPT-2's (trainable) position embeddings from the original Transformer's sinusoids.
+# ------------------------------------------------------------------------------------------
+# `family: causal_lm` for `mmfm run`: a text LM trained by the Trainer (what Frozen's `pretrained_lm` then reads).
+@dataclass
+class LMTokenizer:
+    """A Hugging Face tokenizer and the LM's context: documents are cut to ``context_length - 1`` tokens + EOS."""
 
-    A learned table starts as noise, and a head that looks "one token back" then has to be learned for
-    every position separately; with sinusoids, the offset between two positions is a fixed rotation,
-    which attention can pick up at once. ``scale`` matches GPT-2's embedding initialisation (std 0.02).
-    """
-    if not hasattr(getattr(model, "transformer", None), "wpe"):
-        raise ValueError("sinusoidal position embeddings apply to GPT-2 models (transformer.wpe)")
-    wpe = model.transformer.wpe
-    n, d = wpe.weight.shape
-    pos = torch.arange(n, dtype=torch.float32)[:, None]
-    freq = torch.exp(-math.log(10000.0) * torch.arange(0, d, 2, dtype=torch.float32) / d)
-    table = torch.zeros(n, d)
-    table[:, 0::2] = torch.sin(pos * freq)
-    table[:, 1::2] = torch.cos(pos * freq[: d // 2])
-    wpe.weight.copy_(scale * math.sqrt(2.0) * table)   # sqrt(2): unit variance per entry before scaling
+    hf: Any
+    context_length: int
+
+    def encode_documents(self, texts: Sequence[str]) -> list[list[int]]:
+        eos = self.hf.eos_token_id
+        if eos is None:
+            raise ValueError("causal_lm: the tokenizer has no end-of-text token (eos_token); documents end with one")
+        ids = self.hf(list(texts), add_special_tokens=False)["input_ids"]
+        return [x[:self.context_length - 1] + [eos] for x in ids]
+
+    @property
+    def pad_id(self) -> int:
+        return self.hf.pad_token_id if self.hf.pad_token_id is not None else self.hf.eos_token_id
 
 
-def train_text_lm(texts: Sequence[str], tokenizer, lm_cfg: dict[str, Any], out_dir: str | Path | None = None, *,
-                  steps: int = 1000, batch_size: int = 64, lr: float = 3e-3, warmup: int = 50, seed: int = 0,
-                  context_length: int | None = None, device: str = "cpu", log_every: int = 100,
-                  log=print, callback=None, sinusoidal_positions: bool = False,
-                  progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
-    """Train a causal LM from scratch on ``texts`` (one document each, EOS appended); save it to ``out_dir``.
+class DocumentStream(IterableDataset):
+    """Tokenised documents, endlessly: pass after pass over the corpus, each pass in a new order drawn from one
+    ``random.Random(seed)``, with no break between passes (a batch may end one pass and start the next), so
+    every document is seen once per pass and no batch is short. Resumable: ``resume_at`` skips the documents
+    of the batches already trained on. Under DDP, rank r takes every r-th document of the stream."""
 
-    Documents are padded, not packed: each is short and should be modelled from its own start, which is
-    how the LM will be used (a fresh prompt). ``callback(step, model)`` runs every ``log_every`` steps
-    (e.g. to probe a skill while it is learned). ``sinusoidal_positions``: see ``init_sinusoidal_positions``.
-    ``progress``: a progress bar over the steps (the demo's LM pretraining is its longest silent phase).
-    Returns (model in eval mode, training summary).
-    """
-    torch.manual_seed(seed)
-    model = causal_lm_from_config(lm_cfg).to(device)
-    if sinusoidal_positions:
-        init_sinusoidal_positions(model)
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    ctx = context_length or lm_cfg.get("n_positions", 128)
-    encoded = [ids[:ctx - 1] + [eos] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-    from ..train.schedule import adamw_kernel
-    params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01, **adamw_kernel([{"params": params}]))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) *
-                                              0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
-    rng = random.Random(seed)
-    order: list[int] = []
-    history, t0 = [], time.perf_counter()
-    model.train()
-    from tqdm.auto import tqdm
-    bar = tqdm(total=steps, desc="text LM", unit="step", disable=not progress, dynamic_ncols=True)
-    for step in range(1, steps + 1):
-        if len(order) < batch_size:
-            fresh = list(range(len(encoded)))
-            rng.shuffle(fresh)
-            order += fresh
-        batch = [encoded[i] for i in order[:batch_size]]
-        del order[:batch_size]
-        width = max(len(b) for b in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    def __init__(self, documents: list[list[int]], seed: int = 0):
+        if not documents:
+            raise ValueError("causal_lm: the training corpus has no document")
+        self.documents, self.seed, self.skip = documents, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:     # one endless epoch: nothing to do
+        pass
+
+    def resume_at(self, step_in_epoch: int, batch: int) -> None:
+        self.skip = step_in_epoch * batch
+
+    def __iter__(self):
+        from ..train.distributed import dist_info
+        info = get_worker_info()
+        if info is not None and info.num_workers > 1:
+            raise ValueError("causal_lm: the document stream is read by one DataLoader worker (train.num_workers <= 1)")
+        rank, world = (lambda d: (d.rank, d.world_size) if d.enabled else (0, 1))(dist_info())
+        rng, n, taken = random.Random(self.seed), 0, 0
+        while True:
+            order = list(range(len(self.documents)))
+            rng.shuffle(order)
+            for i in order:
+                if n % world == rank:
+                    if taken >= self.skip:
+                        yield {"input_ids": self.documents[i]}
+                    taken += 1
+                n += 1
+
+
+class EncodedDocuments(Dataset):
+    """Tokenised documents in their order (validation)."""
+
+    def __init__(self, documents: list[list[int]]):
+        self.documents = documents
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"input_ids": self.documents[index]}
+
+
+def pad_documents(pad_id: int):
+    """Collate: documents padded (not packed: each is modelled from its own start, as a prompt will be) to the
+    longest of the batch, with their attention mask."""
+    def collate(items: list[dict]) -> dict:
+        width = max(len(it["input_ids"]) for it in items)
+        ids = torch.full((len(items), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for r, b in enumerate(batch):
-            ids[r, :len(b)] = torch.tensor(b)
-            mask[r, :len(b)] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        labels = ids.masked_fill(mask == 0, -100)
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                           ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        bar.update(1)
-        if step % log_every == 0 or step == steps:
-            history.append({"step": step, "loss": loss.item()})
-            if log is not None:
-                log(f"  text LM step {step}/{steps}  loss {loss.item():.3f}")
-            if callback is not None:
-                model.eval()
-                with torch.no_grad():
-                    callback(step, model)
-                model.train()
-    bar.close()
-    model.eval()
-    summary = {"steps": steps, "documents": len(encoded), "final_loss": history[-1]["loss"] if history else None,
-               "train_time_s": time.perf_counter() - t0, "history": history,
-               "parameters": sum(p.numel() for p in model.parameters())}
-    if out_dir is not None:
+        for r, it in enumerate(items):
+            ids[r, :len(it["input_ids"])] = torch.tensor(it["input_ids"])
+            mask[r, :len(it["input_ids"])] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+    return collate
+
+
+class CausalLMObjective(Objective):
+    """Next-token cross-entropy inside the attention mask (:class:`mmfm.models.causal_lm.CausalLM`'s loss)."""
+
+    input_keys = ("input_ids", "attention_mask")
+
+
+WORD_LEVEL = "word-level"
+
+
+class CausalLMFamily:
+    """``family: causal_lm``: a causal LM trained from scratch on a text dataset (``shapes_text``, ``text_file``).
+
+    tokenizer: ``word-level`` (trained on the training corpus and its ``vocabulary``: :func:`train_word_tokenizer`)
+    or a pretrained tokenizer (a directory or hub id). The config's ``lm`` gets its vocabulary size and token ids
+    from it (:func:`mmfm.models.causal_lm.complete_lm_config`) before the model is built. Saved with
+    ``save_pretrained`` (model and tokenizer in ``<label>/model``), which Frozen's ``pretrained_lm`` reads.
+    """
+
+    name = "causal_lm"
+
+    def complete_config(self, config, tokenizer: str | None, train_dataset):
+        import dataclasses
+        from ..models.causal_lm import complete_lm_config
+        if tokenizer is None:
+            raise ValueError(f"tokenizer: a causal_lm model needs one: {WORD_LEVEL!r} (trained on the training "
+                             f"corpus) or a tokenizer directory / hub id")
+        texts = getattr(train_dataset, "texts", None)
+        if texts is None:
+            raise ValueError(f"train_data: a causal_lm model trains on a text dataset (shapes_text, text_file), "
+                             f"not {type(train_dataset).__name__}")
+        if tokenizer == WORD_LEVEL:
+            hf = train_word_tokenizer(list(getattr(train_dataset, "vocabulary", [])) + list(texts))
+        else:
+            hf = load_tokenizer(tokenizer)
+        lm = complete_lm_config(config.lm, len(hf), hf.eos_token_id)
+        return dataclasses.replace(config, lm=lm), LMTokenizer(hf, int(lm["n_positions"]))
+
+    def image_size(self, model) -> None:
+        return None      # text only: no image transform
+
+    def objective(self, tokenizer: LMTokenizer, train_cfg, options=None):
+        return CausalLMObjective()
+
+    def collate(self, tokenizer: LMTokenizer):
+        return pad_documents(tokenizer.pad_id)
+
+    def train_view(self, dataset, transform, tokenizer: LMTokenizer, seed: int, options=None, model=None):
+        return DocumentStream(tokenizer.encode_documents(dataset.texts), seed)
+
+    def val_view(self, dataset, transform, tokenizer: LMTokenizer):
+        return EncodedDocuments(tokenizer.encode_documents(dataset.texts))
+
+    def save(self, model, directory: Path, tokenizer: LMTokenizer) -> None:
         with quiet_transformers():
-            model.save_pretrained(str(out_dir))
-            tokenizer.save_pretrained(str(out_dir))
-    return model, summary
+            model.lm.save_pretrained(str(Path(directory) / "model"))
+            tokenizer.hf.save_pretrained(str(Path(directory) / "model"))

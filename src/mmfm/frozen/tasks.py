@@ -1,4 +1,5 @@
-"""Frozen on ``shapes``: a captioning(+VQA) training view and the three evaluations of the demonstration.
+"""Frozen on ``shapes``: a captioning(+VQA) training view and the evaluations behind the ``vqa`` and ``binding``
+kinds (:mod:`.evals`), as run by experiments/frozen_shapes.
 
 * ``evaluate_captioning``: greedy captions of held-out images, BLEU-1..4 / CIDEr-D against all their captions;
 * ``evaluate_vqa``: open-ended answers to attribute questions (shape, colour), VQAv2 accuracy, next to
@@ -21,7 +22,7 @@ from torch.utils.data import Dataset
 from ..data.pipeline import caption_rng
 from ..data.shapes import Shapes, questions
 from ..models.frozen import IGNORE_INDEX
-from .corpus import VQA_TEMPLATE, binding_template, description
+from ..data.shapes_text import VQA_TEMPLATE, binding_template, description
 from .generate import generate, score_continuations
 from .text import FrozenTokenizer
 

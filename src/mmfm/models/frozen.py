@@ -287,7 +287,7 @@ _NAMED: dict[str, tuple[FrozenConfig, str]] = {
     "frozen-small-64": (
         FrozenConfig(vision=VisionConfig(kind="modified_resnet", image_size=64, width=32, layers=(1, 1, 1, 1)),
                      vision_embed_dim=256, lm=_SMALL_LM, context_length=24),
-        "small ModifiedResNet at 64px + a randomly initialised 2-layer GPT-2 (CPU; see mmfm.frozen.demo)"),
+        "small ModifiedResNet at 64px + a randomly initialised 2-layer GPT-2 (CPU; see experiments/frozen_shapes)"),
     "frozen-tiny-test": (
         FrozenConfig(vision=VisionConfig(kind="modified_resnet", image_size=32, width=8, layers=(1, 1, 1, 1),
                                          head_width=16),

@@ -17,10 +17,15 @@ class TrainConfig(Strict):
     accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.1, ge=0)
+    weight_decay_on: Literal["matrices", "all"] = Field(
+        "matrices", description="which parameters weight decay applies to: 'matrices' (not gains, biases, "
+                                "embeddings, temperature; CLIP's recipe) or 'all' (a plain AdamW over every parameter)")
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "cosine_whole", "constant"] = Field(
+        "cosine", description="cosine: warmup, then a cosine over the remaining steps; cosine_whole: one cosine "
+                              "over all steps from step 0, multiplied by the warmup ramp while it lasts")
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     grad_clip: float | None = Field(1.0, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -9,8 +9,11 @@ from torch import nn
 from .config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters split into decayed (matrices) and not decayed (gains, biases, embeddings, temperature)."""
+def param_groups(model: nn.Module, weight_decay: float, on: str = "matrices") -> list[dict]:
+    """Trainable parameters split into decayed (matrices) and not decayed (gains, biases, embeddings, temperature);
+    ``on="all"``: one group, every parameter decayed."""
+    if on == "all":
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
     exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -22,7 +25,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
+    groups = [g for g in param_groups(model, cfg.weight_decay, cfg.weight_decay_on) if g["params"]]
     if not groups:
         raise ValueError("the model has no trainable parameters: everything is frozen")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **adamw_kernel(groups))
@@ -40,6 +43,9 @@ def adamw_kernel(groups: list[dict]) -> dict:
 
 
 def lr_lambda(total_steps: int, warmup: int, schedule: str, min_ratio: float = 0.0):
+    if schedule == "cosine_whole":
+        return _cosine_whole(total_steps, warmup, min_ratio)
+
     def f(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
@@ -47,6 +53,14 @@ def lr_lambda(total_steps: int, warmup: int, schedule: str, min_ratio: float = 0
             return 1.0
         progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def _cosine_whole(total_steps: int, warmup: int, min_ratio: float):
+    """The warmup ramp times one cosine over all steps (nanoGPT-style; the cosine does not wait for warmup)."""
+    def f(step: int) -> float:
+        ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        return ramp * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0))))
     return f
 
 

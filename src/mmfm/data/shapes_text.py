@@ -1,4 +1,5 @@
-"""The text-only corpus the demonstration's small language model learns from.
+"""Text about ``shapes`` scenes, with no image: the corpus the Frozen experiment's small language model learns
+from (dataset ``shapes_text``), and ``text_file``, documents of a user's own from a text or JSONL file.
 
 Frozen's point is that a language model trained on text alone already knows how to answer questions
 and to use a word it was just told; images only have to be translated into something it can read.
@@ -15,7 +16,7 @@ textual description of it (its attributes, "top left large red circle"):
 
 The nonsense words are drawn per document from a pool and bound at random, so the only way to predict
 the answer is to copy the word that followed the description of the same shape: an in-context skill,
-learned from text, that the Frozen demo then tests with images in place of descriptions (and, to tell
+learned from text, that the Frozen experiment then tests with images in place of descriptions (and, to tell
 an LM that lacks the skill from a vision side that cannot reach it, also with the descriptions).
 No image is ever seen here.
 """
@@ -24,17 +25,15 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from ..data.shapes import Shapes, ShapeScene, questions
+from .shapes import Shapes, ShapeScene, questions
 
 VQA_TEMPLATE = "Q: {} A:"
 # How a binding episode is written: (statement naming a thing, question about a new thing). "paper" is
-# Tsimpoukelli et al.'s wording. In it the answer is 6 tokens after the query and the new word 4 after the
-# thing it names, so the LM has to match the query with an earlier thing across a template (a fuzzy,
-# offset look-up): a 2-layer LM trained on this corpus on CPU does not learn that (chance after 4,000 steps,
-# also with the descriptions as text). "direct" puts the new word right after the thing and ends the query
-# with the thing, which is the plain look-up an induction head does ("what followed this last time?"): the
-# same LM can learn it (text-only binding 0.98-1.00), though the step at which it does varies from run to
-# run (2,000 in one, not by 12,000 in another). The demo uses "direct".
+# Tsimpoukelli et al.'s wording: the answer comes 6 tokens after the query and the new word 4 after the thing
+# it names, so the LM has to match the query with an earlier thing across a template (a fuzzy, offset
+# look-up). "direct" puts the new word right after the thing and ends the query with the thing: the plain
+# look-up an induction head does ("what followed this last time?"). What a small LM learns of each:
+# experiments/frozen_shapes/README.md.
 BINDING_TEMPLATES = {"paper": ("This is a {}.", "Q: What is this? A:"), "direct": ("{}.", "")}
 
 
@@ -150,8 +149,8 @@ def text_corpus(dataset: Shapes, n_docs: int, words: Sequence[str], seed: int = 
 
 
 def vocabulary_texts(dataset: Shapes, words: Sequence[str]) -> list[str]:
-    """Texts that cover every word the demo can meet (for training the word-level tokenizer)."""
-    from ..data.shapes import COLORS, COUNTS, POSITIONS, SHAPE_PLURALS, SHAPES, SIZES
+    """Texts that cover every word the Frozen experiment can meet (for training the word-level tokenizer)."""
+    from .shapes import COLORS, COUNTS, POSITIONS, SHAPE_PLURALS, SHAPES, SIZES
     templates = [t for pair in BINDING_TEMPLATES.values() for t in pair]
     fixed = [VQA_TEMPLATE, *templates, "yes no some objects shapes things object shape",
              " ".join(SHAPES), " ".join(SHAPE_PLURALS.values()), " ".join(COLORS), " ".join(SIZES),
@@ -159,3 +158,63 @@ def vocabulary_texts(dataset: Shapes, words: Sequence[str]) -> list[str]:
     rng = random.Random("vocabulary")
     scenes = [dataset.scene(rng.randrange(len(dataset))) for _ in range(2000)]
     return fixed + [c for s in scenes for c in s.captions] + [f"{q} {a}" for s in scenes for q, a in questions(s)]
+
+
+# ------------------------------------------------------------------------------------------
+# Text datasets: what a causal LM (`family: causal_lm`) trains on.
+class TextCorpus:
+    """Documents of text, one string each. ``vocabulary``: further texts a tokenizer trained on this corpus
+    must cover (words the documents may happen not to contain, e.g. every colour of ``shapes``)."""
+
+    def __init__(self, texts: Sequence[str], vocabulary: Sequence[str] = (), name: str = "text"):
+        self.texts, self.vocabulary, self.name = list(texts), list(vocabulary), name
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> str:
+        return self.texts[index]
+
+
+def shapes_text(documents: int = 40000, nonsense_words_pool: int = 48,
+                binding_words: Sequence[str] = ("dax", "blicket"), mix: dict[str, float] | None = None,
+                template: str = "direct", split: str = "train", size: int = 20000, image_size: int = 64,
+                seed: int = 0) -> TextCorpus:
+    """``documents`` texts about the scenes of ``Shapes(split, size, image_size, seed)`` (:func:`text_corpus`, with
+    ``binding_words`` among a pool of ``nonsense_words_pool`` made-up words); its vocabulary covers every word
+    of ``shapes`` (:func:`vocabulary_texts`)."""
+    if not isinstance(documents, int) or documents < 1:
+        raise ValueError(f"shapes_text: documents must be a positive integer, got {documents!r}")
+    scenes = Shapes(split, size=size, image_size=image_size, seed=seed)
+    words = nonsense_words(nonsense_words_pool, include=tuple(binding_words))
+    texts = text_corpus(scenes, documents, words, seed=seed, mix=mix, template=template)
+    return TextCorpus(texts, vocabulary_texts(scenes, words), name="shapes_text")
+
+
+def text_file(path: str) -> TextCorpus:
+    """Documents from ``path``: a ``.jsonl`` file of ``{"text": ...}`` objects, else one document per non-empty
+    line of a text file."""
+    import json
+    from pathlib import Path
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"text_file: {path} is not a file (give a .txt file, one document per line, or a "
+                                f".jsonl file of {{\"text\": ...}} objects)")
+    lines = p.read_text(encoding="utf-8").splitlines()
+    if p.suffix != ".jsonl":
+        texts = [line.strip() for line in lines if line.strip()]
+    else:
+        texts = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                obj = None
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise ValueError(f"text_file: {path} line {n} is not a JSON object with a string \"text\"")
+            texts.append(obj["text"])
+    if not texts:
+        raise ValueError(f"text_file: {path} holds no document")
+    return TextCorpus(texts, name=p.stem)
