@@ -350,3 +350,12 @@ def test_model_families_are_a_registry_lookup_by_config_family(monkeypatch):
         family = "no-such-family"
     with pytest.raises(ValueError, match="no runner family.*registered"):
         model_family(Unknown())
+
+
+def test_the_runs_contrastive_objective_takes_every_setting_of_the_training_config():
+    """`mmfm run` built its objective from loss and local_loss only, so `train.grad_chunk` was ignored there."""
+    from mmfm.experiment import ClipFamily
+    from mmfm.train import TrainConfig
+    cfg = TrainConfig(loss="siglip", local_loss=True, grad_chunk=2)
+    objective = ClipFamily().objective(None, cfg)
+    assert (objective.loss_name, objective.local_loss, objective.grad_chunk) == ("siglip", True, 2)

@@ -361,7 +361,7 @@ class ClipFamily:
 
     def objective(self, tokenizer, train_cfg: TrainConfig, options=None):
         from .train.objectives import ContrastiveObjective
-        return ContrastiveObjective(train_cfg.loss, train_cfg.local_loss)
+        return ContrastiveObjective.from_config(train_cfg)
 
     def train_view(self, dataset, transform, tokenizer, seed: int, options=None, model=None):
         from .data import ImageTextView

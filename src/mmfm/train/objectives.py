@@ -170,6 +170,12 @@ class ContrastiveObjective(Objective):
     input_keys = ("image", "text")
     tower_by_tower = True   # gradient pass of accumulation: one tower at a time (single process; see module doc)
 
+    @classmethod
+    def from_config(cls, cfg) -> "ContrastiveObjective":
+        """The objective a ``TrainConfig`` asks for (its loss, local_loss and grad_chunk): the one place both the
+        Trainer's default and ``mmfm run`` build it, so no setting is dropped on one of the two paths."""
+        return cls(cfg.loss, cfg.local_loss, cfg.grad_chunk)
+
     def __init__(self, loss: str = "clip", local_loss: bool = False, grad_chunk: int | None = None):
         if loss not in ("clip", "siglip"):
             raise ValueError(f"loss {loss!r} is not one of ['clip', 'siglip']")

@@ -181,7 +181,7 @@ class Trainer:
         self.model, self.cfg = model, cfg
         self.out_dir = Path(out_dir) if out_dir is not None else None   # None: an inner loop, nothing written
         self.train_data, self.val_data = train_data, val_data
-        self.objective = objective or ContrastiveObjective(cfg.loss, cfg.local_loss, cfg.grad_chunk)
+        self.objective = objective or ContrastiveObjective.from_config(cfg)
         self.eval_fn, self.collate_fn = eval_fn, collate_fn or default_collate
         self.best_metric, self.best_mode = best_metric, best_mode
         self.ckpt_dir = self.out_dir / "checkpoints" if self.out_dir is not None else None
