@@ -23,12 +23,6 @@ def test_an_empty_yaml_section_takes_keys():
     assert raw == {"frozen": {"steps": 4}}
 
 
-def test_prefix_is_dropped():
-    raw = {}
-    apply_overrides(raw, ["frozen_demo.frozen.steps=4", "frozen.lr=0.1"], prefix="frozen_demo.")
-    assert raw == {"frozen": {"steps": 4, "lr": 0.1}}
-
-
 @pytest.mark.parametrize("bad, says", [("epochs", "is not KEY=VALUE"), ("=3", "is not KEY=VALUE"),
                                        ("a=[1, 2", "not valid YAML")])
 def test_bad_assignments_name_themselves(bad, says):

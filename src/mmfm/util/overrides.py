@@ -57,10 +57,9 @@ def _index(node: list, part: str, key: str) -> int:
     return i
 
 
-def apply_overrides(raw: dict, assignments: Iterable[str], *, prefix: str = "") -> dict:
-    """Apply ``KEY=VALUE`` assignments to ``raw`` in place (and return it); a leading ``prefix`` is dropped
-    from each key (``frozen_demo.frozen.steps`` and ``frozen.steps`` name the same demo setting)."""
+def apply_overrides(raw: dict, assignments: Iterable[str]) -> dict:
+    """Apply ``KEY=VALUE`` assignments to ``raw`` in place (and return it)."""
     for assignment in assignments:
         key, value = parse_override(assignment)
-        set_path(raw, key.removeprefix(prefix) if prefix else key, value)
+        set_path(raw, key, value)
     return raw
