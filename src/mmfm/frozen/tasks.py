@@ -6,7 +6,7 @@ kinds (:mod:`.evals`), as run by experiments/frozen_shapes.
   the majority-answer baseline of each question (what a model that ignores the image would get);
 * ``evaluate_binding``: fast concept binding with new words, the paper's miniImageNet-style task:
   ``[img_a] This is a dax. [img_b] This is a blicket. [img_q] Q: What is this? A:`` (template "paper") or
-  ``[img_a] dax. [img_b] blicket. [img_q]`` (template "direct", see ``corpus.BINDING_TEMPLATES``) where
+  ``[img_a] dax. [img_b] blicket. [img_q]`` (template "direct", see ``mmfm.data.shapes_text.BINDING_TEMPLATES``) where
   ``img_q`` is another image of the shape of ``img_a`` or ``img_b``; chance is 50%. Scored open-ended (the greedy
   answer's first word) and forced-choice (which of the two words is more likely).
 """

@@ -1,7 +1,6 @@
 """One parser for command-line config overrides: ``--set key.sub=value``.
 
-``mmfm run`` (experiments and the Frozen demo) and ``python -m mmfm.frozen.demo`` all take overrides the
-same way: a dotted path into the config's nested dicts (a number indexes a list: ``models.0.train.lr``)
+``mmfm run`` (every config, the experiments' included) and ``benchmarks/seeds.py`` take overrides this way: a dotted path into the config's nested dicts (a number indexes a list: ``models.0.train.lr``)
 and a YAML value (``2`` is an int, ``[1, 2]`` a list, ``null`` None). They are applied to the raw dict
 *before* validation, so the config's own pydantic error names a bad key or value, as for one in the file.
 """
