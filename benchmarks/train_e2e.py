@@ -27,20 +27,19 @@ after each step, mmfm clamps its exp() at 100 where it is used; mmfm writes a ch
 its optimizer is the fused AdamW kernel (open_clip: foreach); initialisations differ in detail (each library's
 own, different seeds), so the loss curves are not compared here.
 
-Measured 2026-11-30 on an idle 2-core machine, 20 steps (640 JPEGs), benchmarks/results/train_e2e.json:
+Measured 2026-11-30 on an idle 2-core machine, 20 steps (640 JPEGs), one run per setting,
+benchmarks/results/train_e2e.json (open_clip-b32 from an earlier run that day on the same kind of machine, the
+other three re-run together after the accumulation changes below):
 
     setting        open_clip samples/s, main GiB   mmfm samples/s, main GiB      mmfm / open_clip
-    batch 32       2.16, 5.12                      2.77, 3.54                    1.28x speed, 0.69x memory
-    8 x accum 4    1.40, 3.92                      1.12, 3.19 (grad_chunk 2)     0.80x speed, 0.81x memory
+    batch 32       2.16, 5.12                      2.89, 3.54                    1.33x speed, 0.69x memory
+    8 x accum 4    1.42, 3.92                      1.73, 3.22                    1.21x speed, 0.82x memory
 
-The accum-4 line above ran with train.grad_chunk 2 (pieces of 2 pairs, then the objective's default); the json's
-mmfm-accum4 entry now holds the line below instead. Since
-then, with whole micro-batches (grad_chunk null, the default): the gradient pass re-runs and back-propagates the
-image tower, then the text tower, each against the cached features (it used to hold both towers' graphs at
-once), keeps each GELU output as the recipe gelu(input) (same bits recomputed in backward), and the Trainer
-has glibc return freed blocks >= 1 MiB to the OS (the default heap kept freed activations resident as
-fragments). End to end (4 steps, machine loaded, so speed not comparable; json entry's note): peak RSS main
-3.21 GiB = 0.82x open_clip's 3.92 (target 0.8x: 3.13 GiB; before: 3.43 GiB default, 0.88x).
+The accumulation line with whole micro-batches (grad_chunk null, the default): the gradient pass re-runs and
+back-propagates the image tower, then the text tower, each against the cached features (it used to hold both
+towers' graphs at once), keeps each GELU output as the recipe gelu(input) (same bits recomputed in backward),
+and the Trainer has glibc return freed blocks >= 1 MiB to the OS (the default heap kept freed activations
+resident as fragments). Before them: 3.43 GiB (0.88x); the target 0.8x is 3.13 GiB.
 
 Where the accum-4 peak goes now (in-process, ViT-B-32 8 x accum 4, RSS sampled every ms; the tower split,
 the heap setting and the GELU recipe took it from 3.49 to 3.32, 3.23, 3.18 GiB): between steps 3.02 GiB =
