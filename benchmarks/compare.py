@@ -100,7 +100,7 @@ def inputs(batch: int, device: str, dtype: torch.dtype, size: int = 224):
 
 
 def time_interleaved(fns: dict, repeats: int, device: str, warmup: int = 1, pause: float = 0.0,
-                     every: bool = False) -> dict:
+                     every: bool = False, min_round_s: float = 0.0) -> dict:
     """Median seconds per call for each function, calls interleaved across libraries (round-robin), so
     machine noise hits every library alike. Each call is timed by ``torch.utils.benchmark.Timer``.
 
@@ -108,18 +108,23 @@ def time_interleaved(fns: dict, repeats: int, device: str, warmup: int = 1, paus
     Runtime's workers spin after a run by default, and on the same cores that slows whichever engine runs
     next (on 2 busy cores, torch at batch 1 measured several times slower right after an ORT call).
     ``every``: each function's list of seconds, one per repeat, in round order (round i of every function
-    ran back to back, so ratios within a round are paired), instead of the medians."""
+    ran back to back, so ratios within a round are paired), instead of the medians.
+    ``min_round_s``: each function's turn in a round runs as many calls as fill this many seconds (from its
+    last warm-up call), and counts their mean: one 30 ms call at batch 1 is at the mercy of one scheduler tick."""
     from torch.utils.benchmark import Timer
     threads = torch.get_num_threads()   # Timer would otherwise run single-threaded
     timers = {k: Timer(stmt="f()", globals={"f": f}, num_threads=threads) for k, f in fns.items()}
-    for t in timers.values():
-        for _ in range(warmup):
-            t.timeit(1)
+    calls = {}
+    for k, t in timers.items():
+        last = None
+        for _ in range(max(warmup, 1 if min_round_s else 0)):
+            last = t.timeit(1).median
+        calls[k] = max(1, math.ceil(min_round_s / last)) if min_round_s and last else 1
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, t in timers.items():
             time.sleep(pause)
-            times[k].append(t.timeit(1).median)    # Timer synchronises CUDA around the call
+            times[k].append(t.timeit(calls[k]).mean)    # Timer synchronises CUDA around the calls
     return times if every else {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -284,7 +289,7 @@ def deploy_rows(engines: dict, flops: int | None, batches, repeats: int, size: i
             ref = engines["mmfm fp32"](x)
             cos = {k: min_cosine(f(x), ref) for k, f in engines.items()}
             times = time_interleaved({k: (lambda f=f: f(x)) for k, f in engines.items()}, repeats, "cpu",
-                                     pause=0.05, every=True)
+                                     pause=0.05, every=True, min_round_s=0.3)
         for k, ts in times.items():
             s = statistics.median(ts)
             gflops = flops * bs / s / 1e9 if flops else float("nan")

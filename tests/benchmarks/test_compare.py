@@ -2,6 +2,7 @@
 columns say what they claim (no timing assertions: speed depends on the machine)."""
 import importlib.util
 import json
+import statistics
 
 import PIL.Image
 import pytest
@@ -94,3 +95,21 @@ def test_a_target_verdict_is_drawn_only_where_the_gap_exceeds_the_spread(mean, s
 def test_paired_ratio_is_the_mean_and_spread_of_each_rounds_ratio():
     mean, std = compare.paired_ratio([2.0, 4.0, 3.0], [1.0, 2.0, 2.0])
     assert mean == pytest.approx((2 + 2 + 1.5) / 3) and std == pytest.approx(0.288675, rel=1e-5)
+
+
+def test_a_round_runs_enough_calls_to_fill_its_minimum_time():
+    calls = {"fast": 0, "slow": 0}
+
+    def fast():
+        calls["fast"] += 1
+
+    def slow():
+        calls["slow"] += 1
+        import time
+        time.sleep(0.02)
+    times = compare.time_interleaved({"fast": fast, "slow": slow}, repeats=2, device="cpu", every=True,
+                                     min_round_s=0.1)
+    assert len(times["fast"]) == len(times["slow"]) == 2
+    # ~0.1 s / 0.02 s = 5 calls a round, 2 rounds (+ the Timer's own few warm-up calls), not 1 a round
+    assert 2 * 5 <= calls["slow"] <= 30 and calls["fast"] > 100
+    assert 0.015 < statistics.median(times["slow"]) < 0.2          # seconds per call, not per round
