@@ -111,8 +111,10 @@ def test_the_app_refuses_an_index_of_another_precision_and_serves_one_of_its_own
     with pytest.raises(UserError, match="holds bf16 embeddings .* --precision bf16"):
         build_app(create_model("ViT-tiny-test", pretrained=str(served.clip)).eval(), index=index)
     bf16 = create_model("ViT-tiny-test", pretrained=str(served.clip), precision="bf16").eval()
-    got = TestClient(build_app(bf16, index=index)).get("/api/search", params={"q": "a red circle", "k": 2})
+    client = TestClient(build_app(bf16, index=index))
+    got = client.get("/api/search", params={"q": "a red circle", "k": 2})
     assert got.status_code == 200 and len(got.json()["hits"]) == 2
+    assert client.get("/api/info").json()["precision"] == "bf16"     # the page's numbers say what made them
 
 
 def test_an_index_from_before_precision_was_recorded_reads_as_fp32(served, tmp_path, capsys):

@@ -138,7 +138,8 @@ def test_without_index_or_frozen_model_the_page_says_how_to_add_them(loaded):
     got = client.post("/api/caption", files={"image": ("x.png", _png((40, 40)), "image/png")})
     assert got.status_code == 404 and "--frozen DIR" in got.json()["error"]
     assert client.get("/api/thumbnail/0").status_code == 404
-    assert client.get("/api/info").json() == {"model": "ViT-tiny-test", "index": None, "frozen": False}
+    assert client.get("/api/info").json() == {"model": "ViT-tiny-test", "precision": "fp32", "index": None,
+                                              "frozen": False}
 
 
 def test_the_page_escapes_the_model_name(loaded):

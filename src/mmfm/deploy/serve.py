@@ -28,7 +28,7 @@ import torch
 from ..errors import UserError
 from .classify import label_probabilities, label_weights, parse_labels
 from .embed import embed_texts
-from .index import Index
+from .index import Index, model_precision
 from .search import search
 
 MAX_UPLOAD_BYTES = 10 * 2**20      # an upload larger than this is refused before it is decoded
@@ -118,6 +118,7 @@ def build_app(model: torch.nn.Module, *, index: Index | None = None, frozen: tup
     if index is not None:
         check_index(model, index)
     name = name or type(model).__name__
+    precision = model_precision(model)     # what the classify and search numbers were computed at
     lock = threading.Lock()
     app = FastAPI(title="mmfm serve", docs_url=None, redoc_url=None, openapi_url=None)
     html_page = page(name, index, frozen)
@@ -153,7 +154,8 @@ def build_app(model: torch.nn.Module, *, index: Index | None = None, frozen: tup
 
     @app.get("/api/info")
     def info():
-        return {"model": name, "index": None if index is None else {"root": str(index.root), "images": len(index.paths)},
+        return {"model": name, "precision": precision,
+                "index": None if index is None else {"root": str(index.root), "images": len(index.paths)},
                 "frozen": frozen is not None}
 
     # Plain `def` endpoints run in FastAPI's thread pool; the lock makes them take turns on the models.
