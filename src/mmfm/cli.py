@@ -123,7 +123,9 @@ def _cmd_export(args) -> int:
     return 0
 
 
-PRECISION_CHOICES = ["fp32", "bf16", "fp16", "int8"]   # inference: = mmfm.deploy.index.PRECISIONS
+# = mmfm.deploy.index.PRECISIONS (a test checks): not imported from there, since mmfm.deploy loads torch and the
+# CLI parses its arguments before any of that.
+PRECISION_CHOICES = ["fp32", "bf16", "fp16", "int8"]
 
 
 def _check_precision(device: str | None, precision: str | None) -> None:

@@ -141,3 +141,10 @@ def test_an_index_naming_an_unknown_precision_is_refused(served, tmp_path, capsy
     assert main(["search", str(bad), "a red circle"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "precision 'fp8'" in err
+
+
+def test_the_clis_precision_choices_are_the_ones_an_index_can_record():
+    """cli.py keeps its own list (importing mmfm.deploy would load torch before argparse runs): the two agree."""
+    from mmfm.cli import PRECISION_CHOICES
+    from mmfm.deploy.index import PRECISIONS
+    assert PRECISION_CHOICES == list(PRECISIONS)
