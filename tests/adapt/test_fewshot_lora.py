@@ -109,7 +109,9 @@ def episode():
     {"objective": "ce", "steps": 6, "batch_size": 8, "lr": 1e-2},
     {"objective": "contrastive", "steps": 6, "batch_size": 8, "lr": 1e-2, "weight_decay": 0.1},
     {"objective": "ce", "steps": 3, "batch_size": 64, "lr": 1e-2, "preset": "qv-r16", "r": 2},   # batch > shots
-], ids=["ce", "contrastive-decay", "ce-whole-set"])
+    # trainable biases (1-D) decayed too, as the old loop's one AdamW group did
+    {"objective": "ce", "steps": 4, "batch_size": 8, "lr": 1e-2, "weight_decay": 0.1, "bias": "all"},
+], ids=["ce", "contrastive-decay", "ce-whole-set", "ce-decay-biases"])
 def test_lora_few_shot_gives_the_numbers_of_the_loop_it_replaced(episode, options):
     episode = copy.copy(episode)
     episode.options = options

@@ -79,8 +79,8 @@ def lora_few_shot(episode) -> dict[str, Any]:
     ``device`` (the model's), ``seed`` (the episode's).
 
     Training is the Trainer's, without an output folder: AdamW (betas 0.9/0.999, eps 1e-8) at a constant
-    lr, no clipping, a fresh random batch of the shots each step. The Trainer exempts 1-D parameters
-    (biases, the temperature) from weight decay, which the presets' adapters do not have.
+    lr, weight decay on every trainable parameter (trainable biases included), no clipping, a fresh random
+    batch of the shots each step.
     """
     from ...eval.features import default_transform, extract_image_features, model_device
     from ...eval.zero_shot import build_zero_shot_classifier
@@ -114,8 +114,9 @@ def lora_few_shot(episode) -> dict[str, Any]:
     final_loss = float("nan")
     if steps > 0:
         batch = min(batch_size, len(labels))
-        cfg = TrainConfig(max_steps=steps, batch_size=batch, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999),
-                          eps=1e-8, schedule="constant", grad_clip=None, seed=seed, device=str(device), log_every=steps)
+        cfg = TrainConfig(max_steps=steps, batch_size=batch, lr=lr, weight_decay=weight_decay, weight_decay_on="all",
+                          betas=(0.9, 0.999), eps=1e-8, schedule="constant", grad_clip=None, seed=seed,
+                          device=str(device), log_every=steps)
         stream = _ShotStream(images, labels, steps, batch, seed)
         final_loss = Trainer(model, stream, cfg, None, objective=loss_fn,
                              collate_fn=torch.utils.data.default_collate).fit().final_loss
