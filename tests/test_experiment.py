@@ -359,3 +359,10 @@ def test_the_runs_contrastive_objective_takes_every_setting_of_the_training_conf
     cfg = TrainConfig(loss="siglip", local_loss=True, grad_chunk=2)
     objective = ClipFamily().objective(None, cfg)
     assert (objective.loss_name, objective.local_loss, objective.grad_chunk) == ("siglip", True, 2)
+
+
+def test_a_training_model_on_a_missing_experiment_train_data_key_is_one_clear_error(tmp_path):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["train_data"] = "nope"
+    with pytest.raises(ValueError, match=r"train_data 'nope' is not a key of data \(\['test', 'train', 'val'\]\)"):
+        run_experiment(_write(tmp_path, cfg), out_dir=tmp_path / "run")

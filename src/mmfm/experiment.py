@@ -418,9 +418,13 @@ def model_family(model_or_config: Any) -> ModelFamily:
 
 
 def data_keys(cfg: ExperimentConfig, spec: ModelSpec) -> tuple[str, str | None]:
-    """(training data key, validation data key or None) of a model: its own, else the experiment's."""
+    """(training data key, validation data key or None) of a model: its own, else the experiment's. The
+    experiment's default is checked here, when a model trains on it (a run that trains nothing need not have it)."""
     val = spec.val_data if spec.val_data is not None else cfg.val_data
-    return spec.train_data or cfg.train_data, (None if val == "none" else val)
+    train = spec.train_data or cfg.train_data
+    if train not in cfg.data:
+        raise ValueError(f"train_data {train!r} is not a key of data ({sorted(cfg.data)})")
+    return train, (None if val == "none" else val)
 
 
 def _views(cfg, family: ModelFamily, model, tok, datasets, train: TrainConfig, spec: ModelSpec, options=None):
@@ -430,8 +434,6 @@ def _views(cfg, family: ModelFamily, model, tok, datasets, train: TrainConfig, s
     train_tf = image_transform(size, train=True, scale=a.random_resized_crop or (1.0, 1.0), hflip=a.hflip,
                                pad_crop=a.pad_crop) if size else None
     train_key, val_key = data_keys(cfg, spec)
-    if train_key not in datasets:
-        raise ValueError(f"train_data {train_key!r} is not a key of data ({sorted(datasets)})")
     train_view = family.train_view(datasets[train_key], train_tf, tok, seed=train.seed, options=options, model=model)
     val_view = None
     if val_key and val_key in datasets:
@@ -665,8 +667,6 @@ def _run(cfg: ExperimentConfig, out: Path, started: float) -> dict[str, Any]:
         if spec.config is not None and hasattr(model_family(config), "complete_config"):
             # the family fills in what the data decides (a causal LM's vocabulary size, from its tokenizer)
             train_key = data_keys(cfg, spec)[0]
-            if train_key not in datasets:
-                raise ValueError(f"train_data {train_key!r} is not a key of data ({sorted(datasets)})")
             config, tok = model_family(config).complete_config(config, spec.tokenizer, datasets[train_key])
         model = create_model(config, pretrained=spec.pretrained, precision=spec.precision)
         steps = adaptation_steps(spec)
