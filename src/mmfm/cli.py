@@ -591,7 +591,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False) or os.environ.get("MMFM_DEBUG", "").strip() not in ("", "0")
     try:
         _check_common(args)
-        return args.func(args)
+        code = args.func(args)
+        if code == 0 and "RANK" in os.environ:     # a torchrun job: leave the process group as PyTorch asks
+            from .train.distributed import shutdown_distributed
+            shutdown_distributed()
+        return code
     except KeyboardInterrupt:
         if debug:
             raise

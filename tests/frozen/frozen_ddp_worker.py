@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from mmfm.api import create_model
 from mmfm.train import TrainConfig, Trainer
-from mmfm.train.distributed import init_distributed
+from mmfm.train.distributed import init_distributed, shutdown_distributed
 from mmfm.train.objectives import split_batch
 from mmfm.frozen.objective import FrozenObjective
 
@@ -68,7 +68,8 @@ def main(out_path: str, per_rank: int, accum: int) -> None:
         torch.save({"loss": loss, "grads": grads, "trainer_steps": torch.tensor(result.steps),
                     "lm_unchanged": torch.tensor(lm_same)}, out_path)
     if info.enabled:
-        dist.destroy_process_group()
+        del ddp, sync   # see shutdown_distributed: no DDP wrapper may outlive the process group
+        shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch.distributed as dist
 
 from mmfm.api import create_model
 from mmfm.train import TrainConfig, Trainer
-from mmfm.train.distributed import init_distributed
+from mmfm.train.distributed import init_distributed, shutdown_distributed
 
 
 class Pairs(torch.utils.data.Dataset):
@@ -37,7 +37,7 @@ def main(out_path: str) -> None:
     if info.rank == 0:
         torch.save({"loss": loss}, out_path)
     if info.enabled:
-        dist.destroy_process_group()
+        shutdown_distributed()
 
 
 if __name__ == "__main__":

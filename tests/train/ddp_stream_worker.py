@@ -7,7 +7,7 @@ import torch.distributed as dist
 from mmfm.data import ShardDataset
 from mmfm.api import create_model
 from mmfm.train import TrainConfig, Trainer
-from mmfm.train.distributed import init_distributed
+from mmfm.train.distributed import init_distributed, shutdown_distributed
 from test_stream_resume import Tokenize
 
 
@@ -26,7 +26,7 @@ def main(out_path: str, shards: str, steps: int) -> None:
     if info.rank == 0:
         torch.save({"epochs": [m["epochs"] for m in everyone], "steps": [m["steps"] for m in everyone],
                     "errors": [m["error"] for m in everyone]}, out_path)
-    dist.destroy_process_group()
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

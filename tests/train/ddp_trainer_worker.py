@@ -2,12 +2,11 @@
 import sys
 
 import torch
-import torch.distributed as dist
 
 from mmfm.data import collate_skip_none
 from mmfm.api import create_model
 from mmfm.train import TrainConfig, Trainer
-from mmfm.train.distributed import init_distributed
+from mmfm.train.distributed import init_distributed, shutdown_distributed
 
 
 class PairsWithCorrupt(torch.utils.data.Dataset):
@@ -36,7 +35,7 @@ def main(out_path: str, global_batch: int, steps: int, corrupt: int, accum: int)
         torch.save({"model": model.state_dict(), "skipped": result.skipped_samples,
                     "samples_seen": result.samples_seen, "loss": result.final_loss}, out_path)
     if info.enabled:
-        dist.destroy_process_group()
+        shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -3,10 +3,9 @@ import sys
 from contextlib import nullcontext
 
 import torch
-import torch.distributed as dist
 
 from mmfm.api import create_model
-from mmfm.train.distributed import init_distributed
+from mmfm.train.distributed import init_distributed, shutdown_distributed
 from mmfm.train.objectives import ContrastiveObjective, split_batch
 
 
@@ -25,7 +24,8 @@ def main(out_path: str, per_rank: int, accum: int) -> None:
     if info.rank == 0:
         torch.save({"loss": out["loss"], "grads": {n: p.grad for n, p in model.named_parameters()}}, out_path)
     if info.enabled:
-        dist.destroy_process_group()
+        del ddp, sync   # see shutdown_distributed: no DDP wrapper may outlive the process group
+        shutdown_distributed()
 
 
 if __name__ == "__main__":

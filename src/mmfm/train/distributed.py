@@ -1,6 +1,7 @@
 """torch.distributed helpers: initialise from torchrun's environment, rank/world size, gathering."""
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from contextlib import contextmanager
@@ -60,6 +61,17 @@ def init_distributed(device: str | None = None) -> DistInfo:
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return info
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group at the end of a successful job (PyTorch asks for it before exit).
+
+    A DistributedDataParallel wrapper that has run a backward pass must be gone first: with one still alive at
+    teardown, a gloo rank aborted ("terminate called without an active exception") in about 1 exit of 5 under
+    torch 2.14. The collection here frees wrappers that only reference cycles keep."""
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def dist_info() -> DistInfo:
