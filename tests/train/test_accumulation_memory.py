@@ -98,6 +98,70 @@ def test_tower_by_tower_gives_the_gradients_of_both_at_once(loss, local):
         torch.testing.assert_close(g_split[n], g_joint[n], rtol=1e-6, atol=1e-6, msg=n)
 
 
+def _watch(model, k, by_tower=True):
+    """Per backward call of one accumulated step: (image grads exist, text grads exist, token table grad sparse),
+    taken just before the call."""
+    seen = []
+
+    def has(tower):
+        return any(p.grad is not None for p in tower.parameters())
+
+    def backward(l):
+        g = model.text.token_embedding.weight.grad
+        seen.append((has(model.visual), has(model.text), g is not None and g.is_sparse))
+        l.backward()
+
+    obj = ContrastiveObjective()
+    obj.tower_by_tower = by_tower
+    model.zero_grad(set_to_none=True)
+    obj.forward_backward(model, split_batch(_pairs(), k), backward, nullcontext, lambda last: nullcontext())
+    return seen
+
+
+def test_image_halves_run_before_any_text_gradient_exists():
+    # ViT-B-32 at 8 x accumulation 4: the image tower's activations are the largest thing the pass holds, and
+    # the text tower's gradients (0.24 GB) are the largest thing that can wait: every image half runs first.
+    torch.manual_seed(0)
+    model = create_model("ViT-tiny-test").train()
+    seen = _watch(model, 4)
+    assert len(seen) == 8
+    assert not any(text for _, text, _ in seen[:4])       # image halves: no text gradient yet
+    assert all(image for image, _, _ in seen[4:])
+
+
+def test_token_embedding_gradient_is_sparse_during_the_pass_and_dense_after():
+    # A dense embedding backward builds a table-sized gradient (49408 x 512 for CLIP) before adding it into
+    # .grad: that transient was the pass's peak. Inside the pass the table's gradient is sparse; after it, one
+    # dense .grad as the optimizer and clipping expect, and the module is as it was.
+    torch.manual_seed(0)
+    model = create_model("ViT-tiny-test").train()
+    seen = _watch(model, 3)
+    assert [sparse for _, _, sparse in seen] == [False] * 3 + [False, True, True]   # sparse from the 2nd text half
+    table = model.text.token_embedding
+    assert table.weight.grad is not None and table.weight.grad.layout == torch.strided and not table.sparse
+    # the joint pass (DDP's) keeps dense embedding gradients throughout
+    assert not any(sparse for _, _, sparse in _watch(model, 3, by_tower=False))
+
+
+def test_tower_by_tower_replays_the_randomness_of_both_towers():
+    # Each half must draw what the feature pass drew for it: the image half from the piece's recorded state,
+    # the text half from the state the image half left (now that the text halves run after all image halves).
+    def grads(by_tower):
+        torch.manual_seed(0)
+        model = create_model("ViT-tiny-test").train()
+        for tower in (model.visual, model.text):
+            tower.register_forward_hook(lambda m, i, o: torch.nn.functional.dropout(o, 0.5, True))
+        torch.manual_seed(7)
+        loss, g, _ = _run(model, _pairs(), 3, by_tower, keep_less=False)
+        return loss, g, torch.get_rng_state()
+    loss_joint, g_joint, rng_joint = grads(False)
+    loss_split, g_split, rng_split = grads(True)
+    assert loss_split == pytest.approx(loss_joint, rel=1e-6)
+    assert torch.equal(rng_split, rng_joint)             # the caller's stream ends where it did
+    for n in g_joint:
+        torch.testing.assert_close(g_split[n], g_joint[n], rtol=1e-6, atol=1e-6, msg=n)
+
+
 def test_gradient_pass_keeps_gelu_outputs_as_their_recipe():
     # The MLP's GELU output (fc2's input) is recomputed from fc1's output, which GELU's backward keeps
     # anyway: the same bits, so the same gradients exactly, and a quarter less to hold.

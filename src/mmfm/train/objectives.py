@@ -15,11 +15,13 @@ The same argument splits a slice's path by tower: the image and text features of
 paths too, so a single process re-runs and back-propagates the image tower, then the text tower, each
 against the cached features of everything else. The gradient pass then holds one tower's activations at
 a time instead of both (ViT-B-32 at 8 x accumulation 4: the text tower's backward used to run with the
-image tower's whole graph waiting behind it).
+image tower's whole graph waiting behind it). All image halves run before the first text half, so the image
+tower's activations never coexist with the text tower's gradients, and the token table's gradient stays
+sparse until the pass ends: the pass's peak is then no higher than the optimizer step's.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Callable, ContextManager
 
 import torch
@@ -156,6 +158,28 @@ def _keep_less(model: nn.Module) -> ContextManager:
     return torch.autograd.graph.saved_tensors_hooks(_pack, _unpack)
 
 
+@contextmanager
+def _sparse_embedding_grads(model: nn.Module, enabled: bool):
+    """Inside it, trainable embedding tables get sparse gradients; on leaving, those gradients are made dense.
+
+    A dense embedding backward builds a new table-sized gradient and then adds it into ``.grad``: for the
+    text tower's token embedding (49408 x 512, 101 MB) that transient was the peak of the gradient pass.
+    The sparse one holds only the rows of the tokens seen (the same sums) until the pass ends, when one dense
+    ``.grad`` is made, as the optimizer and gradient clipping expect. Single process only (``enabled``).
+    """
+    tables = [m for m in model.modules() if type(m) is nn.Embedding and not m.sparse and m.weight.requires_grad] \
+        if enabled else []
+    for m in tables:
+        m.sparse = True
+    try:
+        yield
+    finally:
+        for m in tables:
+            m.sparse = False
+            if m.weight.grad is not None and m.weight.grad.is_sparse:
+                m.weight.grad = m.weight.grad.to_dense()
+
+
 def _scaled_grad(t: torch.Tensor | None, g: float) -> torch.Tensor | None:
     """``t`` unchanged in value, its gradient multiplied by ``g`` (0: counted elsewhere; still in the graph,
     so DDP sees every parameter used)."""
@@ -225,31 +249,40 @@ class ContrastiveObjective(Objective):
         rank_sizes = all_gather_sizes(local_img.shape[0], local_img.device)
         all_img = torch.cat(all_gather_variable(local_img.float(), rank_sizes))
         all_txt = torch.cat(all_gather_variable(local_txt.float(), rank_sizes))
-        # Pass 2: each piece re-run with grad and back-propagated with only its rows live; in one process
-        # tower by tower (DDP's reducer wants every parameter in the synchronising backward: both at once).
-        halves = (("image",), ("text",)) if self.tower_by_tower and world == 1 else (("image", "text"),)
-        value = None
-        offset = sum(rank_sizes[:info.rank])
+        # Pass 2: each piece re-run with grad and back-propagated with only its rows live. In one process tower
+        # by tower: every piece's image half, then every piece's text half, so the image tower's activations
+        # never sit on top of the text tower's gradients (DDP's reducer wants every parameter in the
+        # synchronising backward: both towers at once there).
+        by_tower = live_out is None and self.tower_by_tower and world == 1
+        halves = (("image",), ("text",)) if by_tower else (("image", "text"),)
+        starts, offset = [], sum(rank_sizes[:info.rank])
         for j, (i, piece) in enumerate(pieces):
-            n = batch_size(piece)
-            first = j == 0 or pieces[j - 1][0] != i      # the first piece of micro-batch i
-            if first:
+            if j == 0 or pieces[j - 1][0] != i:     # the first piece of micro-batch i
                 start = offset
-            term = slice(start, start + batch_size(micro_batches[i]))
-            if live_out is None:
-                # Both halves draw from the recorded RNG state in the feature pass's order (image, then text).
-                torch.set_rng_state(rng[j])
-                with sync(j == len(pieces) - 1):
-                    for h, keys in enumerate(halves):
+            starts.append((offset, start))
+            offset += batch_size(piece)
+        value = None
+        with _sparse_embedding_grads(core, by_tower):
+            for h, keys in enumerate(halves):
+                for j, (i, piece) in enumerate(pieces):
+                    offset, start = starts[j]
+                    n = batch_size(piece)
+                    first = start == offset
+                    term = slice(start, start + batch_size(micro_batches[i]))
+                    if live_out is not None:
+                        value = self._slice_backward(live_out, all_img, all_txt, offset, n, term, i, first, k,
+                                                     world, backward)
+                        continue
+                    # Each half draws from the RNG state the feature pass had when it reached that half: the
+                    # recorded state of the piece for its image half, the state the image half left for its text.
+                    torch.set_rng_state(rng[j])
+                    with sync(h == len(halves) - 1 and j == len(pieces) - 1):
                         with autocast(), _keep_less(model):
                             out = model(**{key: piece[key] for key in keys})
+                        rng[j] = torch.get_rng_state()
                         value = self._slice_backward(out, all_img, all_txt, offset, n, term, i, first and h == 0,
                                                      k, world, backward)
                         del out   # this graph is gone: free its outputs before the next one is built
-            else:
-                value = self._slice_backward(live_out, all_img, all_txt, offset, n, term, i, first, k, world,
-                                             backward)
-            offset += n
         scale = core.logit_scale.exp().clamp(max=100).item() if hasattr(core, "logit_scale") else None
         return {"loss": value, "logit_scale": scale}
 
