@@ -128,11 +128,18 @@ def _cmd_export(args) -> int:
 PRECISION_CHOICES = ["fp32", "bf16", "fp16", "int8"]
 
 
-def _check_precision(device: str | None, precision: str | None) -> None:
+def _check_precision(device: str | None, precision: str | None, index: str | None = None) -> None:
     """Before any work: fp16 only on CUDA (CPUs have no fast fp16 matmuls), int8 only on the CPU (dynamic
-    quantization has no GPU kernels); bf16 and fp32 anywhere."""
+    quantization has no GPU kernels); bf16 and fp32 anywhere. ``index``: the precision is that index's (no
+    --precision given), and the message names it rather than a flag the user never passed."""
     import torch
     kind = torch.device(device).type if device is not None else "cpu"
+    if index is not None and precision == "fp16" and kind != "cuda":
+        raise UserError(f"index {index} holds fp16 embeddings, which need a CUDA GPU to query (--device cuda): on "
+                        f"a {kind}, rebuild it with `mmfm embed --precision bf16` (or fp32)")
+    if index is not None and precision == "int8" and kind != "cpu":
+        raise UserError(f"index {index} holds int8 embeddings, which are CPU inference only: query it with "
+                        f"--device cpu")
     if precision == "fp16" and kind != "cuda":
         raise UserError(f"--precision fp16 needs a CUDA GPU (--device cuda): on a {kind} use bf16 or int8")
     if precision == "int8" and kind != "cpu":
@@ -197,6 +204,7 @@ def _cmd_classify(args) -> int:
 
 def _cmd_embed(args) -> int:
     from .deploy import embed_images, embed_texts, find_images, write_index
+    from .models.precision import int8_layers
     from .util.weights import model_fingerprint
     _check_precision(args.device, args.precision)
     # Absolute paths: the index is searched (and its contact sheet drawn) from any working directory.
@@ -215,7 +223,8 @@ def _cmd_embed(args) -> int:
     if not done.paths:
         raise UserError(f"none of the {len(paths)} images could be read (see above): name readable images")
     write_index(args.out, done.embeddings, done.paths, model=args.model, pretrained=pretrained,
-                fingerprint=model_fingerprint(model), precision=args.precision, texts=texts,
+                fingerprint=model_fingerprint(model), precision=args.precision, int8_layers=int8_layers(model),
+                texts=texts,
                 text_embeddings=embed_texts(model, texts) if texts else None, skipped=done.skipped)
     print(f"{len(done.paths)} images{f', {len(texts)} texts' if texts else ''} embedded "
           f"({done.embeddings.shape[1]}-d, {args.precision}) into {args.out}; {len(done.skipped)} unreadable skipped")
@@ -240,7 +249,7 @@ def _cmd_search(args) -> int:
 
     from .data.base import load_image
     from .data.transforms import image_transform
-    from .deploy import check_query_precision, contact_sheet, embed_texts, load_index, search
+    from .deploy import check_int8_layers, check_query_precision, contact_sheet, embed_texts, load_index, search
     from .util.weights import model_fingerprint
     if (args.query is None) == (args.image is None):
         raise UserError('give a text query or --image IMG (one of them): mmfm search INDEX "a red circle"')
@@ -254,8 +263,10 @@ def _cmd_search(args) -> int:
                         f"embed a query: rebuild it with `mmfm embed ... --pretrained CHECKPOINT`")
     # The query is embedded as the index's rows were: same weights, same precision (the default).
     precision = args.precision or meta["precision"]
+    _check_precision(args.device, precision, index=None if args.precision else args.index)
     check_query_precision(index, precision)
     model = _inference_model("search", meta["model"], meta["pretrained"], args.device, precision)
+    check_int8_layers(index, model)   # before the fingerprint: a CPU of another kind is not "weights changed"
     if model_fingerprint(model) != meta["fingerprint"]:
         raise UserError(f"{meta['model']} from {meta['pretrained']} is not the model that built {args.index} "
                         f"(its weights changed): rebuild the index with `mmfm embed`")
@@ -290,6 +301,8 @@ def _cmd_serve(args) -> int:
     _check_precision(args.device, args.precision)
     index = load_index(args.index) if args.index else None     # validated before any model is built
     precision = args.precision or (index.meta["precision"] if index is not None else "fp32")
+    if index is not None and args.precision is None:
+        _check_precision(args.device, precision, index=args.index)
     if index is not None:
         check_query_precision(index, precision)
     if args.frozen is not None and not Path(args.frozen).is_dir():

@@ -148,3 +148,50 @@ def test_the_clis_precision_choices_are_the_ones_an_index_can_record():
     from mmfm.cli import PRECISION_CHOICES
     from mmfm.deploy.index import PRECISIONS
     assert PRECISION_CHOICES == list(PRECISIONS)
+
+
+def _copy_index(src, dst, **meta_changes):
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((dst / "meta.json").read_text())
+    meta.update(meta_changes)
+    (dst / "meta.json").write_text(json.dumps(meta))
+    return dst
+
+
+@pytest.mark.parametrize("command", ["search", "serve"])
+def test_an_fp16_index_on_a_cpu_names_the_index_not_a_flag_never_passed(served, bf16_index, tmp_path, capsys, command):
+    # An fp16 index (made on a GPU) queried on a CPU: the precision came from the index, so the message must
+    # say so; "--precision fp16 needs a CUDA GPU" named a flag the user never typed.
+    if command == "serve":
+        pytest.importorskip("fastapi")
+    index = _copy_index(bf16_index, tmp_path / "fp16", precision="fp16")
+    argv = (["search", str(index), "a red circle"] if command == "search" else
+            ["serve", "--model", "ViT-tiny-test", "--pretrained", str(served.clip), "--index", str(index)])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"index {index} holds fp16 embeddings" in err and "--device cuda" in err
+    assert "--precision fp16" not in err
+
+
+def test_an_int8_index_from_a_cpu_of_another_kind_says_so_not_weights_changed(served, tmp_path, capsys, monkeypatch):
+    # int8 layers follow the CPU (8-bit activations with VNNI, 7-bit without): the same weights give another
+    # fingerprint on the other kind of CPU, and "its weights changed" sent the user after the wrong fix.
+    import mmfm.models.precision as precision
+    monkeypatch.setattr(precision, "cpu_has_vnni", lambda: True)
+    out = tmp_path / "int8"
+    assert main(["embed", *served.images, "--model", "ViT-tiny-test", "--pretrained", str(served.clip),
+                 "--out", str(out), "--workers", "0", "--threads", "1", "--precision", "int8"]) == 0
+    assert load_index(out).meta["int8_layers"].startswith("8-bit activations")
+    assert main(["search", str(out), "a red circle", "--threads", "1"]) == 0     # same kind of CPU: searchable
+    capsys.readouterr()
+    monkeypatch.setattr(precision, "cpu_has_vnni", lambda: False)
+    assert main(["search", str(out), "a red circle", "--threads", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "7-bit activations" in err and "without VNNI" in err
+    assert "rebuild the index here" in err and "weights changed" not in err
+    # the field is read from an untrusted file and printed: anything but a string is refused when loading
+    from mmfm.errors import UserError
+    with pytest.raises(UserError, match="int8_layers"):
+        load_index(_copy_index(out, tmp_path / "bad", int8_layers={"x": 1}))

@@ -4,6 +4,7 @@
     INDEX/text_embeddings.npy    (M, D) float32, row j = meta["texts"][j]   (only when texts were embedded)
     INDEX/meta.json              {"format": "mmfm-index", "version": 1 or 2, "model", "pretrained", "fingerprint",
                                   "precision", "dim", "paths", "texts", "skipped", "created"}
+                                 (+ "int8_layers" for int8: the layers' kind, which follows the CPU)
 
 ``fingerprint`` is :func:`mmfm.util.weights.model_fingerprint` of the model that wrote the embeddings, as it ran
 (at its ``precision``: fp32, bf16, fp16 or int8, ``create_model(precision=...)``): a search embeds its query with
@@ -56,7 +57,8 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def write_index(out: str | os.PathLike, image_embeddings: np.ndarray, paths: list[str], *, model: str,
-                pretrained: str | None, fingerprint: str, precision: str = "fp32", texts: list[str] | None = None,
+                pretrained: str | None, fingerprint: str, precision: str = "fp32", int8_layers: str | None = None,
+                texts: list[str] | None = None,
                 text_embeddings: np.ndarray | None = None, skipped: list[tuple[str, str]] | None = None) -> Path:
     """Write an index folder (see the module docstring); returns its path."""
     out = Path(out)
@@ -75,6 +77,7 @@ def write_index(out: str | os.PathLike, image_embeddings: np.ndarray, paths: lis
     atomic_write_json(out / "meta.json", {
         "format": INDEX_FORMAT, "version": 1 if precision == "fp32" else INDEX_VERSION, "model": model,
         "pretrained": pretrained, "fingerprint": fingerprint, "precision": precision,
+        **({"int8_layers": int8_layers} if precision == "int8" and int8_layers else {}),
         "dim": int(image_embeddings.shape[1]), "paths": list(paths), "texts": texts,
         "skipped": [{"path": p, "error": why} for p, why in (skipped or [])],
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
@@ -112,6 +115,7 @@ def load_index(root: str | os.PathLike) -> Index:
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
         raise UserError(f"{meta_path} is not an mmfm index's metadata: build one with `mmfm embed`")
     wrong = [k for k, t in _REQUIRED.items() if not isinstance(meta.get(k), t)]
+    wrong += ["int8_layers"] * ("int8_layers" in meta and not isinstance(meta["int8_layers"], str))
     if wrong:
         raise UserError(f"{meta_path}: field(s) {', '.join(wrong)} missing or of the wrong type: rebuild the "
                         f"index with `mmfm embed`")
@@ -138,6 +142,21 @@ def check_query_precision(index: Index, precision: str) -> None:
         raise UserError(f"index {index.root} holds {have} embeddings and a query embedded in {precision} would be "
                         f"compared across precisions: use --precision {have} (the default with this index), or "
                         f"rebuild the index with `mmfm embed --precision {precision}`")
+
+
+def check_int8_layers(index: Index, model) -> None:
+    """An int8 index is queried through int8 layers of the kind that embedded it, or refused in one line.
+
+    The kind follows the CPU (VNNI or not: ``models.precision.int8_layers``), so an int8 index built on one
+    machine can fail its fingerprint on another with unchanged weights; saying "weights changed" there would
+    send the user after the wrong fix."""
+    from ..models.precision import cpu_has_vnni, int8_layers
+    have, here = index.meta.get("int8_layers"), int8_layers(model)
+    if have is not None and here is not None and have != here:
+        raise UserError(f"index {index.root} was embedded by int8 layers with {have}; on this CPU "
+                        f"({'with' if cpu_has_vnni() else 'without'} VNNI) they run with {here}, which gives other "
+                        f"embeddings from the same weights: rebuild the index here with `mmfm embed --precision "
+                        f"int8`, or at fp32 or bf16 to search it on any machine")
 
 
 def model_precision(model) -> str:

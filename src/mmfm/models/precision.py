@@ -263,6 +263,19 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return model
 
 
+def int8_layers(model: nn.Module) -> str | None:
+    """Which int8 layers ``model`` runs (None when it is not int8): they follow the CPU that quantized it, and the
+    same weights give other embeddings through another kind. "8-bit activations, oneDNN" and "8-bit
+    activations, fbgemm" on VNNI CPUs; "7-bit activations" (torch.ao's reduce_range) elsewhere."""
+    if not is_int8(model):
+        return None
+    full, onednn = _int8_linear_classes()
+    kinds = {type(m) for m in model.modules()}
+    if onednn in kinds:
+        return "8-bit activations, oneDNN"
+    return "8-bit activations, fbgemm" if full in kinds else "7-bit activations"
+
+
 def is_int8(model: nn.Module) -> bool:
     """Whether ``model`` holds dynamically quantized int8 layers (``create_model(precision="int8")``)."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
