@@ -262,7 +262,8 @@ class ContrastiveObjective(Objective):
             starts.append((offset, start))
             offset += batch_size(piece)
         value = None
-        with _sparse_embedding_grads(core, by_tower):
+        # (not under torch.compile: flipping a module's flag every step would recompile its graph)
+        with _sparse_embedding_grads(core, by_tower and not hasattr(model, "_orig_mod")):
             for h, keys in enumerate(halves):
                 for j, (i, piece) in enumerate(pieces):
                     offset, start = starts[j]
