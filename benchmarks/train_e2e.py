@@ -27,27 +27,31 @@ after each step, mmfm clamps its exp() at 100 where it is used; mmfm writes a ch
 its optimizer is the fused AdamW kernel (open_clip: foreach); initialisations differ in detail (each library's
 own, different seeds), so the loss curves are not compared here.
 
-Measured 2026-11-30 on an idle 2-core machine, 20 steps (640 JPEGs), one run per setting,
-benchmarks/results/train_e2e.json (open_clip-b32 from an earlier run that day on the same kind of machine, the
-other three re-run together after the accumulation changes below):
+Measured 2026-11-30 on an idle 2-core machine, 20 steps (640 JPEGs), benchmarks/results/train_e2e.json: the
+four settings in one run, then the two accumulation settings twice more (its "accum4_runs": 3 runs, paired):
 
     setting        open_clip samples/s, main GiB   mmfm samples/s, main GiB      mmfm / open_clip
-    batch 32       2.16, 5.12                      2.89, 3.54                    1.33x speed, 0.69x memory
-    8 x accum 4    1.42, 3.92                      1.73, 3.22                    1.21x speed, 0.82x memory
+    batch 32       2.21, 5.15                      3.03, 3.55                    1.37x speed, 0.69x memory (1 run)
+    8 x accum 4    1.44 +- 0.02, 3.98 +- 0.03      1.91 +- 0.01, 3.07 +- 0.00    1.33x +- 0.03 speed,
+                                                                                 0.77x +- 0.01 memory (3 runs)
 
-The accumulation line with whole micro-batches (grad_chunk null, the default): the gradient pass re-runs and
-back-propagates the image tower, then the text tower, each against the cached features (it used to hold both
-towers' graphs at once), keeps each GELU output as the recipe gelu(input) (same bits recomputed in backward),
-and the Trainer has glibc return freed blocks >= 1 MiB to the OS (the default heap kept freed activations
-resident as fragments). Before them: 3.43 GiB (0.88x); the target 0.8x is 3.13 GiB.
+The accumulation line with whole micro-batches (grad_chunk null, the default). The gradient pass re-runs and
+back-propagates every piece's image half, then every piece's text half, each against the cached features
+(it used to hold both towers' graphs at once, then interleaved the towers piece by piece); it keeps each GELU
+output as the recipe gelu(input) (same bits recomputed in backward) and the token table's gradient sparse
+until the pass ends; and the Trainer has glibc return freed blocks >= 1 MiB to the OS (the default heap kept
+freed activations resident as fragments). Main-process peak: 3.43 GiB (0.88x) before all of these, 3.22
+(0.82x) with the tower split, GELU recipe and heap setting, 3.07 (0.77x) with the image-first order and the
+sparse table gradient.
 
-Where the accum-4 peak goes now (in-process, ViT-B-32 8 x accum 4, RSS sampled every ms; the tower split,
-the heap setting and the GELU recipe took it from 3.49 to 3.32, 3.23, 3.18 GiB): between steps 3.02 GiB =
-shared libraries 0.33 + Python/torch heap ~0.28 + weights, gradients and AdamW moments 2.26 (exactly the
-151M fp32 parameters x 4; all other tensors are small) + ~0.15 other; the peak adds the image tower's saved
-activations of one micro-batch of 8, 0.16 GiB (fc1 outputs 52 MiB, q/k/v 41, LayerNorm outputs 27, residual
-stream 26, attention outputs 13). The text tower's half (its activations plus the dense 101 MB gradient of
-the token embedding, added into .grad) stays below it. 0.8x of open_clip's 3.92 GiB is 3.13 GiB.
+Where the accum-4 peak goes (in-process, ViT-B-32 8 x accum 4, RSS sampled every 0.5 ms): 2.46 GiB between
+steps without gradients (shared libraries 0.33 + Python/torch heap ~0.28 + weights and AdamW moments 1.69 +
+~0.15 other); the image halves add the image tower's gradients (0.33) and one micro-batch's image activations
+(0.16: fc1 outputs 52 MiB, q/k/v 41, LayerNorm outputs 27, residual stream 26, attention 13) = 2.94; the text
+halves add the text tower's gradients without the token table's and its few activations = 2.94; the peak,
+3.02, is the dense gradients of the end of the pass, which the optimizer step needs anyway (weights,
+gradients and moments: the 151M fp32 parameters x 4). Before the image-first order the image activations sat
+on all gradients (3.18), and each text backward built a dense 101 MB token-table gradient before adding it.
 """
 from __future__ import annotations
 
