@@ -32,8 +32,8 @@ class TrainConfig(Strict):
     grad_checkpointing: bool = False
     grad_chunk: int | None = Field(None, ge=1, description="contrastive accumulation: run each micro-batch's feature "
                                    "and gradient passes in pieces of this many pairs (less activation memory, same "
-                                   "gradients up to float summation order, slower: ViT-B-32 8 x accum 4 with 2: 0.81x "
-                                   "open_clip's memory but 0.80x its speed; models with BatchNorm run whole "
+                                   "gradients up to float summation order, slower; ViT-B-32 8 x accum 4 peaks at the "
+                                   "end-of-pass gradients, which pieces do not lower; models with BatchNorm run whole "
                                    "micro-batches); null (default): whole micro-batches")
     compile: bool = False
     loss: Literal["clip", "siglip"] = "clip"
