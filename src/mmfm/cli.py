@@ -263,7 +263,8 @@ def _cmd_search(args) -> int:
                         f"embed a query: rebuild it with `mmfm embed ... --pretrained CHECKPOINT`")
     # The query is embedded as the index's rows were: same weights, same precision (the default).
     precision = args.precision or meta["precision"]
-    _check_precision(args.device, precision, index=None if args.precision else args.index)
+    if args.precision is None:   # the index's own precision: checked here, in the index's words
+        _check_precision(args.device, precision, index=args.index)
     check_query_precision(index, precision)
     model = _inference_model("search", meta["model"], meta["pretrained"], args.device, precision)
     check_int8_layers(index, model)   # before the fingerprint: a CPU of another kind is not "weights changed"
