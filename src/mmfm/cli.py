@@ -249,8 +249,7 @@ def _cmd_search(args) -> int:
 
     from .data.base import load_image
     from .data.transforms import image_transform
-    from .deploy import check_int8_layers, check_query_precision, contact_sheet, embed_texts, load_index, search
-    from .util.weights import model_fingerprint
+    from .deploy import check_query_model, check_query_precision, contact_sheet, embed_texts, load_index, search
     if (args.query is None) == (args.image is None):
         raise UserError('give a text query or --image IMG (one of them): mmfm search INDEX "a red circle"')
     _check_precision(args.device, args.precision)
@@ -267,10 +266,8 @@ def _cmd_search(args) -> int:
         _check_precision(args.device, precision, index=args.index)
     check_query_precision(index, precision)
     model = _inference_model("search", meta["model"], meta["pretrained"], args.device, precision)
-    check_int8_layers(index, model)   # before the fingerprint: a CPU of another kind is not "weights changed"
-    if model_fingerprint(model) != meta["fingerprint"]:
-        raise UserError(f"{meta['model']} from {meta['pretrained']} is not the model that built {args.index} "
-                        f"(its weights changed): rebuild the index with `mmfm embed`")
+    check_query_model(index, model, f"{meta['model']} from {meta['pretrained']} is not the model that built "
+                      f"{args.index} (its weights changed): rebuild the index with `mmfm embed`")
     if args.image is not None:
         pixels = image_transform(model.image_size)(load_image(args.image))[None]
         with torch.no_grad():

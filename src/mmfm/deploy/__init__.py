@@ -5,8 +5,8 @@ The index is a folder (documented in :mod:`mmfm.deploy.index`), written through 
 from __future__ import annotations
 
 from .embed import Embedded, embed_images, embed_texts, find_images
-from .index import INDEX_VERSION, Index, check_int8_layers, check_query_precision, load_index, model_precision, write_index
+from .index import INDEX_VERSION, Index, check_query_model, check_query_precision, load_index, model_precision, write_index
 from .search import contact_sheet, search
 
 __all__ = ["Embedded", "embed_images", "embed_texts", "find_images", "INDEX_VERSION", "Index", "check_query_precision",
-           "check_int8_layers", "load_index", "model_precision", "write_index", "contact_sheet", "search"]
+           "check_query_model", "load_index", "model_precision", "write_index", "contact_sheet", "search"]

@@ -159,6 +159,17 @@ def check_int8_layers(index: Index, model) -> None:
                         f"int8`, or at fp32 or bf16 to search it on any machine")
 
 
+def check_query_model(index: Index, model, mismatch: str) -> None:
+    """The model that embeds queries must be the one that built the index, as it ran: the same precision, the
+    same kind of int8 layers, the same weights (its fingerprint); else one line, ``mismatch`` for the weights.
+    In that order: each earlier check names the real fix where a fingerprint alone would say "weights"."""
+    from ..util.weights import model_fingerprint
+    check_query_precision(index, model_precision(model))
+    check_int8_layers(index, model)
+    if model_fingerprint(model) != index.meta["fingerprint"]:
+        raise UserError(mismatch)
+
+
 def model_precision(model) -> str:
     """The precision a model runs at, as ``create_model(precision=...)`` names it: what an index records."""
     import torch

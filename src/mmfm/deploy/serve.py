@@ -79,14 +79,10 @@ def thumbnail_png(path: str, size: int = THUMBNAIL) -> bytes:
 
 def check_index(model: torch.nn.Module, index: Index) -> None:
     """The index's rows must come from this model's weights, or a text query is compared in another space."""
-    from ..util.weights import model_fingerprint
-    from .index import check_int8_layers, check_query_precision, model_precision
-    check_query_precision(index, model_precision(model))   # before the fingerprint: they name the real fix
-    check_int8_layers(index, model)
-    if model_fingerprint(model) != index.meta["fingerprint"]:
-        raise UserError(f"index {index.root} was built by {index.meta['model']} from {index.meta['pretrained']}, "
-                        f"not by the model being served (its weights differ): serve that model, or rebuild the "
-                        f"index with `mmfm embed` and this model")
+    from .index import check_query_model
+    check_query_model(index, model, f"index {index.root} was built by {index.meta['model']} from "
+                      f"{index.meta['pretrained']}, not by the model being served (its weights differ): serve that "
+                      f"model, or rebuild the index with `mmfm embed` and this model")
 
 
 def page(name: str, index: Index | None, frozen: Any) -> str:
