@@ -28,10 +28,11 @@ its optimizer is the fused AdamW kernel (open_clip: foreach); initialisations di
 own, different seeds), so the loss curves are not compared here.
 
 Measured 2026-11-30 on an idle 2-core machine, 20 steps (640 JPEGs), benchmarks/results/train_e2e.json: the
-four settings in one run, then the two accumulation settings twice more (its "accum4_runs": 3 runs, paired):
+four settings in one run, then each pair of settings twice more ("b32_runs", "accum4_runs": 3 runs, paired):
 
     setting        open_clip samples/s, main GiB   mmfm samples/s, main GiB      mmfm / open_clip
-    batch 32       2.21, 5.15                      3.03, 3.55                    1.37x speed, 0.69x memory (1 run)
+    batch 32       2.22 +- 0.05, 5.19 +- 0.03      2.92 +- 0.14, 3.54 +- 0.00    1.32x +- 0.05 speed,
+                                                                                 0.68x +- 0.00 memory (3 runs)
     8 x accum 4    1.44 +- 0.02, 3.98 +- 0.03      1.91 +- 0.01, 3.07 +- 0.00    1.33x +- 0.03 speed,
                                                                                  0.77x +- 0.01 memory (3 runs)
 
