@@ -209,3 +209,46 @@ def test_vit_patch_embedding_takes_the_packed_path_at_inference_only():
         assert "patch" not in model.visual._cache._entries       # weights about to be stepped: no copy
         model.eval().encode_image(img)
     assert ("patch" in model.visual._cache._entries) == kernels._HAVE_PACKED
+
+
+@pytest.mark.skipif(not kernels._HAVE_PACKED, reason="this torch build has no oneDNN linear kernels")
+def test_residual_add_runs_inside_the_last_matmul_bit_identical_in_fp32(monkeypatch):
+    # At inference a block's two residual adds run as oneDNN's add post-op of out_proj and fc2: in fp32 the
+    # same sums to the bit as x + attn(...) and x + mlp(...); a hook on a sub-layer still sees its own output.
+    from mmfm.models.layers import ResidualBlock
+    torch.manual_seed(0)
+    block = ResidualBlock(64, 4).eval()
+    x = torch.randn(3, 17, 64)
+    fused_calls = []
+    real = kernels._linear_add
+    monkeypatch.setattr(kernels, "_linear_add", lambda *a: fused_calls.append(1) or real(*a))
+    with torch.no_grad():
+        fused, pooled = block(x), block.forward_pooled(x)
+        seen = []
+        hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o)) for m in (block.attn, block.mlp)]
+        unfused, unfused_pooled = block(x), block.forward_pooled(x)
+        for h in hooks:
+            h.remove()
+        h = block.ln_1(x)
+        attn = block.attn(h)
+    # the full block's two adds, and the pooled block's MLP add (its first residual, a slice, is not contiguous)
+    assert fused_calls == [1, 1, 1]
+    assert torch.equal(fused, unfused) and torch.equal(pooled, unfused_pooled)
+    assert torch.equal(seen[0], attn)       # the hooked attention's output, without the residual
+    with pytest.raises(ValueError, match="activation and a residual"):
+        kernels.linear(block.mlp.fc1, x, block.mlp._cache, "fc1", act=block.mlp.act, residual=x)
+
+
+@pytest.mark.skipif(not kernels._HAVE_PACKED, reason="this torch build has no oneDNN linear kernels")
+def test_fused_residual_add_rounds_bf16_once():
+    # In bf16 the post-op adds the residual to the fp32 accumulator and rounds once, where matmul-then-add
+    # rounds twice: closer to the exact sum.
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(256, 256).to(torch.bfloat16).eval()
+    x, r = torch.randn(64, 256).to(torch.bfloat16), torch.randn(64, 256).to(torch.bfloat16)
+    with torch.no_grad():
+        fused = kernels.linear(lin, x, kernels.PackedCache(), "w", residual=r)
+        twice = r + kernels.linear(lin, x, kernels.PackedCache(), "w")
+        exact = x.double() @ lin.weight.double().T + lin.bias.double() + r.double()
+    assert fused.dtype == torch.bfloat16
+    assert (fused.double() - exact).abs().mean() < 0.9 * (twice.double() - exact).abs().mean()

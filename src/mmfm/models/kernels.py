@@ -111,14 +111,35 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
 
 
-def linear(module: nn.Linear, x: torch.Tensor, cache: PackedCache, name: str, act: nn.Module | None = None):
-    """``act(module(x))`` (``module(x)`` without ``act``), through the packed inference path when it
-    applies; there an exact GELU runs inside the matmul."""
+def _linear_add(x: torch.Tensor, residual: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``residual + F.linear(x, weight, bias)`` with ``packed = pack(weight)``: the add is the matmul's post-op."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed, bias, "add")
+
+
+def linear(module: nn.Linear, x: torch.Tensor, cache: PackedCache, name: str, act: nn.Module | None = None,
+           residual: torch.Tensor | None = None):
+    """``act(module(x))`` (``module(x)`` without ``act``; ``residual + module(x)`` with ``residual``), through the
+    packed inference path when it applies; there an exact GELU, or the residual add, runs inside the matmul.
+
+    The fused add reads the residual once in the matmul's output pass instead of a separate add over the
+    whole activation: bit-identical in fp32, and one bf16 rounding instead of two in bf16.
+    """
+    if act is not None and residual is not None:
+        raise ValueError("linear: an activation and a residual cannot both be applied")
     if is_plain_linear(module) and use_packed(x, module.weight) and not about_to_step(module, module.weight):
         w = module.weight
+        packed = cache.derived(name, lambda: pack(w), w)
+        if residual is not None:
+            if residual.dtype == x.dtype and residual.shape[:-1] == x.shape[:-1] \
+                    and residual.shape[-1] == w.shape[0] and residual.is_contiguous() \
+                    and not (torch.is_grad_enabled() and residual.requires_grad):
+                return _linear_add(x, residual, packed, module.bias)
+            return residual + packed_linear(x, packed, module.bias)
         gelu = type(act) is nn.GELU and act.approximate == "none"
-        y = packed_linear(x, cache.derived(name, lambda: pack(w), w), module.bias, gelu=gelu)
+        y = packed_linear(x, packed, module.bias, gelu=gelu)
         return y if gelu or act is None else act(y)
+    if residual is not None:
+        return residual + module(x)
     if type(act) is nn.GELU and act.approximate == "none" and hasattr(module, "forward_gelu") \
             and not module._forward_hooks and not module._forward_pre_hooks:
         return module.forward_gelu(x)   # a quantized Linear whose kernel applies GELU in its output pass

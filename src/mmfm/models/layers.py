@@ -62,7 +62,9 @@ class Attention(nn.Module):
         return t.view(b, n, self.heads, -1).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                is_causal: bool = False) -> torch.Tensor:
+                is_causal: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention output; ``residual + output`` when ``residual`` is given (added inside the output
+        projection's matmul at inference, see ``kernels.linear``)."""
         c = self._cache
         if kv is None:   # self-attention: at inference one matmul for q, k and v (see kernels.qkv)
             q, k, v = qkv(self, (self.q_proj, self.k_proj, self.v_proj), x, c)
@@ -71,7 +73,7 @@ class Attention(nn.Module):
         q, k, v = self._split(q), self._split(k), self._split(v)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal and attn_mask is None)
         b, h, n, d = o.shape
-        return linear(self.out_proj, o.transpose(1, 2).reshape(b, n, h * d), c, "out")
+        return linear(self.out_proj, o.transpose(1, 2).reshape(b, n, h * d), c, "out", residual=residual)
 
 
 class MLP(nn.Module):
@@ -82,8 +84,10 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self._cache = PackedCache()   # packed weights for the inference path
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(self.fc2, linear(self.fc1, x, self._cache, "fc1", act=self.act), self._cache, "fc2")
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The MLP's output; ``residual + output`` when ``residual`` is given (added inside fc2's matmul)."""
+        hidden = linear(self.fc1, x, self._cache, "fc1", act=self.act)
+        return linear(self.fc2, hidden, self._cache, "fc2", residual=residual)
 
 
 class ResidualBlock(nn.Module):
@@ -96,7 +100,15 @@ class ResidualBlock(nn.Module):
         self.ln_2 = LayerNorm(width)
         self.mlp = MLP(width, int(width * mlp_ratio), quick_gelu)
 
+    def _fuse_residual(self) -> bool:
+        # The residual add runs inside the sub-layers' last matmul, unless a hook on them expects their own
+        # output (then the add is done here, as written).
+        return not (self.attn._forward_hooks or self.mlp._forward_hooks)
+
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        if self._fuse_residual():
+            x = self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal, residual=x)
+            return self.mlp(self.ln_2(x), residual=x)
         x = x + self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal)
         return x + self.mlp(self.ln_2(x))
 
@@ -117,6 +129,9 @@ class ResidualBlock(nn.Module):
             mask = None
             if is_causal:   # [B, 1, 1, N]: keys at or before the pooled position
                 mask = (torch.arange(x.shape[1], device=x.device) <= index[:, None])[:, None, None, :]
+        if self._fuse_residual():
+            own = self.attn(self.ln_1(own), kv=self.ln_1(x), attn_mask=mask, residual=own)
+            return self.mlp(self.ln_2(own), residual=own)
         own = own + self.attn(self.ln_1(own), kv=self.ln_1(x), attn_mask=mask)
         return own + self.mlp(self.ln_2(own))
 
