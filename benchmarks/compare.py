@@ -11,7 +11,8 @@ them alike; peak training memory is measured in a fresh subprocess per library.
 Deployment lines (issue 18; CPU, also part of the full run unless --no-deploy): ViT-B-32 image encode at batch
 1 and 64 for mmfm fp32 / bf16 / int8 (``create_model(precision=...)``) and ONNX Runtime fp32 / int8
 (``export_onnx``, then ``quantize_dynamic`` with QInt8 per-channel weights), all from the same saved weights,
-the same thread count (ORT intra_op_num_threads = torch threads), timed interleaved. Each row: images/s,
+the same thread count (ORT intra_op_num_threads = torch threads), timed interleaved, in a process with the
+allocator policy of mmfm's inference commands (``--malloc default`` for glibc's own). Each row: images/s,
 ms/batch, speed ratio to mmfm fp32 and to ORT fp32, GFLOP/s (FLOPs per image from ``mmfm.info``) and its share
 of the measured matmul peak of its precision (best of torch.mm and the packed oneDNN kernel; int8 torch._int_mm), and the min cosine of its
 embeddings with mmfm fp32's on the timed inputs, so no speed is reported without its accuracy. Then the
@@ -409,6 +410,11 @@ def deploy_report(args, tmp: Path) -> dict:
     from mmfm.info import flops_per_image
     from mmfm.models.precision import cpu_has_native_bf16
 
+    from mmfm.util.malloc import keep_large_blocks
+
+    # As mmfm's inference commands run (mmfm.util.malloc): activations reused in place, not re-faulted per call.
+    # Process-wide, so ONNX Runtime (which keeps its own arena) runs under the same setting.
+    malloc = "keep_large_blocks" if args.malloc == "keep" and keep_large_blocks() else "glibc default"
     threads = torch.get_num_threads()
     peak = matmul_peak(args.peak_n, args.repeats)
     engines, unavailable, fp32 = build_deploy_engines(args.deploy_arch, tmp, threads)
@@ -425,7 +431,7 @@ def deploy_report(args, tmp: Path) -> dict:
         ort_version = onnxruntime.__version__
     except ImportError:
         ort_version = None
-    report = {"arch": args.deploy_arch, "threads": threads, "onnxruntime": ort_version,
+    report = {"arch": args.deploy_arch, "threads": threads, "onnxruntime": ort_version, "malloc": malloc,
               "native_bf16": cpu_has_native_bf16(), "flops_per_image": flops, "matmul_peak": peak,
               "unavailable": unavailable, "rows": rows,
               "agreement": "min cosine of each engine's image embeddings with mmfm fp32's on the timed inputs "
@@ -443,7 +449,7 @@ def print_deploy(report: dict) -> None:
     peak = report["matmul_peak"]
     print(f"\ndeployment lines: {report['arch']} image encode, CPU, {report['threads']} threads (torch and ONNX Runtime "
           f"{report['onnxruntime'] or 'not installed'}), native bf16: {report['native_bf16']}, "
-          f"{(report['flops_per_image'] or float('nan')) / 1e9:.2f} GFLOP/image")
+          f"{(report['flops_per_image'] or float('nan')) / 1e9:.2f} GFLOP/image, allocator: {report.get('malloc', 'glibc default')}")
     print(f"measured matmul peak ({peak['n']}^2 torch.mm): " +
           ", ".join(f"{k} {v:.0f}" for k, v in peak["gflops"].items()) + f" GFLOP/s (int8: integer GOP/s); best {peak['best']:.0f} "
           f"({peak['best_kernel']})")
@@ -481,6 +487,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-deploy", action="store_true", help="skip the deployment lines")
     ap.add_argument("--deploy-arch", default="ViT-B-32")
     ap.add_argument("--deploy-batches", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                    help="deployment lines: glibc's large-block policy of mmfm's inference commands (keep, "
+                         "mmfm.util.malloc.keep_large_blocks) or glibc's default")
     ap.add_argument("--peak-n", type=int, default=2048, help="matrix size of the matmul peak line")
     ap.add_argument("--e2e-images", type=int, default=2048, help="JPEGs for the end-to-end line (0: skip it)")
     ap.add_argument("--e2e-batch", type=int, default=64)

@@ -13,6 +13,11 @@ from torch import nn
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
+# The CLI's inference commands set glibc's allocator policy for the whole process (mmfm.util.malloc); a test
+# process runs many commands in-process, and its memory-measuring tests expect glibc's default.
+# tests/test_cli.py checks the policy is applied when this is unset.
+os.environ.setdefault("MMFM_KEEP_LARGE_BLOCKS", "0")
+
 
 @pytest.fixture
 def run_ranks():

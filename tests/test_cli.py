@@ -261,3 +261,20 @@ def test_run_overrides_name_the_bad_key(tmp_path, capsys):
     assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
     assert "unknown key 'frozen_demo'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_inference_commands_keep_large_blocks_and_others_do_not(monkeypatch, tmp_path, capsys):
+    # Inference commands reuse their activations in place (mmfm.util.malloc); training sets its own policy,
+    # and MMFM_KEEP_LARGE_BLOCKS=0 leaves glibc's default. Recorded, not applied: the test process keeps its own.
+    import mmfm.util.malloc as malloc
+    calls = []
+    monkeypatch.setattr(malloc, "keep_large_blocks", lambda: calls.append(1) or True)
+    monkeypatch.delenv("MMFM_KEEP_LARGE_BLOCKS", raising=False)
+    assert main(["classify", str(tmp_path / "missing.png"), "--model", "ViT-tiny-test", "--labels", "a,b"]) == 2
+    assert calls == [1]
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["info", "ViT-tiny-test"]) == 0
+    assert calls == [1]
+    monkeypatch.setenv("MMFM_KEEP_LARGE_BLOCKS", "0")
+    assert main(["embed", str(tmp_path), "--model", "ViT-tiny-test", "--out", str(tmp_path / "i")]) == 2
+    assert calls == [1]

@@ -546,6 +546,19 @@ def _check_common(args) -> None:
         _set_threads(args.threads)
 
 
+# Commands that only run models forward: their activations are reused in place from call to call (see
+# mmfm.util.malloc). Not run or the training parts: training has its own policy (the Trainer sets it).
+INFERENCE_COMMANDS = ("eval", "caption", "vqa", "classify", "embed", "search", "serve")
+
+
+def _inference_memory_policy(command: str) -> bool:
+    """Keep large blocks in the heap for an inference command (MMFM_KEEP_LARGE_BLOCKS=0 leaves glibc's default)."""
+    if command not in INFERENCE_COMMANDS or os.environ.get("MMFM_KEEP_LARGE_BLOCKS", "1").strip() == "0":
+        return False
+    from .util.malloc import keep_large_blocks
+    return keep_large_blocks()
+
+
 def _check_device(device: str) -> None:
     import torch
     try:
@@ -602,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False) or os.environ.get("MMFM_DEBUG", "").strip() not in ("", "0")
     try:
         _check_common(args)
+        _inference_memory_policy(args.command)
         code = args.func(args)
         if code == 0 and "RANK" in os.environ:     # a torchrun job: leave the process group as PyTorch asks
             from .train.distributed import shutdown_distributed

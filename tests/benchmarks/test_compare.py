@@ -17,7 +17,8 @@ def report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compare")
     compare.main(["--deploy", "--deploy-arch", "ViT-S-64", "--repeats", "1", "--deploy-batches", "1", "3",
                   "--peak-n", "64", "--e2e-images", "6", "--e2e-batch", "4", "--e2e-repeats", "1",
-                  "--e2e-workers", "0", "--jpeg-cache", str(tmp / "jpegs"), "--json", str(tmp / "out.json")])
+                  "--e2e-workers", "0", "--jpeg-cache", str(tmp / "jpegs"), "--json", str(tmp / "out.json"),
+                  "--malloc", "default"])   # the inference policy is process-wide; tests/util/test_malloc.py has it
     return json.loads((tmp / "out.json").read_text()), tmp
 
 
@@ -25,6 +26,7 @@ def test_deploy_json_has_every_engine_at_every_batch_with_its_columns(report):
     out, _ = report
     d = out["deploy"]
     assert out["rows"] == [] and d["arch"] == "ViT-S-64" and d["flops_per_image"] > 0
+    assert d["malloc"] == "glibc default"
     has_ort = importlib.util.find_spec("onnxruntime") is not None
     timed = {r["engine"] for r in d["rows"]}
     assert timed | set(d["unavailable"]) == ENGINES and not timed & set(d["unavailable"])

@@ -178,36 +178,3 @@ def test_gradient_pass_keeps_gelu_outputs_as_their_recipe():
     gelu_outputs = (len(blocks) - 1) * blocks[0].mlp.fc1.out_features * 3 * 17 * 4
     assert max(held_less) <= max(held_all) - gelu_outputs
 
-
-_HEAP_PROBE = r"""
-import sys, torch
-from mmfm.train.memory import return_large_blocks_to_the_os
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-big = torch.ones(16 << 20, dtype=torch.uint8)
-del big                         # glibc's default now serves blocks up to 16 MiB from its heap
-applied = return_large_blocks_to_the_os() if sys.argv[1] == "on" else False
-blocks = [torch.ones(4 << 20, dtype=torch.uint8) for _ in range(20)]
-before = rss()
-del blocks[:-1]                 # the last block pins the heap's top: freed heap blocks below it stay mapped
-print(applied, (before - rss()) >> 20)
-"""
-
-
-def test_freed_activation_sized_blocks_leave_the_process():
-    # Memory a training step frees (activations, gradient transients) must leave the resident set, not stay
-    # in glibc's heap as fragments that the peak then counts (~0.1 GiB of ViT-B-32's at 8 x accumulation 4).
-    # A fresh process for each case, so the heap's state is the probe's own.
-    import subprocess
-    import sys
-    ctypes = pytest.importorskip("ctypes")
-    if not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallopt"):
-        pytest.skip("glibc's malloc only")
-    freed = {}
-    for case in ("off", "on"):
-        out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, case], capture_output=True, text=True, check=True)
-        applied, mib = out.stdout.split()
-        freed[case] = int(mib)
-    assert freed["off"] < 20                    # the default keeps the 19 freed 4 MiB blocks (the trap)
-    assert freed["on"] >= 19 * 4 - 4            # with the training setting they are returned

@@ -42,7 +42,7 @@ from .checkpointing import (latest_valid_checkpoint, prune_checkpoints, remove_s
                             save_checkpoint, set_rng_state)
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, init_distributed, local_only
-from .memory import return_large_blocks_to_the_os
+from ..util.malloc import return_large_blocks_to_the_os
 from .objectives import ContrastiveObjective, Objective, batch_size, split_batch, unwrap
 from .sampler import ResumableBatchSampler, SeededItems
 from .schedule import build_optimizer, build_scheduler
