@@ -20,7 +20,7 @@ _EXPORTS = {
     "model_info": "mmfm.info",
     "export_onnx": "mmfm.export",
     "embed_images": "mmfm.deploy", "embed_texts": "mmfm.deploy", "load_index": "mmfm.deploy",
-    "write_index": "mmfm.deploy", "search": "mmfm.deploy",
+    "write_index": "mmfm.deploy", "search": "mmfm.deploy", "keep_large_blocks": "mmfm.util.malloc",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -7,6 +7,8 @@ on ViT-B-32 shapes at batch 1 and about 1.1x at batch 64, same results to ~1e-6 
 A ViT's patchifying convolution runs the same way, as one matmul of the patches (``patch_embed``).
 bf16 too: oneDNN's packed bf16 matmul writes its bias and GELU in the same pass, where addmm copies the bias
 into every output first and GELU reads the output again (~14% of a bf16 ViT-B-32's time at batch 64).
+A block's residual adds run as the add post-op of out_proj and fc2 where the residual has the matmul's dtype
+(fp32; a bf16 model's fp32 residual stream cannot: oneDNN's post-op takes the output's dtype only).
 
 The packed copies are a cache (``PackedCache``) checked on every use by mmfm's one weights-version mechanism
 (``mmfm.util.weights``); they double weight memory while a model is used for inference. Weights about to be
