@@ -278,3 +278,15 @@ def test_inference_commands_keep_large_blocks_and_others_do_not(monkeypatch, tmp
     monkeypatch.setenv("MMFM_KEEP_LARGE_BLOCKS", "0")
     assert main(["embed", str(tmp_path), "--model", "ViT-tiny-test", "--out", str(tmp_path / "i")]) == 2
     assert calls == [1]
+
+
+def test_eval_names_a_text_corpus_as_such_and_its_help_does_not_list_them(capsys):
+    # shapes_text and text_file are a causal LM's training documents: no images for an evaluation to read.
+    assert main(["eval", "zeroshot", "--model", "ViT-tiny-test", "--dataset", "shapes_text"]) == 2
+    err = _one_line_error(capsys)
+    assert "shapes_text is a text corpus (documents, no images)" in err and "family: causal_lm" in err
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    listed = capsys.readouterr().out.split("datasets:")[1].split("examples:")[0]
+    assert "shapes," in listed and "digits" in listed
+    assert "shapes_text" not in listed and "text_file" not in listed

@@ -357,8 +357,8 @@ class _EvalHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
 
     def add_text(self, text):
         if text and "{datasets}" in text:
-            from .data import available_datasets
-            names = available_datasets()
+            from .data import available_datasets, is_text_corpus
+            names = [n for n in available_datasets() if not is_text_corpus(n)]   # a causal LM's, not eval's
             wds = [n for n in names if n.startswith("wds/")]
             listed = ", ".join(n for n in names if not n.startswith("wds/"))
             if wds:   # clip_benchmark's 40-odd WebDataset names would bury the rest

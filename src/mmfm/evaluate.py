@@ -30,6 +30,7 @@ from typing import Any, Callable
 from . import api
 from .adapt.fewshot import few_shot
 from .adapt.lora_io import load_lora
+from .data import is_text_corpus
 from .data.templates import CLIP_BENCHMARK_CLASSNAMES
 from .eval.generation_results import CaptioningResult, VQAResult
 from .eval.linear_probe import linear_probe
@@ -200,6 +201,10 @@ def run_eval(kind: str, model_name: str | None, pretrained: str | None, dataset:
     import torch
     k = get_kind(kind)
     get_protocol(protocol)                  # a misspelt protocol fails before the model is built
+    if is_text_corpus(dataset):
+        raise ValueError(f"{dataset} is a text corpus (documents, no images): {kind} evaluates on image-text data, "
+                         f"so name an image dataset; a text corpus trains a causal LM (`family: causal_lm` in an "
+                         f"`mmfm run` config)")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if precision is None:

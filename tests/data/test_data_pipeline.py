@@ -160,6 +160,12 @@ def test_zero_shot_task_defaults_and_registry():
     assert isinstance(get_dataset("TOY-test"), Toy)
     with pytest.raises(ValueError, match="available"):
         get_dataset("imagenet-22k")
+    from mmfm.data import is_text_corpus, text_file
+    assert is_text_corpus("shapes_text") and is_text_corpus("Text_File") and not is_text_corpus("toy-test")
+    register_dataset("toy-docs", text_file, text_corpus=True)
+    assert is_text_corpus("toy-docs")
+    register_dataset("toy-docs", Toy, overwrite=True)     # replaced by an image dataset: no longer text
+    assert not is_text_corpus("toy-docs")
 
 
 def test_error_inside_transform_is_skipped(tokenizer):

@@ -53,6 +53,7 @@ __all__ = [
     "caption_rng",
     "collate_skip_none",
     "get_dataset",
+    "is_text_corpus",
     "load_image",
     "questions",
     "register_dataset",
@@ -73,17 +74,29 @@ _REGISTRY: dict[str, DatasetFactory] = {
 }
 
 
-def register_dataset(name: str, factory: DatasetFactory, *, overwrite: bool = False) -> None:
+# Registered names whose factory returns a TextCorpus (documents, no images): a causal LM's training data,
+# not something an image-text evaluation can read.
+_TEXT_CORPORA: set[str] = {"shapes_text", "text_file"}
+
+
+def register_dataset(name: str, factory: DatasetFactory, *, overwrite: bool = False,
+                     text_corpus: bool = False) -> None:
     """Make ``get_dataset(name, **kwargs)`` call ``factory(**kwargs)``.
 
     Names are case-insensitive.  Re-registering a name is an error unless
     ``overwrite=True`` (protects against two modules silently fighting over a
-    name).
+    name). ``text_corpus``: the factory returns a :class:`TextCorpus` (text only).
     """
     key = name.lower()
     if key in _REGISTRY and not overwrite and _REGISTRY[key] is not factory:
         raise ValueError(f"dataset {name!r} is already registered; pass overwrite=True to replace it")
     _REGISTRY[key] = factory
+    (_TEXT_CORPORA.add if text_corpus else _TEXT_CORPORA.discard)(key)
+
+
+def is_text_corpus(name: str) -> bool:
+    """Whether the registered dataset ``name`` is a text corpus (documents without images)."""
+    return name.lower() in _TEXT_CORPORA
 
 
 def available_datasets() -> list[str]:
