@@ -8,8 +8,8 @@ to it in fp32) and every LayerNorm normalises in fp32 and hands bf16 to the matm
 attention runs in SDPA's bf16 kernel, which accumulates and takes its softmax in fp32. At inference the
 projections run on oneDNN-packed bf16 weights with bias and GELU fused in, as fp32 does (``kernels.use_packed``).
 The ModifiedResNet and other towers are plainly cast. oneDNN runs bf16 matmuls natively on CPUs with
-AVX512-BF16 or AMX (about 2.5x the fp32 rate on this project's machine); elsewhere it emulates them, which is
-correct but slower than fp32, so we say so once.
+AVX512-BF16 or AMX (2.1x the best fp32 kernel's rate on this project's AVX512-BF16 machine, far more with AMX);
+elsewhere it emulates them, which is correct but slower than fp32, so we say so once.
 
 int8: ``torch.ao.quantization.quantize_dynamic`` replaces every ``nn.Linear`` (the attention and MLP
 projections, 2/3 of the FLOPs of a ViT) by one with int8 weights (per output channel) whose activations are
