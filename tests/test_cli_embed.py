@@ -98,8 +98,31 @@ def test_search_text_returns_the_exact_top_k(data, index, capsys):
     scores = _direct(model, idx.paths) @ q
     order = np.argsort(-scores)[:4]
     assert [h["path"] for h in hits] == [idx.paths[i] for i in order]
-    assert [h["rank"] for h in hits] == [1, 2, 3, 4]
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4] and {h["search"] for h in hits} == {"exact"}
     np.testing.assert_allclose([h["score"] for h in hits], scores[order], atol=1e-5)
+
+
+def test_embed_with_ann_builds_a_graph_that_search_uses_unless_exact(data, tmp_path, capsys):
+    pytest.importorskip("faiss")
+    _, folder, images = data
+    out = tmp_path / "idx"
+    assert main(["embed", str(images), "--model", "ViT-tiny-test", "--pretrained", str(folder), "--out", str(out),
+                 "--workers", "0", "--threads", "1", "--ann"]) == 0
+    assert "with an HNSW graph" in capsys.readouterr().out
+    assert load_index(out).meta["ann"]["kind"] == "hnsw"
+    runs = {}
+    for extra in ([], ["--exact"]):
+        assert main(["search", str(out), "a red circle", "--top-k", "7", "--json", "--threads", "1", *extra]) == 0
+        runs[tuple(extra)] = json.loads(capsys.readouterr().out)
+    assert {h["search"] for h in runs[()]} == {"hnsw, efSearch 256"}
+    assert {h["search"] for h in runs[("--exact",)]} == {"exact"}
+    # 7 rows: the graph's top 7 is all of them, in the exact order with the exact cosines
+    assert [(h["path"], round(h["score"], 6)) for h in runs[()]] == \
+        [(h["path"], round(h["score"], 6)) for h in runs[("--exact",)]]
+    assert main(["search", str(out), "a red circle", "--ef-search", "512", "--threads", "1"]) == 0
+    assert "approximate: hnsw, efSearch 512; --exact ranks every row" in capsys.readouterr().out
+    assert main(["search", str(out), "a red circle", "--exact", "--ef-search", "512"]) == 2
+    assert "--ef-search tunes an approximate graph" in capsys.readouterr().err
 
 
 def test_search_by_image_finds_itself_first_and_draws_a_contact_sheet(data, index, tmp_path, capsys):
@@ -158,3 +181,14 @@ def test_bad_input_is_one_line_and_exit_2(data, index, tmp_path, capsys, argv, m
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_embed_ann_without_faiss_says_how_to_install_it_before_any_work(data, tmp_path, monkeypatch, capsys):
+    import sys
+    _, folder, images = data
+    monkeypatch.setitem(sys.modules, "faiss", None)     # import faiss now fails, as where it is not installed
+    out = tmp_path / "idx"
+    assert main(["embed", str(images), "--model", "ViT-tiny-test", "--pretrained", str(folder), "--out", str(out),
+                 "--workers", "0", "--ann"]) == 2
+    assert "pip install 'mmfm[ann]'" in capsys.readouterr().err
+    assert not out.exists()

@@ -207,6 +207,9 @@ def _cmd_embed(args) -> int:
     from .models.precision import int8_layers
     from .util.weights import model_fingerprint
     _check_precision(args.device, args.precision)
+    if args.ann:   # before the images are embedded, not after
+        from .deploy.ann import require_faiss
+        require_faiss()
     # Absolute paths: the index is searched (and its contact sheet drawn) from any working directory.
     paths = [os.path.abspath(p) for p in find_images(args.inputs)]
     texts = _read_texts(args.texts) if args.texts else []
@@ -225,9 +228,10 @@ def _cmd_embed(args) -> int:
     write_index(args.out, done.embeddings, done.paths, model=args.model, pretrained=pretrained,
                 fingerprint=model_fingerprint(model), precision=args.precision, int8_layers=int8_layers(model),
                 texts=texts,
-                text_embeddings=embed_texts(model, texts) if texts else None, skipped=done.skipped)
+                text_embeddings=embed_texts(model, texts) if texts else None, skipped=done.skipped, ann=args.ann)
     print(f"{len(done.paths)} images{f', {len(texts)} texts' if texts else ''} embedded "
-          f"({done.embeddings.shape[1]}-d, {args.precision}) into {args.out}; {len(done.skipped)} unreadable skipped")
+          f"({done.embeddings.shape[1]}-d, {args.precision}) into {args.out}{' with an HNSW graph' if args.ann else ''}; "
+          f"{len(done.skipped)} unreadable skipped")
     return 0
 
 
@@ -249,7 +253,8 @@ def _cmd_search(args) -> int:
 
     from .data.base import load_image
     from .data.transforms import image_transform
-    from .deploy import check_query_model, check_query_precision, contact_sheet, embed_texts, load_index, search
+    from .deploy import (check_query_model, check_query_precision, contact_sheet, embed_texts, load_ann, load_index,
+                         search_index)
     if (args.query is None) == (args.image is None):
         raise UserError('give a text query or --image IMG (one of them): mmfm search INDEX "a red circle"')
     _check_precision(args.device, args.precision)
@@ -265,6 +270,10 @@ def _cmd_search(args) -> int:
     if args.precision is None:   # the index's own precision: checked here, in the index's words
         _check_precision(args.device, precision, index=args.index)
     check_query_precision(index, precision)
+    graph = None if args.exact else load_ann(index)   # checked against the rows before any model is built
+    if args.ef_search is not None and graph is None:
+        raise UserError(f"--ef-search tunes an approximate graph, and {args.index} is searched exactly "
+                        f"({'--exact' if args.exact else 'it has none: build one with `mmfm embed ... --ann`'})")
     model = _inference_model("search", meta["model"], meta["pretrained"], args.device, precision)
     check_query_model(index, model, f"{meta['model']} from {meta['pretrained']} is not the model that built "
                       f"{args.index} (its weights changed): rebuild the index with `mmfm embed`")
@@ -275,12 +284,15 @@ def _cmd_search(args) -> int:
         query = query.numpy()[0]
     else:
         query = embed_texts(model, [args.query])[0]
-    hits = [{"rank": n + 1, "path": index.paths[i], "score": score, "precision": precision}
-            for n, (i, score) in enumerate(search(index.image_embeddings, query, args.top_k))]
+    found, how = search_index(index, query, args.top_k, graph, args.ef_search)
+    hits = [{"rank": n + 1, "path": index.paths[i], "score": score, "precision": precision, "search": how}
+            for n, (i, score) in enumerate(found)]
     if args.json:
         print(json.dumps(hits, indent=2))
     else:
-        print(f"{'rank':>4}  {'cosine':>7}  path" + ("" if precision == "fp32" else f"  ({precision} query and index)"))
+        notes = ([] if precision == "fp32" else [f"{precision} query and index"]) + \
+            ([] if how == "exact" else [f"approximate: {how}; --exact ranks every row"])
+        print(f"{'rank':>4}  {'cosine':>7}  path" + (f"  ({'; '.join(notes)})" if notes else ""))
         for hit in hits:
             print(f"{hit['rank']:>4}  {hit['score']:7.4f}  {hit['path']}")
     if args.sheet:
@@ -481,9 +493,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
                    help="the model's weights: bf16 or int8 for fast CPU inference, fp16 on a CUDA GPU; recorded in "
                         "the index, whose queries are embedded the same way")
+    s.add_argument("--ann", action="store_true",
+                   help="also build an approximate nearest-neighbour graph (HNSW, faiss: pip install 'mmfm[ann]') "
+                        "that `mmfm search` and `serve` then use: for large indexes (at 1M rows ~0.5 ms instead of "
+                        "~43 ms a query, recall@10 ~0.99)")
     s.set_defaults(func=_cmd_embed)
 
-    s = sub.add_parser("search", help="search an index from `mmfm embed` by text or by image (exact, by cosine)")
+    s = sub.add_parser("search", help="search an index from `mmfm embed` by text or by image (by cosine; exact "
+                                      "unless the index has an --ann graph)")
     s.add_argument("index", metavar="INDEX", help="index folder written by `mmfm embed`")
     s.add_argument("query", nargs="?", default=None, help="text query (or --image)")
     s.add_argument("--image", default=None, metavar="IMG", help="find the images most similar to this one")
@@ -493,6 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None)
     s.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
                    help="the query encoder's weights; default and only choice: the index's (`mmfm embed --precision`)")
+    s.add_argument("--exact", action="store_true", help="rank every row even if the index has an approximate graph")
+    s.add_argument("--ef-search", type=positive_int, default=None, metavar="N",
+                   help="candidates the approximate graph keeps while searching (default 256; more: higher "
+                        "recall, slower)")
     s.set_defaults(func=_cmd_search)
 
     s = sub.add_parser("export", help="export a model's image and text encoders to ONNX (for onnxruntime)")

@@ -76,3 +76,17 @@ def test_embedding_and_export_restore_every_modules_own_mode(tmp_path):
         call()
         assert model.training and model.text.training
         assert not any(m.training for m in model.visual.modules())
+
+
+def test_search_selects_the_top_k_keeps_row_order_on_ties_and_never_ranks_a_damaged_row():
+    emb = np.zeros((10, 2), dtype=np.float32)
+    emb[:, 0] = [0.5, 1, 0.5, 0.9, 0.5, 0.5, 0.2, 0.5, 0.1, 0.3]
+    emb[4] = np.nan                                  # a damaged row
+    hits = search(emb, np.array([1.0, 0.0]), top_k=4)
+    assert [i for i, _ in hits] == [1, 3, 0, 2]      # 0.5 four times: the first rows in order win the cut
+    assert [i for i, _ in search(emb, np.array([1.0, 0.0]), top_k=10)][-1] == 4
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((5000, 8)).astype(np.float32)
+    q = rng.standard_normal(8).astype(np.float32)
+    cos = big @ (q / np.linalg.norm(q))
+    assert [i for i, _ in search(big, q, 50)] == list(np.argsort(-cos, kind="stable")[:50])

@@ -61,6 +61,7 @@ def test_search_gives_mmfm_searchs_hits_with_thumbnails_of_the_index_only(served
     assert main(["search", str(served.index), "a red circle", "--top-k", "4", "--json"]) == 0
     want = json.loads(capsys.readouterr().out)
     hits = got.json()["hits"]
+    assert got.json()["search"] == "exact" == client.get("/api/info").json()["index"]["search"]
     assert [(h["rank"], h["path"]) for h in hits] == [(w["rank"], w["path"]) for w in want]
     np.testing.assert_allclose([h["score"] for h in hits], [w["score"] for w in want], rtol=0, atol=1e-6)
     # The thumbnail of each hit is its own image (a 32-pixel shape enlarged), served as PNG.
@@ -205,3 +206,19 @@ def test_a_low_precision_model_classifies_and_an_fp32_index_is_refused_with_it(s
                  "--index", str(served.index)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--precision fp32" in err
+
+
+def test_search_goes_through_the_indexs_approximate_graph_when_it_has_one(loaded, tmp_path):
+    pytest.importorskip("faiss")
+    from mmfm.deploy import write_index
+    clip, index, _ = loaded
+    m = index.meta
+    root = write_index(tmp_path / "ann", index.image_embeddings, index.paths, model=m["model"],
+                       pretrained=m["pretrained"], fingerprint=m["fingerprint"], ann=True)
+    exact = TestClient(build_app(clip, index=index))
+    approx = TestClient(build_app(clip, index=load_index(root)))
+    assert approx.get("/api/info").json()["index"]["search"] == "hnsw"
+    a = approx.get("/api/search", params={"q": "a red circle", "k": "3"}).json()
+    e = exact.get("/api/search", params={"q": "a red circle", "k": "3"}).json()
+    assert a["search"] == "hnsw, efSearch 256" and e["search"] == "exact"
+    assert [h["path"] for h in a["hits"]] == [h["path"] for h in e["hits"]]   # a small index: all of it is found

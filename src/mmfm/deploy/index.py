@@ -5,6 +5,8 @@
     INDEX/meta.json              {"format": "mmfm-index", "version": 1 or 2, "model", "pretrained", "fingerprint",
                                   "precision", "dim", "paths", "texts", "skipped", "created"}
                                  (+ "int8_layers" for int8: the layers' kind, which follows the CPU)
+    INDEX/image_embeddings.hnsw  optional (``mmfm embed --ann``): an HNSW graph of the image rows, described by
+                                 meta.json's "ann" entry; see :mod:`mmfm.deploy.ann`
 
 ``fingerprint`` is :func:`mmfm.util.weights.model_fingerprint` of the model that wrote the embeddings, as it ran
 (at its ``precision``: fp32, bf16, fp16 or int8, ``create_model(precision=...)``): a search embeds its query with
@@ -59,8 +61,10 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 def write_index(out: str | os.PathLike, image_embeddings: np.ndarray, paths: list[str], *, model: str,
                 pretrained: str | None, fingerprint: str, precision: str = "fp32", int8_layers: str | None = None,
                 texts: list[str] | None = None,
-                text_embeddings: np.ndarray | None = None, skipped: list[tuple[str, str]] | None = None) -> Path:
-    """Write an index folder (see the module docstring); returns its path."""
+                text_embeddings: np.ndarray | None = None, skipped: list[tuple[str, str]] | None = None,
+                ann: bool | dict = False) -> Path:
+    """Write an index folder (see the module docstring); returns its path. ``ann``: also build an approximate
+    nearest-neighbour graph of the image embeddings (True, or ``deploy.ann.write_ann``'s options as a dict)."""
     out = Path(out)
     if image_embeddings.ndim != 2 or len(image_embeddings) != len(paths):
         raise ValueError(f"{len(paths)} paths for image embeddings of shape {image_embeddings.shape}")
@@ -74,12 +78,17 @@ def write_index(out: str | os.PathLike, image_embeddings: np.ndarray, paths: lis
         _save_npy(out / "text_embeddings.npy", text_embeddings)
     elif (out / "text_embeddings.npy").exists():   # an older index's texts no longer belong here
         (out / "text_embeddings.npy").unlink()
+    from .ann import ANN_FILE, write_ann
+    ann_entry = write_ann(out, image_embeddings, **(ann if isinstance(ann, dict) else {})) if ann else None
+    if not ann and (out / ANN_FILE).exists():   # nor does an older index's graph
+        (out / ANN_FILE).unlink()
     atomic_write_json(out / "meta.json", {
         "format": INDEX_FORMAT, "version": 1 if precision == "fp32" else INDEX_VERSION, "model": model,
         "pretrained": pretrained, "fingerprint": fingerprint, "precision": precision,
         **({"int8_layers": int8_layers} if precision == "int8" and int8_layers else {}),
         "dim": int(image_embeddings.shape[1]), "paths": list(paths), "texts": texts,
         "skipped": [{"path": p, "error": why} for p, why in (skipped or [])],
+        **({"ann": ann_entry} if ann_entry else {}),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     return out
 

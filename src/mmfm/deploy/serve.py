@@ -8,7 +8,8 @@
     POST /api/caption           multipart: image -> the Frozen model's caption (needs a Frozen model)
 
 The numbers are those of the commands: classification through :mod:`mmfm.deploy.classify` (``mmfm classify``),
-search as ``mmfm search`` (the query embedded by :func:`embed_texts`, ranked by :func:`search`), captions by
+search as ``mmfm search`` (the query embedded by :func:`embed_texts`, ranked by :func:`search_index`: through the
+index's approximate graph when it has one, as ``mmfm search`` without ``--exact``), captions by
 :func:`mmfm.frozen.generate.caption`. Models are loaded once; one lock runs one inference at a time (the
 endpoints run in a thread pool, and a model's modes and caches are not for two threads at once). Bad input is a
 4xx answer ``{"error": "one line naming the problem and the fix"}``, checked before anything is decoded.
@@ -28,8 +29,9 @@ import torch
 from ..errors import UserError
 from .classify import label_probabilities, label_weights, parse_labels
 from .embed import embed_texts
+from .ann import load_ann
 from .index import Index, model_precision
-from .search import search
+from .search import search_index
 
 MAX_UPLOAD_BYTES = 10 * 2**20      # an upload larger than this is refused before it is decoded
 MAX_PIXELS = 40_000_000            # ... and an image header promising more pixels (a decompression bomb)
@@ -114,6 +116,7 @@ def build_app(model: torch.nn.Module, *, index: Index | None = None, frozen: tup
 
     if index is not None:
         check_index(model, index)
+    graph = load_ann(index) if index is not None else None   # checked against the index's rows, as by mmfm search
     name = name or type(model).__name__
     precision = model_precision(model)     # what the classify and search numbers were computed at
     lock = threading.Lock()
@@ -152,7 +155,8 @@ def build_app(model: torch.nn.Module, *, index: Index | None = None, frozen: tup
     @app.get("/api/info")
     def info():
         return {"model": name, "precision": precision,
-                "index": None if index is None else {"root": str(index.root), "images": len(index.paths)},
+                "index": None if index is None else {"root": str(index.root), "images": len(index.paths),
+                                                     "search": "exact" if graph is None else "hnsw"},
                 "frozen": frozen is not None}
 
     # Plain `def` endpoints run in FastAPI's thread pool; the lock makes them take turns on the models.
@@ -182,8 +186,8 @@ def build_app(model: torch.nn.Module, *, index: Index | None = None, frozen: tup
             raise Refused(400, f"k={k!r}: give a whole number of results from 1 to {MAX_K}")
         with lock, torch.inference_mode():
             query = embed_texts(model, [q.strip()])[0]
-        hits = search(index.image_embeddings, np.asarray(query), int(k))
-        return {"query": q.strip(), "hits": [{"rank": n + 1, "row": i, "path": index.paths[i], "score": score,
+        hits, how = search_index(index, np.asarray(query), int(k), graph)
+        return {"query": q.strip(), "search": how, "hits": [{"rank": n + 1, "row": i, "path": index.paths[i], "score": score,
                                               "thumbnail": f"/api/thumbnail/{i}"}
                                              for n, (i, score) in enumerate(hits)]}
 
