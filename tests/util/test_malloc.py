@@ -6,10 +6,18 @@ import sys
 import pytest
 
 
-def _glibc_only():
+def _probe(script: str) -> dict[str, int]:
+    """The number the probe prints for each case, "off" (glibc's default) and "on" (the policy applied)."""
     ctypes = pytest.importorskip("ctypes")
     if not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallopt"):
         pytest.skip("glibc's malloc only")
+    numbers = {}
+    for case in ("off", "on"):
+        out = subprocess.run([sys.executable, "-c", script, case], capture_output=True, text=True, check=True)
+        applied, number = out.stdout.split()
+        assert applied == str(case == "on")
+        numbers[case] = int(number)
+    return numbers
 
 
 
@@ -32,12 +40,7 @@ print(applied, (before - rss()) >> 20)
 def test_freed_activation_sized_blocks_leave_the_process():
     # Memory a training step frees (activations, gradient transients) must leave the resident set, not stay
     # in glibc's heap as fragments that the peak then counts (~0.1 GiB of ViT-B-32's at 8 x accumulation 4).
-    _glibc_only()
-    freed = {}
-    for case in ("off", "on"):
-        out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, case], capture_output=True, text=True, check=True)
-        applied, mib = out.stdout.split()
-        freed[case] = int(mib)
+    freed = _probe(_HEAP_PROBE)
     assert freed["off"] < 20                    # the default keeps the 19 freed 4 MiB blocks (the trap)
     assert freed["on"] >= 19 * 4 - 4            # with the training setting they are returned
 
@@ -63,13 +66,7 @@ def test_inference_activations_are_reused_without_page_faults():
     # An inference pass allocates the same large activations on every call. Above glibc's mmap threshold
     # (at most 32 MiB by default) each is a fresh mapping whose 4 KiB pages fault in anew, call after call;
     # with the inference setting later calls reuse the pages of earlier ones.
-    _glibc_only()
-    faults = {}
-    for case in ("off", "on"):
-        out = subprocess.run([sys.executable, "-c", _FAULT_PROBE, case], capture_output=True, text=True, check=True)
-        applied, n = out.stdout.split()
-        assert applied == str(case == "on")
-        faults[case] = int(n)
+    faults = _probe(_FAULT_PROBE)
     pages = (88 << 20) // 4096
     assert faults["off"] >= pages // 2           # glibc's default: both blocks fault in again
     assert faults["on"] < pages // 16            # kept in the heap: its pages are still there
