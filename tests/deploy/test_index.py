@@ -90,3 +90,22 @@ def test_search_selects_the_top_k_keeps_row_order_on_ties_and_never_ranks_a_dama
     q = rng.standard_normal(8).astype(np.float32)
     cos = big @ (q / np.linalg.norm(q))
     assert [i for i, _ in search(big, q, 50)] == list(np.argsort(-cos, kind="stable")[:50])
+
+
+def test_an_index_rewritten_and_interrupted_is_no_index_not_old_metadata_over_new_rows(tmp_path, monkeypatch):
+    # Rewriting a folder: the new rows are written before the new meta.json. Had the old meta.json stayed until
+    # then, an interruption in between would leave the old paths naming the new rows (same shape).
+    from mmfm.deploy import index as index_module
+    _write(tmp_path)
+    real = index_module._save_npy
+
+    def interrupted(path, array):
+        real(path, array)
+        if path.name == "text_embeddings.npy":
+            raise KeyboardInterrupt
+    monkeypatch.setattr(index_module, "_save_npy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_index(tmp_path / "idx", _unit(5, 8, seed=7), [f"new{i}.png" for i in range(5)], model="M",
+                    pretrained=None, fingerprint="abc", texts=["a"], text_embeddings=_unit(1, 8))
+    with pytest.raises(UserError, match="not an index"):
+        load_index(tmp_path / "idx")

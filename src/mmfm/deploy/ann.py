@@ -46,14 +46,12 @@ def build_hnsw(embeddings: np.ndarray, m: int = DEFAULT_M, ef_construction: int 
     return graph
 
 
-def write_ann(root: str | os.PathLike, embeddings: np.ndarray, m: int = DEFAULT_M,
-              ef_construction: int = DEFAULT_EF_CONSTRUCTION) -> dict:
-    """Build the graph and write it into the index folder; returns meta.json's ``ann`` entry."""
+def write_ann(root: str | os.PathLike, graph) -> dict:
+    """Write a graph from ``build_hnsw`` into the index folder; returns meta.json's ``ann`` entry."""
     faiss = require_faiss()
-    graph = build_hnsw(embeddings, m, ef_construction)
     atomic_write(Path(root) / ANN_FILE, lambda tmp: faiss.write_index(graph, str(tmp)))
-    return {"kind": "hnsw", "file": ANN_FILE, "m": int(m), "ef_construction": int(ef_construction),
-            "rows": int(len(embeddings))}
+    return {"kind": "hnsw", "file": ANN_FILE, "m": int(graph.hnsw.nb_neighbors(1)),
+            "ef_construction": int(graph.hnsw.efConstruction), "rows": int(graph.ntotal)}
 
 
 def _max_bytes(rows: int, dim: int, m: int) -> int:
@@ -68,7 +66,7 @@ def load_ann(index, sample: int = 64):
     if entry is None:
         return None
     root = Path(index.root)
-    rebuild = f"rebuild it with `mmfm embed ... --ann`, or search with --exact"
+    rebuild = "rebuild it with `mmfm embed ... --ann`, or search with --exact"
     if not isinstance(entry, dict) or entry.get("kind") != "hnsw" or entry.get("file") != ANN_FILE \
             or not isinstance(entry.get("m"), int) or not 2 <= entry["m"] <= 256:
         raise UserError(f"index {root}: meta.json's ann entry is not an HNSW graph mmfm wrote: {rebuild}")

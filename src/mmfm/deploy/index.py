@@ -64,7 +64,10 @@ def write_index(out: str | os.PathLike, image_embeddings: np.ndarray, paths: lis
                 text_embeddings: np.ndarray | None = None, skipped: list[tuple[str, str]] | None = None,
                 ann: bool | dict = False) -> Path:
     """Write an index folder (see the module docstring); returns its path. ``ann``: also build an approximate
-    nearest-neighbour graph of the image embeddings (True, or ``deploy.ann.write_ann``'s options as a dict)."""
+    nearest-neighbour graph of the image embeddings (True, or ``deploy.ann.build_hnsw``'s options as a dict).
+
+    Over an older index, its meta.json goes first: until the new one is written last, the folder is no index,
+    rather than the old metadata over new arrays (paths naming other rows)."""
     out = Path(out)
     if image_embeddings.ndim != 2 or len(image_embeddings) != len(paths):
         raise ValueError(f"{len(paths)} paths for image embeddings of shape {image_embeddings.shape}")
@@ -73,15 +76,17 @@ def write_index(out: str | os.PathLike, image_embeddings: np.ndarray, paths: lis
     texts = list(texts or [])
     if (text_embeddings is None) != (not texts) or (texts and len(text_embeddings) != len(texts)):
         raise ValueError("texts and text_embeddings go together, one row per text")
+    from .ann import ANN_FILE, build_hnsw, write_ann
+    graph = build_hnsw(image_embeddings, **(ann if isinstance(ann, dict) else {})) if ann else None   # the long part
+    (out / "meta.json").unlink(missing_ok=True)
     _save_npy(out / "image_embeddings.npy", image_embeddings)
     if texts:
         _save_npy(out / "text_embeddings.npy", text_embeddings)
     elif (out / "text_embeddings.npy").exists():   # an older index's texts no longer belong here
         (out / "text_embeddings.npy").unlink()
-    from .ann import ANN_FILE, write_ann
-    ann_entry = write_ann(out, image_embeddings, **(ann if isinstance(ann, dict) else {})) if ann else None
-    if not ann and (out / ANN_FILE).exists():   # nor does an older index's graph
-        (out / ANN_FILE).unlink()
+    ann_entry = write_ann(out, graph) if graph is not None else None
+    if graph is None:   # nor does an older index's graph
+        (out / ANN_FILE).unlink(missing_ok=True)
     atomic_write_json(out / "meta.json", {
         "format": INDEX_FORMAT, "version": 1 if precision == "fp32" else INDEX_VERSION, "model": model,
         "pretrained": pretrained, "fingerprint": fingerprint, "precision": precision,
