@@ -407,7 +407,7 @@ class Trainer:
         if step % cfg.log_every == 0 or last_step:
             self._log_step(run, out, grad_norm)
         if self._due(cfg.eval_every, step) or last_step:
-            self._validate(run.model, state, run.device, run.autocast, run.writer, run.metrics_file, run.info)
+            self._validate(run)
         if (self._due(cfg.ckpt_every, step) or last_step) and run.info.is_main and self.out_dir is not None:
             self._save_run(run)
         return last_step
@@ -582,7 +582,8 @@ class Trainer:
                     writer.add_scalar(f"{split}/{k}", v, rec["step"])
 
     @torch.no_grad()
-    def _validate(self, model, state, device, autocast, writer, metrics_file, info) -> None:
+    def _validate(self, run: _Run) -> None:
+        model, state, device, autocast, info = run.model, run.state, run.device, run.autocast, run.info
         rec: dict[str, Any] = {"step": state["step"]}
         model.eval()
         if self.val_data is not None:
@@ -604,7 +605,7 @@ class Trainer:
             return
         state["val_history"].append(rec)
         if info.is_main:
-            self._log(rec, writer, metrics_file, "val")
+            self._log(rec, run.writer, run.metrics_file, "val")
         metric = rec.get(self.best_metric)
         if metric is not None:
             best = state["best"]
