@@ -70,10 +70,11 @@ def target_regex(modules: Iterable[str], towers: Iterable[str]) -> str:
     tops = [TOWERS.get(t, t) for t in towers]
     if not mods or not tops:
         raise ValueError("LoRA needs at least one target module and one tower")
-    return rf"^(?:{_alternatives(tops)})\.(?:.*\.)?(?:{_alternatives(mods)})$"
+    return rf"^(?:{regex_alternatives(tops)})\.(?:.*\.)?(?:{regex_alternatives(mods)})$"
 
 
-def _alternatives(names: Iterable[str]) -> str:
+def regex_alternatives(names: Iterable[str]) -> str:
+    """``a|b|c`` of the names, regex-escaped, duplicates dropped, order kept."""
     return "|".join(re.escape(n) for n in dict.fromkeys(names))   # dict: de-duplicate, keep order
 
 
@@ -118,14 +119,15 @@ def _check_targets(model: nn.Module, regex: str, towers: Sequence[str]) -> None:
 
 def is_lora_model(model: nn.Module) -> bool:
     """Whether LoRA layers have been injected into ``model`` (or the model a ``PeftModel`` wraps)."""
-    model = _unwrap_peft(model)
+    model = peft_base_model(model)
     if not hasattr(model, "peft_config"):
         return False
     from peft.tuners.tuners_utils import BaseTunerLayer
     return any(isinstance(m, BaseTunerLayer) for m in model.modules())
 
 
-def _unwrap_peft(model: nn.Module) -> nn.Module:
+def peft_base_model(model: nn.Module) -> nn.Module:
+    """The model holding the injected LoRA layers: a PeftModel's base model, else the model itself."""
     get_base = getattr(type(model), "get_base_model", None)   # PeftModel: the model with the injected layers
     return model.get_base_model() if callable(get_base) else model
 
@@ -172,9 +174,10 @@ def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 # ---------------------------------------------------------------------------------------------
 # Merging
-def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of every injected LoRA layer."""
     from peft.tuners.tuners_utils import BaseTunerLayer
-    return [(n, m) for n, m in _unwrap_peft(model).named_modules() if isinstance(m, BaseTunerLayer)]
+    return [(n, m) for n, m in peft_base_model(model).named_modules() if isinstance(m, BaseTunerLayer)]
 
 
 def merge_lora(model: nn.Module, safe: bool = True) -> nn.Module:
@@ -183,7 +186,7 @@ def merge_lora(model: nn.Module, safe: bool = True) -> nn.Module:
     Outputs are unchanged (up to float rounding) and the adapter matmuls are skipped; for the fused
     QKV path as well, use :func:`unload_lora` / :func:`merged_copy` (plain ``nn.Linear`` again). ``safe`` checks the merged weights for NaN/inf first. Undo with :func:`unmerge_lora`.
     """
-    layers = _lora_layers(model)
+    layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA layers to merge")
     try:
@@ -198,7 +201,7 @@ def merge_lora(model: nn.Module, safe: bool = True) -> nn.Module:
 def unmerge_lora(model: nn.Module) -> nn.Module:
     """Subtract merged adapters from the base weights again (in place), re-activating them."""
     try:
-        for _, layer in _lora_layers(model):
+        for _, layer in lora_layers(model):
             while layer.merged:
                 layer.unmerge()
     finally:
@@ -213,8 +216,8 @@ def unload_lora(model: nn.Module, merge: bool = True) -> nn.Module:
     The trainable/frozen state of the base parameters is restored to what it was before
     :func:`apply_lora`. The result saves and exports like any model of its family.
     """
-    model = _unwrap_peft(model)
-    layers = _lora_layers(model)
+    model = peft_base_model(model)
+    layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA layers to unload")
     try:
@@ -238,7 +241,7 @@ def unload_lora(model: nn.Module, merge: bool = True) -> nn.Module:
 
 def merged_copy(model: nn.Module) -> nn.Module:
     """A plain (un-LoRA'd) copy of ``model`` with the adapters merged; ``model`` is left untouched."""
-    return unload_lora(copy.deepcopy(_unwrap_peft(model)), merge=True)
+    return unload_lora(copy.deepcopy(peft_base_model(model)), merge=True)
 
 
 def export_merged(model: nn.Module, directory: str | Path, format: str = "mmfm") -> Path:

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ..util.weights import bump, meta_copy
-from .lora import DEFAULT_ADAPTER, _alternatives, _lora_layers, _unwrap_peft, is_lora_model, lora_parameters, unload_lora
+from .lora import (DEFAULT_ADAPTER, is_lora_model, lora_layers, lora_parameters, peft_base_model, regex_alternatives,
+                   unload_lora)
 
 ADAPTER_CONFIG = "adapter_config.json"      # PEFT's file names: PeftModel.from_pretrained reads these
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -62,10 +63,10 @@ def _targets_regex(chosen: Sequence[str], candidates: Sequence[str]) -> str:
     ``^(tower|tower)\.(.*\.)?(suffix|suffix)$`` when that selects exactly them, else every name spelled out."""
     towers = [n.split(".", 1)[0] for n in chosen]
     suffixes = [".".join(n.split(".")[-2:]) for n in chosen]
-    short = rf"^(?:{_alternatives(towers)})\.(?:.*\.)?(?:{_alternatives(suffixes)})$"
+    short = rf"^(?:{regex_alternatives(towers)})\.(?:.*\.)?(?:{regex_alternatives(suffixes)})$"
     if sorted(n for n in candidates if re.fullmatch(short, n)) == sorted(chosen):
         return short
-    return rf"^(?:{_alternatives(chosen)})$"
+    return rf"^(?:{regex_alternatives(chosen)})$"
 
 
 def _translated_config(config: Any, modules: Sequence[str], rename, candidates: Sequence[str]) -> Any:
@@ -123,7 +124,7 @@ def save_lora(model: nn.Module, directory: str | Path, adapter_name: str = DEFAU
     from ..checkpoints.io import atomic_save_safetensors
     if format not in SAVE_FORMATS:
         raise ValueError(f"save_lora: format must be one of {list(SAVE_FORMATS)}, got {format!r}")
-    model = _unwrap_peft(model)
+    model = peft_base_model(model)
     if not is_lora_model(model) or adapter_name not in model.peft_config:
         raise ValueError(f"the model has no LoRA adapter named {adapter_name!r} to save")
     directory = Path(directory)
@@ -258,7 +259,7 @@ def load_lora(model: nn.Module, directory: str | Path, adapter_name: str = DEFAU
     from ..checkpoints import CheckpointError
     from ..checkpoints.validate import compare_shapes
     directory = Path(directory)
-    model = _unwrap_peft(model)
+    model = peft_base_model(model)
     if is_lora_model(model):
         raise ValueError("the model already has LoRA adapters; load onto a plain base model")
     config, state, metadata = _read_adapter(directory)
@@ -287,7 +288,7 @@ def load_lora(model: nn.Module, directory: str | Path, adapter_name: str = DEFAU
             raise CheckpointError(f"LoRA adapter {directory}: {_listing('tensor(s) not loaded', missing_adapter)}")
     except BaseException:
         # Not expected after the checks above; if it happens anyway, take the half-injected layers out again.
-        if _lora_layers(model):
+        if lora_layers(model):
             unload_lora(model, merge=False)
         model.__dict__.pop("_mmfm_lora", None)
         model.__dict__.pop("peft_config", None)
