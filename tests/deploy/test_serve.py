@@ -218,6 +218,7 @@ def test_search_goes_through_the_indexs_approximate_graph_when_it_has_one(loaded
     exact = TestClient(build_app(clip, index=index))
     approx = TestClient(build_app(clip, index=load_index(root)))
     assert approx.get("/api/info").json()["index"]["search"] == "hnsw"
+    assert "approximate search (HNSW)" in approx.get("/").text and "approximate" not in exact.get("/").text
     a = approx.get("/api/search", params={"q": "a red circle", "k": "3"}).json()
     e = exact.get("/api/search", params={"q": "a red circle", "k": "3"}).json()
     assert a["search"] == "hnsw, efSearch 256" and e["search"] == "exact"

@@ -87,13 +87,15 @@ def check_index(model: torch.nn.Module, index: Index) -> None:
                       f"model, or rebuild the index with `mmfm embed` and this model")
 
 
-def page(name: str, index: Index | None, frozen: Any) -> str:
-    """serve.html with what is loaded filled in; a section without its model is hidden and says why."""
+def page(name: str, index: Index | None, frozen: Any, approximate: bool = False) -> str:
+    """serve.html with what is loaded filled in; a section without its model is hidden and says why.
+    ``approximate``: the index is searched through its HNSW graph (said beside it)."""
     text = (Path(__file__).with_name("serve.html")).read_text(encoding="utf-8")
     shown = {True: "", False: "hidden"}
     fill = {
         "__MODEL__": html.escape(name),
-        "__INDEX__": html.escape(f"{len(index.paths)} images ({index.root})") if index is not None else "none",
+        "__INDEX__": html.escape(f"{len(index.paths)} images ({index.root})"
+                                 + (", approximate search (HNSW)" if approximate else "")) if index is not None else "none",
         "__FROZEN__": "loaded" if frozen is not None else "none",
         "__AND_CAPTION__": " and caption" if frozen is not None else "",
         "__CAPTION_ON__": shown[frozen is not None], "__CAPTION_OFF__": shown[frozen is None],
@@ -121,7 +123,7 @@ def build_app(model: torch.nn.Module, *, index: Index | None = None, frozen: tup
     precision = model_precision(model)     # what the classify and search numbers were computed at
     lock = threading.Lock()
     app = FastAPI(title="mmfm serve", docs_url=None, redoc_url=None, openapi_url=None)
-    html_page = page(name, index, frozen)
+    html_page = page(name, index, frozen, approximate=graph is not None)
 
     @app.exception_handler(Refused)
     async def refused(request: Request, e: Refused):
