@@ -51,6 +51,20 @@ def test_no_output_folder_neither_reseeds_nor_draws_from_the_process_rng():
     assert torch.equal(torch.get_rng_state(), state)   # the caller's stream goes on where it was
 
 
+def test_no_output_folder_leaves_the_process_allocator_policy_alone(tmp_path, monkeypatch):
+    # An inner loop runs inside an evaluation, whose command chose the process's allocator policy
+    # (mmfm.util.malloc): only a run with its own folder sets the training one.
+    from mmfm.train import trainer
+    calls = []
+    monkeypatch.setattr(trainer, "return_large_blocks_to_the_os", lambda: calls.append(1) or True)
+    torch.manual_seed(0)
+    Trainer(create_model("ViT-tiny-test"), _pairs(8), _cfg(max_steps=1), None).fit()
+    assert calls == []
+    Trainer(create_model("ViT-tiny-test"), _pairs(8), _cfg(max_steps=1, progress=False, tensorboard=False),
+            tmp_path / "run").fit()
+    assert calls == [1]
+
+
 def test_no_output_folder_runs_are_reproducible_from_the_callers_seed():
     def run():
         torch.manual_seed(0)

@@ -252,9 +252,11 @@ class Trainer:
         if self.out_dir is not None:   # an inner loop's randomness is its caller's, who seeds it
             seed_everything(cfg.seed)
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            # Freed activations leave the process instead of staying resident. Process-wide, so an inner loop
+            # (a few-shot episode inside an evaluation) leaves its caller's allocator policy as it is.
+            return_large_blocks_to_the_os()
         model = self.model
         apply_freezing(model, cfg)
-        return_large_blocks_to_the_os()   # freed activations leave the process instead of staying resident
         if cfg.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
             model.set_grad_checkpointing(True)
         model.to(device)
