@@ -100,17 +100,17 @@ class ResidualBlock(nn.Module):
         self.ln_2 = LayerNorm(width)
         self.mlp = MLP(width, int(width * mlp_ratio), quick_gelu)
 
-    def _fuse_residual(self) -> bool:
-        # The residual add runs inside the sub-layers' last matmul, unless a hook on them expects their own
-        # output (then the add is done here, as written).
-        return not (self.attn._forward_hooks or self.mlp._forward_hooks)
+    @staticmethod
+    def _residual(sub: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """``x + sub(*args, **kwargs)``, the add run inside ``sub``'s last matmul at inference, unless a forward
+        hook on ``sub`` expects its own output (then the add is done here, as written)."""
+        if sub._forward_hooks:
+            return x + sub(*args, **kwargs)
+        return sub(*args, residual=x, **kwargs)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        if self._fuse_residual():
-            x = self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal, residual=x)
-            return self.mlp(self.ln_2(x), residual=x)
-        x = x + self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal)
-        return x + self.mlp(self.ln_2(x))
+        x = self._residual(self.attn, x, self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal)
+        return self._residual(self.mlp, x, self.ln_2(x))
 
     def forward_pooled(self, x: torch.Tensor, index: torch.Tensor | None = None,
                        is_causal: bool = False) -> torch.Tensor:
@@ -129,11 +129,8 @@ class ResidualBlock(nn.Module):
             mask = None
             if is_causal:   # [B, 1, 1, N]: keys at or before the pooled position
                 mask = (torch.arange(x.shape[1], device=x.device) <= index[:, None])[:, None, None, :]
-        if self._fuse_residual():
-            own = self.attn(self.ln_1(own), kv=self.ln_1(x), attn_mask=mask, residual=own)
-            return self.mlp(self.ln_2(own), residual=own)
-        own = own + self.attn(self.ln_1(own), kv=self.ln_1(x), attn_mask=mask)
-        return own + self.mlp(self.ln_2(own))
+        own = self._residual(self.attn, own, self.ln_1(own), kv=self.ln_1(x), attn_mask=mask)
+        return self._residual(self.mlp, own, self.ln_2(own))
 
 
 class Transformer(nn.Module):
