@@ -76,7 +76,7 @@ _REGISTRY: dict[str, DatasetFactory] = {
 
 # Registered names whose factory returns a TextCorpus (documents, no images): a causal LM's training data,
 # not something an image-text evaluation can read.
-_TEXT_CORPORA: set[str] = {"shapes_text", "text_file"}
+_TEXT_CORPORA: set[str] = {name for name, factory in _REGISTRY.items() if factory in (shapes_text, text_file)}
 
 
 def register_dataset(name: str, factory: DatasetFactory, *, overwrite: bool = False,
