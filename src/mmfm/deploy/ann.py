@@ -95,11 +95,16 @@ def load_ann(index, sample: int = 64):
     return graph
 
 
+def unit_query(query: np.ndarray) -> np.ndarray:
+    """The query as a float32 vector of length 1 (the rows are unit vectors: inner product = cosine)."""
+    q = np.asarray(query, dtype=np.float32).reshape(-1)
+    return q / max(float(np.linalg.norm(q)), 1e-12)
+
+
 def ann_search(graph, embeddings: np.ndarray, query: np.ndarray, top_k: int = 5,
                ef_search: int = DEFAULT_EF_SEARCH) -> list[tuple[int, float]]:
     """(row, cosine) of the ``top_k`` rows the graph finds for ``query``, best first (cosines exact for those rows)."""
-    q = np.asarray(query, dtype=np.float32).reshape(-1)
-    q = q / max(float(np.linalg.norm(q)), 1e-12)
+    q = unit_query(query)
     k = min(top_k, len(embeddings))
     graph.hnsw.efSearch = max(int(ef_search), k)
     _, ids = graph.search(q[None], k)

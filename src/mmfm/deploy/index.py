@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..util.atomic import atomic_write, atomic_write_json
+from .ann import ANN_FILE, build_hnsw, write_ann
 
 INDEX_FORMAT, INDEX_VERSION = "mmfm-index", 2
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")   # what `mmfm embed --precision` can record
@@ -76,7 +77,6 @@ def write_index(out: str | os.PathLike, image_embeddings: np.ndarray, paths: lis
     texts = list(texts or [])
     if (text_embeddings is None) != (not texts) or (texts and len(text_embeddings) != len(texts)):
         raise ValueError("texts and text_embeddings go together, one row per text")
-    from .ann import ANN_FILE, build_hnsw, write_ann
     graph = build_hnsw(image_embeddings, **(ann if isinstance(ann, dict) else {})) if ann else None   # the long part
     (out / "meta.json").unlink(missing_ok=True)
     _save_npy(out / "image_embeddings.npy", image_embeddings)

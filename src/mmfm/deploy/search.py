@@ -9,14 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from ..util.atomic import atomic_write
-from .ann import DEFAULT_EF_SEARCH, ann_search
+from .ann import DEFAULT_EF_SEARCH, ann_search, unit_query
 
 
 def search(embeddings: np.ndarray, query: np.ndarray, top_k: int = 5) -> list[tuple[int, float]]:
     """(row, cosine) of the ``top_k`` rows most similar to ``query``, best first; ties keep row order."""
-    q = np.asarray(query, dtype=np.float32).reshape(-1)
-    q = q / max(float(np.linalg.norm(q)), 1e-12)
-    scores = embeddings @ q
+    scores = embeddings @ unit_query(query)
     n = len(scores)
     k = min(top_k, n)
     if k <= 0:
